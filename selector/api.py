@@ -1,0 +1,71 @@
+"""The top-level Python API: ``solve`` one question, ``solve_batch`` many."""
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+from .backends.base import PRM, Policy, SamplingParams
+from .backends.registry import DEFAULT_POLICY, DEFAULT_PRM, make_policy, make_prm
+from .search.base import StrategyConfig
+from .search.runner import run_search
+from .types import SearchResult
+
+_ENGINES: dict[tuple[str, str], object] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def resolve_engines(policy: str | Policy, prm: str | PRM | None) -> tuple[Policy, PRM | None]:
+    """Turn specs into engines, reusing engines already built for the same spec string in
+    this process (so repeated ``solve`` calls do not reload a model)."""
+
+    def get(kind: str, spec, factory):
+        if not isinstance(spec, str):
+            return spec
+        with _ENGINES_LOCK:
+            if (kind, spec) not in _ENGINES:
+                _ENGINES[(kind, spec)] = factory(spec)
+            return _ENGINES[(kind, spec)]
+
+    return get("policy", policy, make_policy), get("prm", prm, make_prm)
+
+
+def solve(
+    question: str,
+    strategy: StrategyConfig,
+    *,
+    policy: str | Policy = DEFAULT_POLICY,
+    prm: str | PRM | None = DEFAULT_PRM,
+    sampling: SamplingParams | None = None,
+    seed: int = 0,
+) -> SearchResult:
+    """Search for an answer to ``question`` with ``strategy`` (e.g. ``BeamSearch(n=8, m=4)``).
+
+    ``policy``/``prm`` are engines or spec strings (default: the embedded CPU default,
+    SmolLM2-135M with the ``arith-check`` verifier). Returns the answer, the candidates and the
+    cost ledger (generations, tokens, FLOPs, seconds).
+    """
+    return solve_batch([question], strategy, policy=policy, prm=prm, sampling=sampling, seed=seed)[0]
+
+
+def solve_batch(
+    questions: Sequence[str],
+    strategy: StrategyConfig | Sequence[StrategyConfig],
+    *,
+    policy: str | Policy = DEFAULT_POLICY,
+    prm: str | PRM | None = DEFAULT_PRM,
+    sampling: SamplingParams | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[SearchResult]:
+    """Solve many questions together: every round of every question shares one batched policy
+    call and one PRM call. ``strategy`` is one config for all, or one per question. A
+    question's result does not depend on the rest of the batch."""
+    if isinstance(questions, str):
+        raise TypeError("solve_batch takes a list of questions; use solve() for one")
+    strategies = [strategy] * len(questions) if isinstance(strategy, StrategyConfig) else list(strategy)
+    if len(strategies) != len(questions):
+        raise ValueError(f"got {len(strategies)} strategies for {len(questions)} questions")
+    policy_engine, prm_engine = resolve_engines(policy, prm)
+    return run_search(
+        list(zip(questions, strategies)), policy_engine, prm_engine, sampling=sampling, seed=seed, progress=progress
+    )

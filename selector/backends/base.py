@@ -1,0 +1,121 @@
+"""The two protocols every engine implements, and the request/response records they speak.
+
+The split follows vLLM: an engine object (a :class:`Policy` or :class:`PRM`) is built once;
+each call carries requests with their own :class:`SamplingParams` and seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol, Sequence, runtime_checkable
+
+FinishReason = Literal["delimiter", "eos", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one continuation.
+
+    ``step_delimiter`` ends a step and is kept in its text (``None``: never cut at a
+    delimiter). ``max_step_tokens`` caps one step (tokens); ``max_tokens`` caps a whole
+    solution sampled in one go (tokens). ``top_k=0`` and ``top_p=1.0`` disable those filters;
+    ``temperature=0`` is greedy decoding.
+    """
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    max_step_tokens: int = 256
+    max_tokens: int = 1024
+    step_delimiter: str | None = "\n\n"
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.max_step_tokens < 1 or self.max_tokens < 1:
+            raise ValueError("max_step_tokens and max_tokens must be >= 1")
+
+    def replace(self, **changes) -> "SamplingParams":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Ask for ``n`` continuations of ``prefix`` (the formatted prompt plus the partial solution).
+
+    With ``to_completion=False`` each continuation stops at the step delimiter, EOS or
+    ``params.max_step_tokens``; with ``to_completion=True`` it runs to EOS or
+    ``params.max_tokens`` (a whole solution, as best-of-N samples). Continuation ``j`` is
+    sampled from ``seed`` and ``j`` alone, so results do not depend on batch composition.
+    """
+
+    prefix: str
+    n: int
+    params: SamplingParams
+    seed: int
+    to_completion: bool = False
+
+
+@dataclass(frozen=True)
+class Continuation:
+    text: str
+    num_tokens: int
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """The continuations of one request and the prompt tokens it read (counted once per
+    request: the ``n`` continuations share the prefix, as with vLLM's prefix caching)."""
+
+    continuations: tuple[Continuation, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    question: str
+    steps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScoreOutput:
+    """One score in [0, 1] per step, and the tokens the PRM read to produce them."""
+
+    step_scores: tuple[float, ...]
+    num_tokens: int
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A language model that samples reasoning steps, batched across many prompts."""
+
+    id: str
+    num_parameters: int  # for FLOPs; 0 for programs
+
+    def format_prompt(self, question: str) -> str:
+        """The text that precedes the solution (chat template, worked examples)."""
+
+    def default_sampling_params(self) -> SamplingParams:
+        """Sampling parameters that match this model's prompt format (e.g. its step delimiter)."""
+
+    def generate_steps(self, requests: Sequence[StepRequest]) -> list[StepOutput]:
+        """One output per request, in order. Implementations batch all requests together."""
+
+
+@runtime_checkable
+class PRM(Protocol):
+    """A process reward model: one score in [0, 1] per step of each solution.
+
+    A neural PRM scores all steps of a solution in one forward pass; the protocol passes the
+    whole solution so it can.
+    """
+
+    id: str
+    num_parameters: int
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreOutput]:
+        """One output per request, in order, with ``len(step_scores) == len(steps)``."""

@@ -1,0 +1,143 @@
+"""Spec strings -> engines. One registry each for policies and PRMs; no name sniffing.
+
+A spec is ``NAME`` or ``NAME:ARG`` where ``ARG`` is either ``key=value,key=value`` (values
+parsed as YAML scalars) or, for path-taking backends, a path:
+
+- policies: ``sim[:k=v,...]`` (simulator, tests only), ``smollm2-135m`` (embedded CPU
+  default; any preset YAML in ``selector/presets/``), ``hf:DIR`` (a transformers model
+  directory), ``gguf:FILE.gguf``, or a path to a preset YAML file;
+- PRMs: ``arith-check`` (embedded default), ``sim[:k=v,...]``, ``none`` (majority only).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .arith_check import ArithCheckPRM
+from .base import PRM, Policy
+from .simulated import SimulatedPolicy, SimulatedPRM
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+DEFAULT_POLICY = "smollm2-135m"
+DEFAULT_PRM = "arith-check"
+
+
+def _parse_kwargs(arg: str | None) -> dict[str, Any]:
+    if not arg:
+        return {}
+    out = {}
+    for item in arg.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value in spec arguments, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _locate_package_dir(package: str, install_hint: str | None) -> Path:
+    # find_spec on a top-level name locates the package without executing its __init__.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        hint = f" Install it with: {install_hint}" if install_hint else ""
+        raise ModuleNotFoundError(f"model package {package!r} is not installed.{hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_preset(path: str | Path) -> dict[str, Any]:
+    """Read a policy preset YAML and resolve its ``model`` locator into a path."""
+    path = Path(path)
+    with path.open() as fh:
+        cfg = yaml.safe_load(fh)
+    if not isinstance(cfg, dict) or "backend" not in cfg:
+        raise ValueError(f"{path}: a preset is a mapping with at least a 'backend' key")
+    model = cfg.get("model")
+    if isinstance(model, dict):
+        if "package" not in model:
+            raise ValueError(f"{path}: 'model' must be a path or a mapping with 'package'")
+        cfg["model"] = str(_locate_package_dir(model["package"], model.get("install_hint")))
+    if "few_shot" in cfg:
+        cfg["few_shot"] = [tuple(pair) for pair in cfg["few_shot"]]
+    return cfg
+
+
+def _transformers_policy(**kwargs: Any) -> Policy:
+    try:
+        from .transformers import TransformersPolicy
+    except ImportError as exc:  # torch/transformers are the `cpu` extra
+        raise ImportError(
+            f"the transformers backend needs the 'cpu' extra ({exc}); "
+            "install with: pip install torch==2.13.0 && pip install 'tts-selector[cpu]'"
+        ) from exc
+    return TransformersPolicy(**kwargs)
+
+
+POLICY_BACKENDS: dict[str, Callable[..., Policy]] = {
+    "transformers": _transformers_policy,
+    "sim": SimulatedPolicy,
+}
+
+
+def _policy_from_preset(cfg: dict[str, Any]) -> Policy:
+    cfg = dict(cfg)
+    backend = cfg.pop("backend")
+    try:
+        factory = POLICY_BACKENDS[backend]
+    except KeyError:
+        raise ValueError(f"unknown policy backend {backend!r}; known: {sorted(POLICY_BACKENDS)}") from None
+    return factory(**cfg)
+
+
+def _gguf_policy(arg: str) -> Policy:
+    path = Path(arg).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise FileNotFoundError(f"gguf:{arg}: expected an existing .gguf file")
+    return _transformers_policy(model=str(path.parent), gguf_file=path.name)
+
+
+POLICY_SPECS: dict[str, Callable[[str | None], Policy]] = {
+    "sim": lambda arg: SimulatedPolicy(**_parse_kwargs(arg)),
+    "hf": lambda arg: _transformers_policy(model=arg),
+    "gguf": _gguf_policy,
+}
+
+PRM_SPECS: dict[str, Callable[[str | None], PRM | None]] = {
+    "arith-check": lambda arg: ArithCheckPRM(**_parse_kwargs(arg)),
+    "sim": lambda arg: SimulatedPRM(**_parse_kwargs(arg)),
+    "none": lambda arg: None,
+}
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def make_policy(spec: str | Policy) -> Policy:
+    """Build a policy from a spec string (see module docstring); engines pass through."""
+    if not isinstance(spec, str):
+        return spec
+    name, _, arg = spec.partition(":")
+    if name in POLICY_SPECS:
+        return POLICY_SPECS[name](arg or None)
+    preset = PRESET_DIR / f"{spec}.yaml"
+    if preset.is_file():
+        return _policy_from_preset(load_preset(preset))
+    if spec.endswith((".yaml", ".yml")) and Path(spec).is_file():
+        return _policy_from_preset(load_preset(spec))
+    raise ValueError(
+        f"unknown policy spec {spec!r}; use one of the presets {available_presets()}, "
+        f"{sorted(POLICY_SPECS)} as NAME:ARG, or a preset YAML path"
+    )
+
+
+def make_prm(spec: str | PRM | None) -> PRM | None:
+    """Build a PRM from a spec string (see module docstring); engines pass through."""
+    if not isinstance(spec, str):
+        return spec
+    name, _, arg = spec.partition(":")
+    if name not in PRM_SPECS:
+        raise ValueError(f"unknown PRM spec {spec!r}; use one of {sorted(PRM_SPECS)} (as NAME or NAME:k=v,...)")
+    return PRM_SPECS[name](arg or None)

@@ -1,0 +1,238 @@
+"""A simulator of reasoning trees, for tests and benchmarks of search logic ONLY.
+
+Nothing here is a language model and no result measured on it says anything about real
+models; it is never a default. It exists so that search semantics (budgets, beam pruning,
+subtree independence) and the profiler's statistics can be tested exactly and fast.
+
+The world it simulates:
+
+- Each question has a latent difficulty ``d`` in [0, 1]: the probability that a sampled
+  solution is wrong, so the true pass@1 is ``1 - d``. A question written as
+  ``"... (difficulty 0.35)"`` has that difficulty; any other question gets one from a hash
+  of its text. :func:`make_questions` writes such questions.
+- A solution has ``L`` steps (3 to 6, fixed per question). Each step of a still-correct path
+  is correct with probability ``(1 - d) ** (1 / L)``; once a step is wrong, the path stays
+  wrong (errors propagate). The last step states ``\\boxed{answer}``: the reference answer on
+  a correct path, else a distractor drawn from a few wrong answers, the first of which is
+  popular (so majority vote can be fooled on hard questions).
+- Some steps carry a spurious "confident" style marker ``(!)`` regardless of correctness.
+- A step's text records its latent state, e.g. ``"step 2 [+] (!) t17 #3fa9"`` (``+`` correct,
+  ``-`` wrong, ``t17`` its token count, ``#3fa9`` a random tag). The policy is stateless: it
+  reads the state of a path back from the prefix text.
+
+:class:`SimulatedPRM` reads the latent correctness of each prefix and returns
+``sigmoid(separation * (+1 | -1) + bias * confident + noise * eps)``, with ``eps`` a
+deterministic standard normal per (seed, question, step tag): scoring the same path twice
+gives the same scores. ``bias > 0`` makes the PRM over-reward the spurious marker, so
+strong search can over-optimise it (as real PRMs are over-optimised on easy questions).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Sequence
+
+from ..seeds import derive_seed
+from .base import Continuation, SamplingParams, ScoreOutput, ScoreRequest, StepOutput, StepRequest
+
+_Q_OPEN, _Q_CLOSE = "<question>", "</question>\n"
+_DIFFICULTY = re.compile(r"\(difficulty ([0-9.]+)\)")
+_STEP = re.compile(r"step (\d+) \[([+-])\]( \(!\))? t(\d+) #([0-9a-f]+)")
+_INV_2_63 = 1.0 / float(1 << 63)
+_STD_NORMAL = NormalDist()
+
+
+def _uniform(*parts: object) -> float:
+    """A deterministic uniform in (0, 1) from a tuple of parts."""
+    return (derive_seed(*parts) + 0.5) * _INV_2_63
+
+
+def make_questions(difficulties: Sequence[float], prefix: str = "sim problem") -> list[str]:
+    """Questions whose latent difficulty (1 - pass@1) is the given value."""
+    for d in difficulties:
+        if not 0.0 <= d <= 1.0:
+            raise ValueError(f"difficulty must be in [0, 1], got {d}")
+    return [f"{prefix} {i} (difficulty {d:.4f})" for i, d in enumerate(difficulties)]
+
+
+@dataclass(frozen=True)
+class SimProblem:
+    """The latent facts the simulator holds about one question."""
+
+    question: str
+    difficulty: float
+    num_steps: int
+    answer: str
+    distractors: tuple[str, ...]
+
+    @property
+    def pass_at_1(self) -> float:
+        return 1.0 - self.difficulty
+
+
+def problem_for(question: str) -> SimProblem:
+    """The latent problem behind a question (pure function of its text)."""
+    match = _DIFFICULTY.search(question)
+    d = float(match.group(1)) if match else _uniform("difficulty", question)
+    num_steps = 3 + int(_uniform("steps", question) * 4)  # 3..6
+    answer = str(10 + int(_uniform("answer", question) * 990))
+    distractors = tuple(str(int(answer) + k) for k in (1, -1, 7, 11))
+    return SimProblem(question, min(max(d, 0.0), 1.0), num_steps, answer, distractors)
+
+
+class SimulatedPolicy:
+    """Synthetic policy over reasoning trees (see module docstring). For tests/benchmarks only.
+
+    ``step_tokens`` is the (min, max) token count of a step; ``num_parameters`` is nominal
+    and only feeds FLOPs accounting. ``popular_distractor`` is the probability that a wrong
+    path ends on the question's most popular wrong answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        step_tokens: tuple[int, int] = (8, 40),
+        confident_rate: float = 0.3,
+        popular_distractor: float = 0.6,
+        num_parameters: int = 1_500_000_000,
+        step_delimiter: str = "\n\n",
+        id: str = "sim-policy",
+    ) -> None:
+        self.seed = seed
+        self.step_tokens = step_tokens
+        self.confident_rate = confident_rate
+        self.popular_distractor = popular_distractor
+        self.num_parameters = num_parameters
+        self.step_delimiter = step_delimiter
+        self.id = id
+
+    # -- Policy protocol -------------------------------------------------------------
+    def format_prompt(self, question: str) -> str:
+        return f"{_Q_OPEN}{question}{_Q_CLOSE}"
+
+    def default_sampling_params(self) -> SamplingParams:
+        return SamplingParams(step_delimiter=self.step_delimiter)
+
+    def generate_steps(self, requests: Sequence[StepRequest]) -> list[StepOutput]:
+        return [self._generate_one(r) for r in requests]
+
+    # -- internals --------------------------------------------------------------------
+    def _generate_one(self, request: StepRequest) -> StepOutput:
+        question, solution = _split_prefix(request.prefix)
+        problem = problem_for(question)
+        depth, ok = _path_state(solution)
+        delimiter = request.params.step_delimiter or "\n\n"
+        conts = []
+        for j in range(request.n):
+            key = (self.seed, request.seed, j)
+            if request.to_completion:
+                conts.append(self._complete(problem, depth, ok, key, delimiter, request.params.max_tokens))
+            else:
+                text, ntok, last, _ = self._step(problem, depth, ok, key, delimiter)
+                cap = request.params.max_step_tokens
+                if ntok > cap:
+                    conts.append(Continuation(text.rstrip(delimiter), cap, "length"))
+                else:
+                    conts.append(Continuation(text, ntok, "eos" if last else "delimiter"))
+        prompt_tokens = 16 + sum(_step_tokens(solution))
+        return StepOutput(tuple(conts), prompt_tokens)
+
+    def _step(self, problem: SimProblem, depth: int, ok: bool, key: tuple, delimiter: str):
+        """Sample step number ``depth + 1`` of a path; returns (text, tokens, is_last, ok)."""
+        k = depth + 1
+        p_step = problem.pass_at_1 ** (1.0 / problem.num_steps)
+        ok = ok and _uniform("ok", *key, k) < p_step
+        lo, hi = self.step_tokens
+        ntok = lo + int(_uniform("len", *key, k) * (hi - lo + 1))
+        confident = " (!)" if _uniform("style", *key, k) < self.confident_rate else ""
+        tag = derive_seed("tag", *key, k) & 0xFFFF
+        text = f"step {k} [{'+' if ok else '-'}]{confident} t{ntok} #{tag:04x}"
+        last = k >= problem.num_steps
+        if last:
+            if ok:
+                answer = problem.answer
+            elif _uniform("distractor", *key, k) < self.popular_distractor:
+                answer = problem.distractors[0]
+            else:
+                answer = problem.distractors[1 + int(_uniform("which", *key, k) * (len(problem.distractors) - 1))]
+            text += f" so the answer is \\boxed{{{answer}}}"
+        else:
+            text += delimiter
+        return text, ntok, last, ok
+
+    def _complete(self, problem, depth, ok, key, delimiter, max_tokens) -> Continuation:
+        parts, total = [], 0
+        while True:
+            text, ntok, last, ok = self._step(problem, depth, ok, key, delimiter)
+            if total + ntok > max_tokens:
+                return Continuation("".join(parts), total, "length")
+            parts.append(text)
+            total += ntok
+            depth += 1
+            if last:
+                return Continuation("".join(parts), total, "eos")
+
+
+class SimulatedPRM:
+    """Synthetic PRM over :class:`SimulatedPolicy` paths. For tests/benchmarks only.
+
+    ``separation`` is the logit gap between correct and wrong prefixes (larger = better PRM),
+    ``noise`` the standard deviation of per-step logit noise, ``bias`` the logit bonus given
+    to steps with the spurious confident marker (reward-hacking strength).
+    """
+
+    def __init__(
+        self,
+        *,
+        separation: float = 2.0,
+        noise: float = 1.0,
+        bias: float = 0.0,
+        seed: int = 0,
+        num_parameters: int = 7_000_000_000,
+        id: str = "sim-prm",
+    ) -> None:
+        self.separation = separation
+        self.noise = noise
+        self.bias = bias
+        self.seed = seed
+        self.num_parameters = num_parameters
+        self.id = id
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreOutput]:
+        return [self._score_one(r) for r in requests]
+
+    def _score_one(self, request: ScoreRequest) -> ScoreOutput:
+        scores = []
+        ok = True
+        tokens = 16
+        for index, step in enumerate(request.steps):
+            m = _STEP.search(step)
+            if m is None:
+                raise ValueError(f"SimulatedPRM can only score SimulatedPolicy steps, got {step[:60]!r}")
+            ok = ok and m.group(2) == "+"
+            tokens += int(m.group(4))
+            eps = _STD_NORMAL.inv_cdf(_uniform("prm", self.seed, request.question, index, m.group(5)))
+            logit = self.separation * (1.0 if ok else -1.0) + self.bias * (m.group(3) is not None) + self.noise * eps
+            scores.append(1.0 / (1.0 + math.exp(-logit)))
+        return ScoreOutput(tuple(scores), tokens)
+
+
+def _split_prefix(prefix: str) -> tuple[str, str]:
+    start = prefix.find(_Q_OPEN)
+    end = prefix.find(_Q_CLOSE)
+    if start < 0 or end < 0:
+        raise ValueError("SimulatedPolicy got a prefix it did not format; use its format_prompt()")
+    return prefix[start + len(_Q_OPEN) : end], prefix[end + len(_Q_CLOSE) :]
+
+
+def _path_state(solution: str) -> tuple[int, bool]:
+    """(number of steps so far, whether the path is still correct)."""
+    marks = _STEP.findall(solution)
+    return len(marks), all(m[1] == "+" for m in marks)
+
+
+def _step_tokens(solution: str) -> list[int]:
+    return [int(m[3]) for m in _STEP.findall(solution)]

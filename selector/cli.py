@@ -1,0 +1,92 @@
+"""The ``tts-selector`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from .backends.registry import DEFAULT_POLICY, DEFAULT_PRM
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy spec (default {DEFAULT_POLICY}; 'sim' = simulator)")
+    p.add_argument("--prm", default=DEFAULT_PRM, help=f"PRM spec (default {DEFAULT_PRM}; 'sim' = simulator)")
+    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    p.add_argument("--temperature", type=float, default=None, help="override the policy's sampling temperature")
+
+
+def _build_strategy(args: argparse.Namespace):
+    from .search import make_strategy
+
+    params = {"n": args.n}
+    for key in ("m", "aggregation", "max_steps", "answer"):
+        value = getattr(args, key)
+        if value is not None:
+            params[key] = value
+    return make_strategy(args.strategy, **params)
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    from .api import resolve_engines
+    from .search.runner import run_search
+
+    strategy = _build_strategy(args)
+    policy, prm = resolve_engines(args.policy, args.prm)
+    sampling = policy.default_sampling_params()
+    if args.temperature is not None:
+        sampling = sampling.replace(temperature=args.temperature)
+    result = run_search([(args.question, strategy)], policy, prm, sampling=sampling, seed=args.seed)[0]
+    if args.json:
+        out = result.to_dict()
+        out["policy"], out["prm"] = policy.id, (prm.id if prm is not None else None)
+        print(json.dumps(out, indent=2))
+        return 0
+    c = result.cost
+    print(f"answer:      {result.answer}")
+    print(f"strategy:    {strategy.name} {strategy.params()}")
+    print(f"engines:     policy={policy.id} prm={prm.id if prm else None}")
+    print(f"rounds:      {list(result.rounds)} generations per round")
+    print(
+        f"cost:        {c.generations} generations, {c.policy_prompt_tokens} prompt + "
+        f"{c.policy_generated_tokens} generated policy tokens, {c.prm_tokens} PRM tokens, "
+        f"{c.flops:.3g} FLOPs, {c.seconds:.2f} s"
+    )
+    print(f"candidates:  {len(result.candidates)}")
+    for cand in result.candidates[: args.show]:
+        score = f"{cand.step_scores[-1]:.3f}" if cand.step_scores else "-"
+        print(f"  [{cand.answer_key!s:>8}] last-step score {score}: {cand.text.strip()!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tts-selector", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("solve", help="solve one question with a search strategy")
+    p.add_argument("question")
+    p.add_argument("--strategy", default="beam_search", help="majority | best_of_n | weighted_best_of_n | beam_search | dvts")
+    p.add_argument("--n", type=int, default=8, help="budget N: generations per round (default 8)")
+    p.add_argument("--m", type=int, default=None, help="beam width M (beam_search, dvts); N must be a multiple")
+    p.add_argument("--aggregation", default=None, help="step-score aggregation: last | min | prod | mean")
+    p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="max search rounds (tree strategies)")
+    p.add_argument("--answer", default=None, help="final-answer rule of tree strategies: weighted | best | majority")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--show", type=int, default=5, help="candidates to print (text mode)")
+    _add_engine_args(p)
+    p.set_defaults(func=_cmd_solve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:
+        print(f"tts-selector: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Search strategies over reasoning steps; one implementation for every backend."""
+from .aggregate import AGGREGATIONS, ANSWER_RULES, aggregate, select_answer
+from .base import STRATEGIES, Expansion, Node, SearchContext, StrategyConfig, make_strategy
+from .beam import BeamSearch
+from .best_of_n import BestOfN, Majority, WeightedBestOfN
+from .dvts import DVTS
+from .runner import run_search
+
+__all__ = [
+    "AGGREGATIONS", "ANSWER_RULES", "STRATEGIES", "BeamSearch", "BestOfN", "DVTS", "Expansion",
+    "Majority", "Node", "SearchContext", "StrategyConfig", "WeightedBestOfN", "aggregate",
+    "make_strategy", "run_search", "select_answer",
+]

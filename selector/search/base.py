@@ -1,0 +1,137 @@
+"""The search tree records and the strategy contract that every strategy implements.
+
+A strategy is a frozen, typed config (its hyperparameters) with a ``search`` method written
+as a generator: it yields one *round* at a time — a list of :class:`Expansion` requests
+("sample ``n`` continuations of this node") — and receives, for each expansion, the scored
+child nodes. It finally returns the candidate nodes. The strategy never sees an engine: the
+runner (``search/runner.py``) batches the rounds of many questions, possibly under
+different strategies, into one policy call and one PRM call per round.
+
+Budget semantics (Snell et al. 2024), enforced by tests: a budget ``n`` is the number of
+sampled generations per round. Best-of-N family: one round of ``n`` whole solutions. Beam
+search and DVTS: ``n`` frontier paths per step, so at most ``n`` generations in every round.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Generator
+
+from ..seeds import derive_seed
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A partial (or complete) solution in the search tree.
+
+    ``scores`` holds one PRM score per step of the whole path (empty when unscored);
+    ``tokens`` counts generated tokens along the path.
+    """
+
+    steps: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+    tokens: int = 0
+    finished: bool = False
+    stop_reason: str | None = None
+
+
+ROOT = Node()
+
+
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    """Ask for ``n`` continuations of ``node``.
+
+    ``to_completion``: sample whole solutions instead of one step. ``score``: have the PRM
+    score the children (majority vote does not need it and saves the PRM's cost).
+    """
+
+    node: Node
+    n: int
+    seed: int
+    to_completion: bool = False
+    score: bool = True
+
+
+# What a strategy's generator yields, is sent, and returns.
+Round = list[Expansion]
+Children = list[list[Node]]
+SearchGenerator = Generator[Round, Children, list[Node]]
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """Per-question facts a strategy may use: the question and its run seed."""
+
+    question: str
+    seed: int
+
+    def seed_for(self, *path: object) -> int:
+        """Seed of an expansion identified by its place in the search (never batch position)."""
+        return derive_seed(self.seed, *path)
+
+
+STRATEGIES: dict[str, type["StrategyConfig"]] = {}
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Base class of the strategy configs. Subclasses register under their ``name``."""
+
+    name: ClassVar[str] = ""
+    n: int = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            STRATEGIES[cls.name] = cls
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"{self.name}: budget n must be a positive integer, got {self.n!r}")
+
+    # The answer rule and aggregation used to choose the final answer among candidates.
+    @property
+    def answer_rule(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def selection_aggregation(self) -> str:
+        return getattr(self, "aggregation", "last")
+
+    @property
+    def m(self) -> int | None:
+        return None
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters as a flat dict (JSON/Parquet friendly), always with ``n`` and ``m``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.setdefault("m", self.m)
+        out.setdefault("aggregation", getattr(self, "aggregation", None))
+        return out
+
+    def search(self, ctx: SearchContext) -> SearchGenerator:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.name, **asdict(self)}
+
+
+def make_strategy(name: str, **params: Any) -> StrategyConfig:
+    """Build a strategy config from its registered name and hyperparameters."""
+    try:
+        cls = STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}") from None
+    allowed = {f.name for f in fields(cls)}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ValueError(f"strategy {name!r} takes {sorted(allowed)}; unknown: {sorted(unknown)}")
+    return cls(**params)
+
+
+def top_k(nodes: list[Node], k: int, aggregation: str) -> list[Node]:
+    """The ``k`` nodes with the highest aggregated score; stable (ties keep sample order)."""
+    from .aggregate import aggregate
+
+    ranked = sorted(nodes, key=lambda node: -aggregate(node.scores, aggregation))
+    return ranked[:k]

@@ -1,0 +1,67 @@
+"""Step-level beam search with budget ``n`` and beam width ``m`` (Snell et al. 2024).
+
+Round 1 samples ``n`` first steps. Every later round keeps the top ``n / m`` unfinished
+partial solutions by aggregated PRM score and expands each with ``m`` continuations, so no
+round spends more than ``n`` generations. A path that reaches EOS or a final answer leaves
+the frontier as a finished candidate. The search stops after ``max_steps`` rounds, when
+``n`` candidates are finished, or when nothing is left to expand. At most ``n`` candidates
+are returned (the best ``n`` finished ones by aggregated score), never more: a popular
+implementation returns every finished beam and can exceed its budget's candidate count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .aggregate import check_aggregation, check_answer_rule
+from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig, top_k
+
+
+@dataclass(frozen=True)
+class _TreeSearch(StrategyConfig):
+    m: int = 4
+    aggregation: str = "last"
+    max_steps: int = 40
+    answer: str = "weighted"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.m, int) or self.m < 1:
+            raise ValueError(f"{self.name}: beam width m must be a positive integer, got {self.m!r}")
+        if self.n % self.m:
+            lower, upper = self.n - self.n % self.m, self.n + self.m - self.n % self.m
+            raise ValueError(
+                f"{self.name}: budget n={self.n} must be a multiple of beam width m={self.m} "
+                f"(n/m paths each expanded m ways); try n={lower or upper} or n={upper}, or m dividing {self.n}"
+            )
+        if self.max_steps < 1:
+            raise ValueError(f"{self.name}: max_steps must be >= 1, got {self.max_steps}")
+        check_aggregation(self.aggregation)
+        check_answer_rule(self.answer)
+
+    @property
+    def answer_rule(self) -> str:
+        return self.answer
+
+
+@dataclass(frozen=True)
+class BeamSearch(_TreeSearch):
+    """Beam search: keep the top ``n/m`` paths per round, expand each ``m`` ways."""
+
+    name: ClassVar[str] = "beam_search"
+
+    def search(self, ctx: SearchContext) -> SearchGenerator:
+        keep = self.n // self.m
+        finished: list[Node] = []
+        children = (yield [Expansion(ROOT, self.n, ctx.seed_for("beam", 0, 0))])[0]
+        rounds = 1
+        while True:
+            finished.extend(c for c in children if c.finished)
+            live = [c for c in children if not c.finished]
+            if len(finished) >= self.n or not live or rounds >= self.max_steps:
+                break
+            beams = top_k(live, keep, self.aggregation)
+            expanded = yield [Expansion(b, self.m, ctx.seed_for("beam", rounds, i)) for i, b in enumerate(beams)]
+            children = [c for group in expanded for c in group]
+            rounds += 1
+        return top_k(finished, self.n, self.aggregation)

@@ -1,0 +1,64 @@
+"""The best-of-N family: N whole solutions sampled independently in one round.
+
+- ``majority``: self-consistency, the most frequent answer (no PRM call);
+- ``best_of_n``: the answer of the solution with the highest aggregated PRM score;
+- ``weighted_best_of_n``: the answer with the largest sum of aggregated scores.
+
+Budget ``n`` = ``n`` generations, each a whole solution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .aggregate import check_aggregation
+from .base import ROOT, Expansion, SearchContext, SearchGenerator, StrategyConfig
+
+
+@dataclass(frozen=True)
+class _SampleN(StrategyConfig):
+    def search(self, ctx: SearchContext) -> SearchGenerator:
+        children = yield [Expansion(ROOT, self.n, ctx.seed_for("samples"), to_completion=True, score=self.needs_prm)]
+        return children[0]
+
+    @property
+    def needs_prm(self) -> bool:
+        return self.answer_rule != "majority"
+
+
+@dataclass(frozen=True)
+class Majority(_SampleN):
+    """Self-consistency over ``n`` samples."""
+
+    name: ClassVar[str] = "majority"
+
+    @property
+    def answer_rule(self) -> str:
+        return "majority"
+
+
+@dataclass(frozen=True)
+class BestOfN(_SampleN):
+    """Highest aggregated PRM score among ``n`` samples."""
+
+    name: ClassVar[str] = "best_of_n"
+    aggregation: str = "last"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_aggregation(self.aggregation)
+
+    @property
+    def answer_rule(self) -> str:
+        return "best"
+
+
+@dataclass(frozen=True)
+class WeightedBestOfN(BestOfN):
+    """Sum of aggregated PRM scores per equivalent answer among ``n`` samples."""
+
+    name: ClassVar[str] = "weighted_best_of_n"
+
+    @property
+    def answer_rule(self) -> str:
+        return "weighted"

@@ -1,0 +1,218 @@
+"""Drives strategies for many questions at once against a policy and a PRM.
+
+Each round, the runner collects the expansions of every question still searching (whatever
+its strategy), sends them to the policy as ONE batched ``generate_steps`` call, scores all
+new children with ONE batched PRM call, and hands each question its children. A batch of
+questions doing beam search therefore advances together, one pool per question.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..backends.base import PRM, Policy, SamplingParams, ScoreRequest, StepRequest
+from ..grading import extract_answer, group_keys, has_final_answer
+from ..seeds import derive_seed
+from ..steps import split_steps
+from ..types import Candidate, Cost, SearchResult
+from .aggregate import select_answer
+from .base import Expansion, Node, SearchContext, StrategyConfig
+
+EMPTY_SOLUTION_SCORE = 0.0  # an empty solution is scored without asking the PRM
+
+
+@dataclass
+class RunStats:
+    """Where the wall time of a run went (seconds), for overhead benchmarks."""
+
+    total_seconds: float = 0.0
+    policy_seconds: float = 0.0
+    prm_seconds: float = 0.0
+    rounds: int = 0
+    generations: int = 0
+
+    @property
+    def orchestration_seconds(self) -> float:
+        return self.total_seconds - self.policy_seconds - self.prm_seconds
+
+
+@dataclass
+class _Job:
+    index: int
+    question: str
+    strategy: StrategyConfig
+    prompt: str
+    gen: object
+    pending: list[Expansion]
+    rounds: list[int]
+    generations: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prm_tokens: int = 0
+    seconds: float = 0.0
+    result_nodes: list[Node] | None = None
+
+
+def _child(node: Node, text: str, num_tokens: int, finish_reason: str, to_completion: bool, delimiter: str | None) -> Node:
+    if to_completion:
+        steps = tuple(split_steps(text, delimiter))
+    else:
+        steps = node.steps + ((text,) if text else ())
+    if finish_reason == "eos":
+        finished, reason = True, "eos"
+    elif has_final_answer(text):
+        finished, reason = True, "answer"
+    else:
+        finished, reason = False, ("length" if to_completion else None)
+    return Node(steps, (), node.tokens + num_tokens, finished, reason)
+
+
+def run_search(
+    problems: Sequence[tuple[str, StrategyConfig]],
+    policy: Policy,
+    prm: PRM | None,
+    *,
+    sampling: SamplingParams | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    stats: RunStats | None = None,
+) -> list[SearchResult]:
+    """Run each ``(question, strategy)`` pair; all questions share every policy/PRM call.
+
+    ``seed`` is combined with each question's text (not its batch position), so a question
+    gets the same result alone or in any batch. ``prm`` may be ``None`` only when every
+    strategy is ``majority``. ``seconds`` in each cost apportions the batch's wall time by each
+    question's share of the tokens in each call.
+    """
+    t_start = time.perf_counter()
+    params = sampling or policy.default_sampling_params()
+    delimiter = params.step_delimiter
+    jobs: list[_Job] = []
+    for index, (question, strategy) in enumerate(problems):
+        gen = strategy.search(SearchContext(question, derive_seed(seed, question)))
+        jobs.append(_Job(index, question, strategy, policy.format_prompt(question), gen, next(gen), []))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="search", unit="question")
+    active = list(jobs)
+    policy_seconds = prm_seconds = 0.0
+    while active:
+        requests, owners = [], []
+        for job in active:
+            for exp in job.pending:
+                prefix = job.prompt + "".join(exp.node.steps)
+                requests.append(StepRequest(prefix, exp.n, params, exp.seed, exp.to_completion))
+                owners.append(job)
+            job.rounds.append(sum(exp.n for exp in job.pending))
+        t0 = time.perf_counter()
+        outputs = policy.generate_steps(requests)
+        dt = time.perf_counter() - t0
+        policy_seconds += dt
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"policy {policy.id!r} returned {len(outputs)} outputs for {len(requests)} requests")
+        _apportion(dt, owners, [o.prompt_tokens + sum(c.num_tokens for c in o.continuations) for o in outputs])
+
+        # Build children, grouped per job per expansion.
+        children_of: dict[int, list[list[Node]]] = {}
+        to_score: list[tuple[_Job, int, int]] = []  # (job, expansion index, child index)
+        score_requests: list[ScoreRequest] = []
+        out_iter = iter(outputs)
+        for job in active:
+            groups = []
+            for e, exp in enumerate(job.pending):
+                out = next(out_iter)
+                if len(out.continuations) != exp.n:
+                    raise RuntimeError(f"policy {policy.id!r} returned {len(out.continuations)} continuations, asked {exp.n}")
+                job.generations += exp.n
+                job.prompt_tokens += out.prompt_tokens
+                group = []
+                for c in out.continuations:
+                    job.generated_tokens += c.num_tokens
+                    child = _child(exp.node, c.text, c.num_tokens, c.finish_reason, exp.to_completion, delimiter)
+                    if exp.score:
+                        if child.steps:
+                            to_score.append((job, e, len(group)))
+                            score_requests.append(ScoreRequest(job.question, child.steps))
+                        else:
+                            child = Node((), (EMPTY_SOLUTION_SCORE,), child.tokens, child.finished, child.stop_reason)
+                    group.append(child)
+                groups.append(group)
+            children_of[job.index] = groups
+
+        if score_requests:
+            if prm is None:
+                raise ValueError("this strategy needs a PRM (only 'majority' runs without one); pass prm=...")
+            t0 = time.perf_counter()
+            scored = prm.score(score_requests)
+            dt = time.perf_counter() - t0
+            prm_seconds += dt
+            _apportion(dt, [j for j, _, _ in to_score], [s.num_tokens for s in scored])
+            for (job, e, k), req, out in zip(to_score, score_requests, scored):
+                if len(out.step_scores) != len(req.steps):
+                    raise RuntimeError(
+                        f"PRM {prm.id!r} returned {len(out.step_scores)} scores for {len(req.steps)} steps"
+                    )
+                job.prm_tokens += out.num_tokens
+                node = children_of[job.index][e][k]
+                children_of[job.index][e][k] = Node(node.steps, tuple(out.step_scores), node.tokens, node.finished, node.stop_reason)
+
+        still = []
+        for job in active:
+            try:
+                job.pending = job.gen.send(children_of[job.index])
+                still.append(job)
+            except StopIteration as stop:
+                job.result_nodes = stop.value
+                if bar is not None:
+                    bar.update(1)
+        active = still
+    if bar is not None:
+        bar.close()
+
+    total = time.perf_counter() - t_start
+    if stats is not None:
+        stats.total_seconds += total
+        stats.policy_seconds += policy_seconds
+        stats.prm_seconds += prm_seconds
+        stats.rounds += max((len(j.rounds) for j in jobs), default=0)
+        stats.generations += sum(j.generations for j in jobs)
+    # Orchestration time is shared evenly: it is per question, not per token.
+    overhead = (total - policy_seconds - prm_seconds) / max(len(jobs), 1)
+    return [_finish(job, policy, prm, overhead) for job in jobs]
+
+
+def _apportion(seconds: float, owners: Sequence[_Job], weights: Sequence[float]) -> None:
+    total = float(sum(weights))
+    if total <= 0:
+        share = seconds / max(len(owners), 1)
+        for job in owners:
+            job.seconds += share
+        return
+    for job, w in zip(owners, weights):
+        job.seconds += seconds * w / total
+
+
+def _finish(job: _Job, policy: Policy, prm: PRM | None, overhead: float) -> SearchResult:
+    nodes = job.result_nodes or []
+    answers = [extract_answer("".join(n.steps)) for n in nodes]
+    keys = group_keys(answers)
+    candidates = tuple(
+        Candidate(n.steps, n.scores, a, k, n.finished, n.stop_reason or "max_steps", n.tokens)
+        for n, a, k in zip(nodes, answers, keys)
+    )
+    answer, key = select_answer(candidates, job.strategy.answer_rule, job.strategy.selection_aggregation)
+    prm_params = prm.num_parameters if prm is not None else 0
+    cost = Cost(
+        generations=job.generations,
+        policy_prompt_tokens=job.prompt_tokens,
+        policy_generated_tokens=job.generated_tokens,
+        prm_tokens=job.prm_tokens,
+        policy_flops=2.0 * policy.num_parameters * (job.prompt_tokens + job.generated_tokens),
+        prm_flops=2.0 * prm_params * job.prm_tokens,
+        seconds=job.seconds + overhead,
+    )
+    return SearchResult(job.question, answer, key, job.strategy, candidates, cost, tuple(job.rounds))
