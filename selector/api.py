@@ -15,16 +15,22 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def resolve_engines(policy: str | Policy, prm: str | PRM | None) -> tuple[Policy, PRM | None]:
-    """Turn specs into engines, reusing engines already built for the same spec string in
-    this process (so repeated ``solve`` calls do not reload a model)."""
+    """Turn specs into loaded engines, reusing engines already built for the same spec string
+    in this process (so repeated ``solve`` calls do not reload a model). Loading happens here,
+    not inside the first search call, so a solve's ledger does not count the one-time load."""
 
     def get(kind: str, spec, factory):
         if not isinstance(spec, str):
-            return spec
-        with _ENGINES_LOCK:
-            if (kind, spec) not in _ENGINES:
-                _ENGINES[(kind, spec)] = factory(spec)
-            return _ENGINES[(kind, spec)]
+            engine = spec
+        else:
+            with _ENGINES_LOCK:
+                if (kind, spec) not in _ENGINES:
+                    _ENGINES[(kind, spec)] = factory(spec)
+                engine = _ENGINES[(kind, spec)]
+        load = getattr(engine, "load", None)
+        if callable(load):
+            load()
+        return engine
 
     return get("policy", policy, make_policy), get("prm", prm, make_prm)
 

@@ -20,7 +20,7 @@ def _build_strategy(args: argparse.Namespace):
     from .search import make_strategy
 
     params = {"n": args.n}
-    for key in ("m", "aggregation", "max_steps", "answer"):
+    for key in ("m", "aggregation", "max_steps", "answer_rule"):
         value = getattr(args, key)
         if value is not None:
             params[key] = value
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", type=int, default=None, help="beam width M (beam_search, dvts); N must be a multiple")
     p.add_argument("--aggregation", default=None, help="step-score aggregation: last | min | prod | mean")
     p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="max search rounds (tree strategies)")
-    p.add_argument("--answer", default=None, help="final-answer rule of tree strategies: weighted | best | majority")
+    p.add_argument("--answer-rule", dest="answer_rule", default=None, help="final-answer rule of tree strategies: weighted | best | majority")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--show", type=int, default=5, help="candidates to print (text mode)")
     _add_engine_args(p)

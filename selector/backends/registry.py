@@ -11,6 +11,7 @@ parsed as YAML scalars) or, for path-taking backends, a path:
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +31,8 @@ def _parse_kwargs(arg: str | None) -> dict[str, Any]:
     if not arg:
         return {}
     out = {}
-    for item in arg.split(","):
+    # Split on commas outside brackets so list values ("step_tokens=[4, 8]") survive.
+    for item in re.split(r",(?![^\[\]]*\])", arg):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"expected key=value in spec arguments, got {item!r}")

@@ -89,10 +89,9 @@ class StrategyConfig:
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"{self.name}: budget n must be a positive integer, got {self.n!r}")
 
-    # The answer rule and aggregation used to choose the final answer among candidates.
-    @property
-    def answer_rule(self) -> str:  # pragma: no cover - overridden
-        raise NotImplementedError
+    # How the final answer is chosen among candidates: a rule of ``search/aggregate.py``
+    # (a class constant for the best-of-N family, a field of tree strategies).
+    answer_rule: ClassVar[str] = "weighted"
 
     @property
     def selection_aggregation(self) -> str:

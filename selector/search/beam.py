@@ -22,7 +22,7 @@ class _TreeSearch(StrategyConfig):
     m: int = 4
     aggregation: str = "last"
     max_steps: int = 40
-    answer: str = "weighted"
+    answer_rule: str = "weighted"  # type: ignore[misc]  # a field here, a class constant elsewhere
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -37,11 +37,7 @@ class _TreeSearch(StrategyConfig):
         if self.max_steps < 1:
             raise ValueError(f"{self.name}: max_steps must be >= 1, got {self.max_steps}")
         check_aggregation(self.aggregation)
-        check_answer_rule(self.answer)
-
-    @property
-    def answer_rule(self) -> str:
-        return self.answer
+        check_answer_rule(self.answer_rule)
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,7 @@ class Majority(_SampleN):
     """Self-consistency over ``n`` samples."""
 
     name: ClassVar[str] = "majority"
-
-    @property
-    def answer_rule(self) -> str:
-        return "majority"
+    answer_rule: ClassVar[str] = "majority"
 
 
 @dataclass(frozen=True)
@@ -42,15 +39,12 @@ class BestOfN(_SampleN):
     """Highest aggregated PRM score among ``n`` samples."""
 
     name: ClassVar[str] = "best_of_n"
+    answer_rule: ClassVar[str] = "best"
     aggregation: str = "last"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_aggregation(self.aggregation)
-
-    @property
-    def answer_rule(self) -> str:
-        return "best"
 
 
 @dataclass(frozen=True)
@@ -58,7 +52,4 @@ class WeightedBestOfN(BestOfN):
     """Sum of aggregated PRM scores per equivalent answer among ``n`` samples."""
 
     name: ClassVar[str] = "weighted_best_of_n"
-
-    @property
-    def answer_rule(self) -> str:
-        return "weighted"
+    answer_rule: ClassVar[str] = "weighted"

@@ -31,6 +31,7 @@ class RunStats:
     prm_seconds: float = 0.0
     rounds: int = 0
     generations: int = 0
+    steps: int = 0  # generated steps (a whole best-of-N solution counts its steps)
 
     @property
     def orchestration_seconds(self) -> float:
@@ -54,18 +55,13 @@ class _Job:
     result_nodes: list[Node] | None = None
 
 
-def _child(node: Node, text: str, num_tokens: int, finish_reason: str, to_completion: bool, delimiter: str | None) -> Node:
-    if to_completion:
-        steps = tuple(split_steps(text, delimiter))
-    else:
-        steps = node.steps + ((text,) if text else ())
+def _finish_state(text: str, finish_reason: str, to_completion: bool) -> tuple[bool, str | None]:
+    """(finished, stop_reason) of a child whose newest text is ``text``."""
     if finish_reason == "eos":
-        finished, reason = True, "eos"
-    elif has_final_answer(text):
-        finished, reason = True, "answer"
-    else:
-        finished, reason = False, ("length" if to_completion else None)
-    return Node(steps, (), node.tokens + num_tokens, finished, reason)
+        return True, "eos"
+    if has_final_answer(text):
+        return True, "answer"
+    return False, ("length" if to_completion else None)
 
 
 def run_search(
@@ -100,13 +96,15 @@ def run_search(
         bar = tqdm(total=len(jobs), desc="search", unit="question")
     active = list(jobs)
     policy_seconds = prm_seconds = 0.0
+    new_steps = 0
     while active:
-        requests, owners = [], []
+        requests, owners, expansions = [], [], []
         for job in active:
             for exp in job.pending:
                 prefix = job.prompt + "".join(exp.node.steps)
                 requests.append(StepRequest(prefix, exp.n, params, exp.seed, exp.to_completion))
                 owners.append(job)
+                expansions.append(exp)
             job.rounds.append(sum(exp.n for exp in job.pending))
         t0 = time.perf_counter()
         outputs = policy.generate_steps(requests)
@@ -116,32 +114,39 @@ def run_search(
             raise RuntimeError(f"policy {policy.id!r} returned {len(outputs)} outputs for {len(requests)} requests")
         _apportion(dt, owners, [o.prompt_tokens + sum(c.num_tokens for c in o.continuations) for o in outputs])
 
-        # Build children, grouped per job per expansion.
-        children_of: dict[int, list[list[Node]]] = {}
-        to_score: list[tuple[_Job, int, int]] = []  # (job, expansion index, child index)
+        # Children of this round, flat in request order; Nodes are built once, after scoring.
+        child_steps: list[tuple[str, ...]] = []
+        child_meta: list[tuple[int, bool, str | None]] = []  # (tokens, finished, stop_reason)
+        child_scores: list[tuple[float, ...]] = []
+        score_at: list[int] = []
+        score_jobs: list[_Job] = []
         score_requests: list[ScoreRequest] = []
-        out_iter = iter(outputs)
-        for job in active:
-            groups = []
-            for e, exp in enumerate(job.pending):
-                out = next(out_iter)
-                if len(out.continuations) != exp.n:
-                    raise RuntimeError(f"policy {policy.id!r} returned {len(out.continuations)} continuations, asked {exp.n}")
-                job.generations += exp.n
-                job.prompt_tokens += out.prompt_tokens
-                group = []
-                for c in out.continuations:
-                    job.generated_tokens += c.num_tokens
-                    child = _child(exp.node, c.text, c.num_tokens, c.finish_reason, exp.to_completion, delimiter)
-                    if exp.score:
-                        if child.steps:
-                            to_score.append((job, e, len(group)))
-                            score_requests.append(ScoreRequest(job.question, child.steps))
-                        else:
-                            child = Node((), (EMPTY_SOLUTION_SCORE,), child.tokens, child.finished, child.stop_reason)
-                    group.append(child)
-                groups.append(group)
-            children_of[job.index] = groups
+        for job, exp, out in zip(owners, expansions, outputs):
+            conts = out.continuations
+            if len(conts) != exp.n:
+                raise RuntimeError(f"policy {policy.id!r} returned {len(conts)} continuations, asked {exp.n}")
+            job.generations += exp.n
+            job.prompt_tokens += out.prompt_tokens
+            base, base_tokens = exp.node.steps, exp.node.tokens
+            for c in conts:
+                text = c.text
+                job.generated_tokens += c.num_tokens
+                if exp.to_completion:
+                    steps = tuple(split_steps(text, delimiter))
+                else:
+                    steps = base + (text,) if text else base
+                new_steps += len(steps) - len(base)
+                child_meta.append((base_tokens + c.num_tokens, *_finish_state(text, c.finish_reason, exp.to_completion)))
+                child_steps.append(steps)
+                if not exp.score:
+                    child_scores.append(())
+                elif steps:
+                    score_at.append(len(child_scores))
+                    score_jobs.append(job)
+                    score_requests.append(ScoreRequest(job.question, steps))
+                    child_scores.append(())
+                else:
+                    child_scores.append((EMPTY_SOLUTION_SCORE,))
 
         if score_requests:
             if prm is None:
@@ -150,15 +155,21 @@ def run_search(
             scored = prm.score(score_requests)
             dt = time.perf_counter() - t0
             prm_seconds += dt
-            _apportion(dt, [j for j, _, _ in to_score], [s.num_tokens for s in scored])
-            for (job, e, k), req, out in zip(to_score, score_requests, scored):
+            if len(scored) != len(score_requests):
+                raise RuntimeError(f"PRM {prm.id!r} returned {len(scored)} outputs for {len(score_requests)} requests")
+            _apportion(dt, score_jobs, [o.num_tokens for o in scored])
+            for i, job, req, out in zip(score_at, score_jobs, score_requests, scored):
                 if len(out.step_scores) != len(req.steps):
-                    raise RuntimeError(
-                        f"PRM {prm.id!r} returned {len(out.step_scores)} scores for {len(req.steps)} steps"
-                    )
+                    raise RuntimeError(f"PRM {prm.id!r} returned {len(out.step_scores)} scores for {len(req.steps)} steps")
                 job.prm_tokens += out.num_tokens
-                node = children_of[job.index][e][k]
-                children_of[job.index][e][k] = Node(node.steps, tuple(out.step_scores), node.tokens, node.finished, node.stop_reason)
+                child_scores[i] = tuple(out.step_scores)
+
+        nodes = [Node(st, sc, *meta) for st, sc, meta in zip(child_steps, child_scores, child_meta)]
+        children_of: dict[int, list[list[Node]]] = {job.index: [] for job in active}
+        pos = 0
+        for job, exp in zip(owners, expansions):
+            children_of[job.index].append(nodes[pos : pos + exp.n])
+            pos += exp.n
 
         still = []
         for job in active:
@@ -180,6 +191,7 @@ def run_search(
         stats.prm_seconds += prm_seconds
         stats.rounds += max((len(j.rounds) for j in jobs), default=0)
         stats.generations += sum(j.generations for j in jobs)
+        stats.steps += new_steps
     # Orchestration time is shared evenly: it is per question, not per token.
     overhead = (total - policy_seconds - prm_seconds) / max(len(jobs), 1)
     return [_finish(job, policy, prm, overhead) for job in jobs]

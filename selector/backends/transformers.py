@@ -1,0 +1,757 @@
+"""A :class:`~selector.backends.base.Policy` on Hugging Face ``transformers``, for the CPU.
+
+:class:`TransformersPolicy` loads a causal language model from local files only (it never
+downloads) and samples reasoning steps with its own batched decoding loop:
+
+* **Sources.** A GGUF file (``model=<dir>, gguf_file=<name>``, or ``model=<path/to/x.gguf>``)
+  or a plain Hugging Face directory (``config.json`` plus ``*.safetensors``). A GGUF file is
+  de-quantized by ``transformers`` (slow: 15-40 s, mostly metadata parsing), then converted
+  once to a safetensors cache under ``cache_dir`` (default ``$TTS_SELECTOR_CACHE`` or
+  ``~/.cache/tts-selector``) in ``gguf/<sha256 of the file>/``. The cache is written to a
+  temporary folder and renamed into place, so an interrupted conversion is never used; later
+  loads read the cache (under a second). Weights are read with ``use_safetensors=True``
+  only: no pickle anywhere.
+* **Lazy.** The constructor validates its arguments and touches no weights; the model loads
+  on first use (thread-safe) or on an explicit :meth:`TransformersPolicy.load`.
+* **Sampling.** ``generate_steps`` flattens every request's ``n`` continuations into rows,
+  sorts them by prefix length, and decodes them in chunks of ``max_batch_size`` rows with a
+  KV cache, left padding, explicit ``attention_mask`` and ``position_ids``. Each distinct
+  prefix in a chunk is prefilled once and its cache copied to its rows. Row ``j`` of a request
+  with seed ``s`` draws its randomness from a ``torch.Generator`` seeded with
+  ``derive_seed(s, j)`` and its own logits only, so a continuation does not depend on which
+  other requests share the batch (up to float rounding of batched matrix products, which
+  changes a sampled token only when a draw falls within ~1e-6 of a token boundary). A row
+  stops at EOS, at the step delimiter (:func:`selector.steps.cut_at_delimiter`; the text is
+  cut right after it) unless ``to_completion``, or at its token cap; finished rows leave the
+  running batch at once so the tail of a batch is cheap.
+
+Decoded text skips special tokens (as vLLM does by default); an EOS token is never part of
+the text but is counted in ``num_tokens`` (it was generated).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from selector.backends.base import Continuation, SamplingParams, StepOutput, StepRequest
+from selector.seeds import derive_seed
+from selector.steps import cut_at_delimiter
+
+__all__ = ["TransformersPolicy", "default_cache_dir", "FALLBACK_PROMPT_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+_CACHE_ENV = "TTS_SELECTOR_CACHE"
+_CACHE_MARKER = "tts-selector-cache.json"
+_CACHE_FORMAT = 1
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "auto": "auto",
+}
+_SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+# Top-p first looks for the nucleus among this many most likely tokens, then widens.
+_TOP_P_FIRST_K = 256
+
+FALLBACK_PROMPT_FORMAT = (
+    "Used when the tokenizer has no chat template: the system prompt (if any) and a blank "
+    "line, then each worked example as 'Question: {q}\\nAnswer:\\n{a}\\n\\n', then "
+    "'Question: {question}\\nAnswer:\\n'."
+)
+
+
+def default_cache_dir() -> Path:
+    """``$TTS_SELECTOR_CACHE`` if set, else ``~/.cache/tts-selector``."""
+    env = os.environ.get(_CACHE_ENV)
+    return Path(env).expanduser() if env else Path("~/.cache/tts-selector").expanduser()
+
+
+def _sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _count_parameters(model: torch.nn.Module) -> int:
+    # ``parameters()`` yields a shared (tied) tensor once, so tied embeddings count once.
+    return sum(p.numel() for p in model.parameters())
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclasses.dataclass
+class _Row:
+    """One continuation being sampled."""
+
+    request: int
+    index: int  # continuation index j within its request
+    prefix: int  # index into the chunk's distinct prefixes
+    params: SamplingParams
+    to_completion: bool
+    cap: int
+    generator: torch.Generator | None
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    result: Continuation | None = None
+
+
+class TransformersPolicy:
+    """A local causal LM that samples reasoning steps (see the module docstring).
+
+    Args:
+        model: a Hugging Face model directory, a directory holding ``gguf_file``, or the path
+            of a ``.gguf`` file. Local paths only; nothing is downloaded.
+        gguf_file: the GGUF file's name inside ``model`` (a directory).
+        tokenizer: a tokenizer directory; default: the model's own (or the GGUF's).
+        dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` or ``"auto"``.
+        device: a torch device string; sampling itself always runs on the CPU.
+        system_prompt: an optional system turn for :meth:`format_prompt`.
+        few_shot: ``(question, answer)`` worked examples, as prior user/assistant turns.
+        step_delimiter: the text that ends a step (kept in the step).
+        sampling: overrides for :meth:`default_sampling_params` (``SamplingParams`` fields).
+        max_batch_size: most rows (continuations) decoded together.
+        cache_dir: where GGUF conversions are cached (default ``$TTS_SELECTOR_CACHE`` or
+            ``~/.cache/tts-selector``).
+        trust_remote_code: passed to ``from_pretrained`` as given.
+        id: the policy's name; default the GGUF file's stem or the model directory's name.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        gguf_file: str | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        system_prompt: str | None = None,
+        few_shot: Sequence[tuple[str, str]] = (),
+        step_delimiter: str = "\n\n",
+        sampling: dict | None = None,
+        max_batch_size: int = 64,
+        cache_dir: str | None = None,
+        trust_remote_code: bool = False,
+        id: str | None = None,
+    ) -> None:
+        self._gguf_path, self._model_dir = self._resolve_model(model, gguf_file)
+        self._tokenizer_dir = self._resolve_tokenizer(tokenizer)
+
+        if not isinstance(dtype, str) or dtype.lower() not in _DTYPES:
+            raise ValueError(
+                f"dtype={dtype!r} is not supported; use one of {sorted(set(_DTYPES))} "
+                "(float32 is the fast choice on CPUs without bfloat16 support)"
+            )
+        self.dtype = dtype.lower()
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda:0'): {exc}") from exc
+
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError(f"system_prompt must be a string or None, got {type(system_prompt).__name__}")
+        self.system_prompt = system_prompt
+        shots = []
+        for k, shot in enumerate(few_shot):
+            if (
+                not isinstance(shot, (tuple, list))
+                or len(shot) != 2
+                or not all(isinstance(s, str) for s in shot)
+            ):
+                raise ValueError(
+                    f"few_shot[{k}] must be a (question, answer) pair of strings, got {shot!r}"
+                )
+            shots.append((shot[0], shot[1]))
+        self.few_shot: tuple[tuple[str, str], ...] = tuple(shots)
+
+        if step_delimiter is not None and (not isinstance(step_delimiter, str) or not step_delimiter):
+            raise ValueError(
+                f"step_delimiter must be a non-empty string (or None: never cut), got {step_delimiter!r}"
+            )
+        self.step_delimiter = step_delimiter
+
+        sampling = dict(sampling or {})
+        unknown = sorted(set(sampling) - set(_SAMPLING_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"unknown sampling keys {unknown}; valid keys are the SamplingParams fields {list(_SAMPLING_FIELDS)}"
+            )
+        self.sampling = sampling
+        self._default_params = SamplingParams(**{"step_delimiter": step_delimiter, **sampling})
+
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
+        self.max_batch_size = max_batch_size
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.trust_remote_code = trust_remote_code
+
+        if id is None:
+            if self._gguf_path is not None:
+                id = self._gguf_path.name[: -len(".gguf")] if self._gguf_path.name.lower().endswith(".gguf") else self._gguf_path.name
+            else:
+                id = self._model_dir.resolve().name
+        if not isinstance(id, str) or not id:
+            raise ValueError(f"id must be a non-empty string, got {id!r}")
+        self.id = id
+
+        self._load_lock = threading.Lock()
+        self._generate_lock = threading.Lock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._num_parameters: int | None = None
+        self._sha256: str | None = None
+        self.load_info: dict[str, Any] = {}
+        self.last_stats: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _resolve_model(model: str, gguf_file: str | None) -> tuple[Path | None, Path]:
+        if not isinstance(model, (str, os.PathLike)) or not str(model):
+            raise ValueError(f"model must be a local path (directory or .gguf file), got {model!r}")
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model path {str(path)!r} does not exist. TransformersPolicy loads local files only "
+                "(it never downloads): pass a Hugging Face model directory (config.json + "
+                "*.safetensors), a directory plus gguf_file=, or the path of a .gguf file."
+            )
+        if path.is_file():
+            if gguf_file is not None:
+                raise ValueError(
+                    f"model={str(path)!r} is a file and gguf_file={gguf_file!r} was also given: pass "
+                    "either model=<the .gguf file> or model=<its directory>, gguf_file=<its name>."
+                )
+            if not path.name.lower().endswith(".gguf"):
+                raise ValueError(
+                    f"model={str(path)!r} is a file but not a .gguf file: pass a GGUF file or a model directory."
+                )
+            return path, path.parent
+        if gguf_file is not None:
+            candidate = Path(gguf_file).expanduser()
+            candidate = candidate if candidate.is_absolute() else path / candidate
+            if not candidate.is_file():
+                found = sorted(p.name for p in path.glob("*.gguf"))
+                raise FileNotFoundError(
+                    f"gguf_file {gguf_file!r} not found in {str(path)!r}; GGUF files there: "
+                    f"{found or 'none'}. Pass one of them as gguf_file=."
+                )
+            return candidate, path
+        if not (path / "config.json").is_file():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = (
+                f" It holds GGUF files {ggufs}: pass gguf_file=<one of them>."
+                if ggufs
+                else " Pass a Hugging Face model directory or a .gguf file."
+            )
+            raise FileNotFoundError(f"no config.json in model directory {str(path)!r}.{hint}")
+        if not any(path.glob("*.safetensors")):
+            pickles = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"})
+            extra = f" (found pickle weights {pickles}, which are never loaded)" if pickles else ""
+            raise FileNotFoundError(
+                f"no *.safetensors weights in {str(path)!r}{extra}. Convert the weights to safetensors "
+                "(e.g. model.save_pretrained(dir) with a current transformers) or pass a GGUF file."
+            )
+        return None, path
+
+    @staticmethod
+    def _resolve_tokenizer(tokenizer: str | None) -> Path | None:
+        if tokenizer is None:
+            return None
+        path = Path(tokenizer).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"tokenizer directory {str(path)!r} does not exist; pass a local tokenizer directory "
+                "(tokenizer.json / tokenizer_config.json) or leave tokenizer=None to use the model's."
+            )
+        return path
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def gguf_cache_path(self) -> Path | None:
+        """The cache folder of this GGUF file (hashes the file once); None for HF directories."""
+        if self._gguf_path is None:
+            return None
+        if self._sha256 is None:
+            self._sha256 = _sha256_file(self._gguf_path)
+        return self.cache_dir / "gguf" / self._sha256
+
+    def _cache_complete(self, folder: Path) -> bool:
+        marker = folder / _CACHE_MARKER
+        if not marker.is_file():
+            return False
+        try:
+            meta = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return False
+        return (
+            meta.get("format") == _CACHE_FORMAT
+            and meta.get("sha256") == self._sha256
+            and any(folder.glob("*.safetensors"))
+        )
+
+    def load(self) -> "TransformersPolicy":
+        """Load tokenizer and model now (idempotent, thread-safe). Returns ``self``."""
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    self._load_locked()
+        return self
+
+    def _torch_dtype(self) -> Any:
+        return _DTYPES[self.dtype]
+
+    def _load_locked(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        start = time.perf_counter()
+        common = {"local_files_only": True, "trust_remote_code": self.trust_remote_code}
+        tokenizer = None
+        if self._tokenizer_dir is not None:
+            tokenizer = AutoTokenizer.from_pretrained(str(self._tokenizer_dir), **common)
+
+        if self._gguf_path is None:
+            source = "hf"
+            model = AutoModelForCausalLM.from_pretrained(
+                str(self._model_dir), dtype=self._torch_dtype(), use_safetensors=True, **common
+            )
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(str(self._model_dir), **common)
+        else:
+            cache = self.gguf_cache_path
+            assert cache is not None
+            if self._cache_complete(cache):
+                source = "cache"
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(cache), dtype=self._torch_dtype(), use_safetensors=True, **common
+                )
+                if tokenizer is None:
+                    tokenizer = AutoTokenizer.from_pretrained(str(cache), **common)
+            else:
+                source = "gguf"
+                folder, name = str(self._gguf_path.parent), self._gguf_path.name
+                gguf_tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **common)
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder, gguf_file=name, dtype=torch.float32, **common
+                )
+                self._strip_quantizer(model)
+                self._write_cache(model, gguf_tokenizer, cache)
+                if tokenizer is None:
+                    tokenizer = gguf_tokenizer
+                if self._torch_dtype() not in ("auto", torch.float32):
+                    model = model.to(self._torch_dtype())
+
+        model.eval()
+        model.to(self.device)
+        self._setup(model, tokenizer)
+        self._num_parameters = _count_parameters(model)
+        self.load_info = {
+            "source": source,
+            "seconds": time.perf_counter() - start,
+            "path": str(self._gguf_path or self._model_dir),
+            "cache": str(self.gguf_cache_path) if self._gguf_path is not None else None,
+        }
+        log.info("loaded %s from %s in %.1f s", self.id, source, self.load_info["seconds"])
+        # Publish last: other threads test ``self._model`` without the lock.
+        self._tokenizer = tokenizer
+        self._model = model
+
+    @staticmethod
+    def _strip_quantizer(model: Any) -> None:
+        """A GGUF model is already de-quantized; drop the quantizer so it saves as plain weights."""
+        for attr, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
+            if hasattr(model, attr):
+                setattr(model, attr, value)
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+
+    def _write_cache(self, model: Any, tokenizer: Any, final: Path) -> None:
+        """Save a safetensors copy in a temporary folder, then rename it into place."""
+        tmp: Path | None = None
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}.tmp-", dir=final.parent))
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            pickles = [p.name for p in tmp.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+            if pickles or not any(tmp.glob("*.safetensors")):
+                raise RuntimeError(f"conversion wrote unexpected files {pickles} (no safetensors?)")
+            (tmp / _CACHE_MARKER).write_text(
+                json.dumps(
+                    {
+                        "format": _CACHE_FORMAT,
+                        "sha256": self._sha256,
+                        "source": self._gguf_path.name if self._gguf_path else None,
+                        "transformers": _transformers_version(),
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    },
+                    indent=1,
+                )
+            )
+            _fsync_tree(tmp)
+            if final.exists() and not self._cache_complete(final):
+                # Not written by this protocol (renames are atomic): move it aside, then drop it.
+                stale = final.with_name(f".{final.name[:16]}.stale-{os.getpid()}-{time.time_ns()}")
+                os.rename(final, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.rename(tmp, final)
+                tmp = None
+            except OSError:
+                # Someone else finished the same conversion first; theirs is as good.
+                if not self._cache_complete(final):
+                    raise
+        except Exception as exc:  # a cache we cannot write only costs speed next time
+            log.warning("could not cache the GGUF conversion at %s: %s", final, exc)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _setup(self, model: Any, tokenizer: Any) -> None:
+        """Derive what the decoding loop needs from the loaded model and tokenizer."""
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._keep_kwarg = "logits_to_keep" if "logits_to_keep" in params else None
+
+        eos: set[int] = set()
+        for value in (
+            tokenizer.eos_token_id,
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        ):
+            if value is None:
+                continue
+            eos.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+        self._eos_ids = frozenset(eos)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = min(eos) if eos else 0
+        self._pad_id = int(pad)
+        # Prepend BOS only where the tokenizer itself would (and the text lacks it).
+        bos = tokenizer.bos_token_id
+        self._bos_id = None
+        if bos is not None:
+            with_special = tokenizer("a").input_ids
+            if with_special and with_special[0] == bos and tokenizer("a", add_special_tokens=False).input_ids[:1] != [bos]:
+                self._bos_id = int(bos)
+        self._max_positions = getattr(model.config, "max_position_embeddings", None)
+
+    @property
+    def model(self) -> Any:
+        """The loaded ``transformers`` model (loads it if needed)."""
+        return self.load()._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer (loads the policy if needed)."""
+        return self.load()._tokenizer
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameter count (tied embeddings once). Before loading it is read from the config by
+        building the architecture on the ``meta`` device (no weights read)."""
+        if self._num_parameters is None:
+            with self._load_lock:
+                if self._num_parameters is None:
+                    self._num_parameters = self._count_without_loading()
+        return self._num_parameters
+
+    def _count_without_loading(self) -> int:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        common = {"local_files_only": True, "trust_remote_code": self.trust_remote_code}
+        if self._gguf_path is None:
+            config = AutoConfig.from_pretrained(str(self._model_dir), **common)
+        else:
+            cache = self.gguf_cache_path
+            if cache is not None and self._cache_complete(cache):
+                config = AutoConfig.from_pretrained(str(cache), **common)
+            else:
+                config = AutoConfig.from_pretrained(
+                    str(self._gguf_path.parent), gguf_file=self._gguf_path.name, **common
+                )
+                if hasattr(config, "quantization_config"):
+                    delattr(config, "quantization_config")
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=self.trust_remote_code)
+        return _count_parameters(skeleton)
+
+    # ------------------------------------------------------------------ prompts
+    def format_prompt(self, question: str) -> str:
+        """Chat-template prompt: system prompt, few-shot turns, the question, assistant header.
+
+        Without a chat template, the plain format in :data:`FALLBACK_PROMPT_FORMAT`.
+        """
+        tokenizer = self.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            parts = [f"{self.system_prompt}\n\n"] if self.system_prompt else []
+            parts += [f"Question: {q}\nAnswer:\n{a}\n\n" for q, a in self.few_shot]
+            parts.append(f"Question: {question}\nAnswer:\n")
+            return "".join(parts)
+        turns: list[dict[str, str]] = []
+        for q, a in self.few_shot:
+            turns += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        turns.append({"role": "user", "content": question})
+        if self.system_prompt is None:
+            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        try:
+            return tokenizer.apply_chat_template(
+                [{"role": "system", "content": self.system_prompt}] + turns,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        except Exception:  # a template without a system role: fold it into the first turn
+            turns[0] = {"role": "user", "content": f"{self.system_prompt}\n\n{turns[0]['content']}"}
+            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+    def default_sampling_params(self) -> SamplingParams:
+        return self._default_params
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prefix as the model reads it (no special tokens added, except a BOS
+        where the tokenizer adds one by default and the text does not start with it)."""
+        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        if self._bos_id is not None and (not ids or ids[0] != self._bos_id):
+            ids.insert(0, self._bos_id)
+        return ids
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.is_loaded else "not loaded"
+        return f"TransformersPolicy(id={self.id!r}, {state})"
+
+    # ------------------------------------------------------------------ generation
+    def generate_steps(self, requests: Sequence[StepRequest]) -> list[StepOutput]:
+        """One :class:`StepOutput` per request, in order (see the module docstring).
+
+        ``prompt_tokens`` is the prefix's token count, once per request (0 when ``n == 0``:
+        nothing is read). Calls are serialized; ``last_stats`` describes the latest one.
+        """
+        requests = list(requests)
+        for k, req in enumerate(requests):
+            if not isinstance(req, StepRequest):
+                raise TypeError(f"requests[{k}] is a {type(req).__name__}, not a StepRequest")
+            if not isinstance(req.prefix, str):
+                raise TypeError(f"requests[{k}].prefix must be a string")
+            if isinstance(req.n, bool) or not isinstance(req.n, int) or req.n < 0:
+                raise ValueError(f"requests[{k}].n must be an int >= 0, got {req.n!r}")
+            if not isinstance(req.params, SamplingParams):
+                raise TypeError(f"requests[{k}].params must be a SamplingParams")
+        if not requests:
+            return []
+        self.load()
+        with self._generate_lock, torch.inference_mode():
+            return self._generate_locked(requests)
+
+    def _generate_locked(self, requests: list[StepRequest]) -> list[StepOutput]:
+        start = time.perf_counter()
+        prefix_ids = [self.encode(r.prefix) if r.n else [] for r in requests]
+        rows: list[_Row] = []
+        for i, req in enumerate(requests):
+            if req.n == 0:
+                continue
+            if not prefix_ids[i]:
+                raise ValueError(
+                    f"requests[{i}].prefix is empty and this tokenizer adds no BOS: give the model some text "
+                    "(e.g. policy.format_prompt(question))"
+                )
+            cap = req.params.max_tokens if req.to_completion else req.params.max_step_tokens
+            if self._max_positions:
+                room = self._max_positions - len(prefix_ids[i])
+                if room < 1:
+                    raise ValueError(
+                        f"requests[{i}].prefix has {len(prefix_ids[i])} tokens; the model reads at most "
+                        f"{self._max_positions}: shorten the prompt (fewer few-shot examples or steps)"
+                    )
+                cap = min(cap, room)
+            for j in range(req.n):
+                greedy = req.params.temperature == 0
+                generator = None if greedy else torch.Generator().manual_seed(derive_seed(req.seed, j))
+                rows.append(_Row(i, j, -1, req.params, req.to_completion, cap, generator))
+        # Longest prefixes first (peak memory early); identical prefixes adjacent.
+        rows.sort(key=lambda r: (-len(prefix_ids[r.request]), prefix_ids[r.request], r.request, r.index))
+
+        stats = {"rows": len(rows), "chunks": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0}
+        for lo in range(0, len(rows), self.max_batch_size):
+            self._run_chunk(rows[lo : lo + self.max_batch_size], prefix_ids, stats)
+            stats["chunks"] += 1
+
+        outputs: list[list[Continuation | None]] = [[None] * r.n for r in requests]
+        for row in rows:
+            outputs[row.request][row.index] = row.result
+        result = [
+            StepOutput(continuations=tuple(outputs[i]), prompt_tokens=len(prefix_ids[i]) if req.n else 0)
+            for i, req in enumerate(requests)
+        ]
+        stats["generated_tokens"] = sum(c.num_tokens for out in result for c in out.continuations)
+        stats["prompt_tokens"] = sum(out.prompt_tokens for out in result)
+        stats["seconds"] = time.perf_counter() - start
+        self.last_stats = stats
+        return result
+
+    def _forward(self, cache: Any, **inputs: Any) -> torch.Tensor:
+        """Last-position logits (float32, on the CPU) of one forward pass with the KV cache."""
+        kwargs = {self._cache_kwarg: cache, "use_cache": True, **inputs}
+        if self._keep_kwarg is not None:
+            kwargs[self._keep_kwarg] = 1
+        logits = self._model(**kwargs).logits
+        return logits[:, -1, :].float().cpu()
+
+    def _run_chunk(self, rows: list[_Row], prefix_ids: list[list[int]], stats: dict[str, int]) -> None:
+        from transformers import DynamicCache
+
+        model, device = self._model, self.device
+        distinct: dict[tuple[int, ...], int] = {}
+        for row in rows:
+            row.prefix = distinct.setdefault(tuple(prefix_ids[row.request]), len(distinct))
+        prefixes = list(distinct)
+        width = max(len(p) for p in prefixes)
+        input_ids = torch.full((len(prefixes), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for k, ids in enumerate(prefixes):
+            input_ids[k, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[k, width - len(ids) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+
+        cache = DynamicCache(config=model.config)
+        logits = self._forward(
+            cache,
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=positions.to(device),
+        )
+        stats["prefill_tokens"] += sum(len(p) for p in prefixes)
+
+        # Give each row its prefix's cache (a copy per row; the rows then diverge).
+        source = torch.tensor([row.prefix for row in rows], dtype=torch.long)
+        if len(rows) != len(prefixes) or not torch.equal(source, torch.arange(len(rows))):
+            cache.batch_select_indices(source.to(device))
+            logits, attention = logits[source], attention[source]
+        next_pos = attention.sum(-1)  # position of the token each row generates next
+        attention = attention.to(device)
+
+        active = list(rows)
+        while True:
+            finished = []
+            for b, row in enumerate(active):
+                token = self._sample(logits[b], row)
+                row.tokens.append(token)
+                self._check_stop(row, token)
+                if row.result is not None:
+                    finished.append(b)
+            if len(finished) == len(active):
+                break
+            new_tokens = torch.tensor([row.tokens[-1] for row in active], dtype=torch.long)
+            if finished:
+                keep = torch.tensor([b for b, row in enumerate(active) if row.result is None], dtype=torch.long)
+                cache.batch_select_indices(keep.to(device))
+                attention, new_tokens, next_pos = attention[keep.to(device)], new_tokens[keep], next_pos[keep]
+                active = [row for row in active if row.result is None]
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+            logits = self._forward(
+                cache,
+                input_ids=new_tokens[:, None].to(device),
+                attention_mask=attention,
+                position_ids=next_pos[:, None].to(device),
+            )
+            next_pos = next_pos + 1
+            stats["decode_steps"] += 1
+            stats["row_steps"] += len(active)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self._tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _check_stop(self, row: _Row, token: int) -> None:
+        if token in self._eos_ids:
+            row.result = Continuation(self._decode(row.tokens[:-1]), len(row.tokens), "eos")
+            return
+        delimiter = row.params.step_delimiter
+        text = None
+        if delimiter and not row.to_completion:
+            # Re-decoding the step so far is O(step tokens) per row and step: steps are short.
+            text = self._decode(row.tokens)
+            step = cut_at_delimiter(text, delimiter)
+            if step is not None:
+                row.result = Continuation(step, len(row.tokens), "delimiter")
+                return
+        if len(row.tokens) >= row.cap:
+            row.result = Continuation(text if text is not None else self._decode(row.tokens), len(row.tokens), "length")
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, row: _Row) -> int:
+        """Draw one token for ``row`` from its own last-position logits (float32, CPU).
+
+        Temperature, then top-k, then top-p on the renormalized top-k distribution; the draw is
+        an inverse-CDF lookup of one uniform from the row's own generator.
+        """
+        params = row.params
+        if params.temperature == 0:
+            return int(torch.argmax(logits))
+        scaled = logits / params.temperature
+        vocab = scaled.shape[-1]
+        order = None  # token ids of ``probs`` when they are a sorted candidate list
+        if 0 < params.top_k < vocab:
+            values, order = torch.topk(scaled, params.top_k)
+            probs = torch.softmax(values, dim=-1)
+        elif params.top_p < 1.0:
+            full = torch.softmax(scaled, dim=-1)
+            k = min(vocab, _TOP_P_FIRST_K)
+            while True:
+                probs, order = torch.topk(full, k)
+                if k == vocab or float(probs.sum()) >= params.top_p:
+                    break
+                k = min(vocab, k * 8)
+        else:
+            probs = torch.softmax(scaled, dim=-1)
+        probs = probs.double()
+        if params.top_p < 1.0 and order is not None:
+            before = torch.cumsum(probs, dim=-1) - probs  # mass of the more likely tokens
+            kept = max(1, int((before < params.top_p).sum()))
+            probs, order = probs[:kept], order[:kept]
+        cdf = torch.cumsum(probs, dim=-1)
+        u = torch.rand((), generator=row.generator, dtype=torch.float64) * cdf[-1]
+        pick = min(int(torch.searchsorted(cdf, u.reshape(1), right=True)), cdf.shape[0] - 1)
+        while pick > 0 and probs[pick] == 0:  # only if rounding put u at the very end
+            pick -= 1
+        return int(order[pick]) if order is not None else pick
+
+
+def _transformers_version() -> str:
+    try:
+        import transformers
+
+        return transformers.__version__
+    except Exception:  # pragma: no cover
+        return "unknown"
