@@ -130,7 +130,8 @@ def make_strategy(name: str, **params: Any) -> StrategyConfig:
 
 def top_k(nodes: list[Node], k: int, aggregation: str) -> list[Node]:
     """The ``k`` nodes with the highest aggregated score; stable (ties keep sample order)."""
-    from .aggregate import aggregate
+    from .aggregate import AGGREGATIONS, check_aggregation
 
-    ranked = sorted(nodes, key=lambda node: -aggregate(node.scores, aggregation))
+    agg = AGGREGATIONS[check_aggregation(aggregation)]
+    ranked = sorted(nodes, key=lambda node: -agg(node.scores))
     return ranked[:k]

@@ -136,7 +136,10 @@ def run_search(
                 else:
                     steps = base + (text,) if text else base
                 new_steps += len(steps) - len(base)
-                child_meta.append((base_tokens + c.num_tokens, *_finish_state(text, c.finish_reason, exp.to_completion)))
+                if c.finish_reason == "eos":
+                    child_meta.append((base_tokens + c.num_tokens, True, "eos"))
+                else:
+                    child_meta.append((base_tokens + c.num_tokens, *_finish_state(text, c.finish_reason, exp.to_completion)))
                 child_steps.append(steps)
                 if not exp.score:
                     child_scores.append(())
