@@ -46,10 +46,14 @@ AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
 }
 
 
-def check_aggregation(name: str) -> str:
-    if name not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {name!r}; choose one of {sorted(AGGREGATIONS)}")
+def _check_name(name: str, registry: dict, what: str) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(registry)}")
     return name
+
+
+def check_aggregation(name: str) -> str:
+    return _check_name(name, AGGREGATIONS, "aggregation")
 
 
 def aggregate(scores: Sequence[float], how: str = "last") -> float:
@@ -106,9 +110,7 @@ ANSWER_RULES: dict[str, Callable[[list[str], list[float] | None], str]] = {
 
 
 def check_answer_rule(name: str) -> str:
-    if name not in ANSWER_RULES:
-        raise ValueError(f"unknown answer rule {name!r}; choose one of {sorted(ANSWER_RULES)}")
-    return name
+    return _check_name(name, ANSWER_RULES, "answer rule")
 
 
 def select_answer(
@@ -119,7 +121,7 @@ def select_answer(
     Returns ``(None, None)`` when no candidate has an answer. The answer text returned is that
     of the first candidate carrying the winning key.
     """
-    rule_fn = ANSWER_RULES.get(check_answer_rule(rule))
+    rule_fn = ANSWER_RULES[check_answer_rule(rule)]
     answered = [c for c in candidates if c.answer_key is not None]
     if not answered:
         return None, None

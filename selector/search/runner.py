@@ -106,12 +106,8 @@ def run_search(
                 owners.append(job)
                 expansions.append(exp)
             job.rounds.append(sum(exp.n for exp in job.pending))
-        t0 = time.perf_counter()
-        outputs = policy.generate_steps(requests)
-        dt = time.perf_counter() - t0
+        outputs, dt = _timed_batch(policy.generate_steps, requests, f"policy {policy.id!r}")
         policy_seconds += dt
-        if len(outputs) != len(requests):
-            raise RuntimeError(f"policy {policy.id!r} returned {len(outputs)} outputs for {len(requests)} requests")
         _apportion(dt, owners, [o.prompt_tokens + sum(c.num_tokens for c in o.continuations) for o in outputs])
 
         # Children of this round, flat in request order; Nodes are built once, after scoring.
@@ -154,12 +150,8 @@ def run_search(
         if score_requests:
             if prm is None:
                 raise ValueError("this strategy needs a PRM (only 'majority' runs without one); pass prm=...")
-            t0 = time.perf_counter()
-            scored = prm.score(score_requests)
-            dt = time.perf_counter() - t0
+            scored, dt = _timed_batch(prm.score, score_requests, f"PRM {prm.id!r}")
             prm_seconds += dt
-            if len(scored) != len(score_requests):
-                raise RuntimeError(f"PRM {prm.id!r} returned {len(scored)} outputs for {len(score_requests)} requests")
             _apportion(dt, score_jobs, [o.num_tokens for o in scored])
             for i, job, req, out in zip(score_at, score_jobs, score_requests, scored):
                 if len(out.step_scores) != len(req.steps):
@@ -198,6 +190,16 @@ def run_search(
     # Orchestration time is shared evenly: it is per question, not per token.
     overhead = (total - policy_seconds - prm_seconds) / max(len(jobs), 1)
     return [_finish(job, policy, prm, overhead) for job in jobs]
+
+
+def _timed_batch(call, requests: list, who: str) -> tuple[list, float]:
+    """Run one batched engine call; return its outputs (one per request, checked) and seconds."""
+    t0 = time.perf_counter()
+    outputs = call(requests)
+    seconds = time.perf_counter() - t0
+    if len(outputs) != len(requests):
+        raise RuntimeError(f"{who} returned {len(outputs)} outputs for {len(requests)} requests")
+    return outputs, seconds
 
 
 def _apportion(seconds: float, owners: Sequence[_Job], weights: Sequence[float]) -> None:
