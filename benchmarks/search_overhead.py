@@ -14,13 +14,14 @@ import platform
 import time
 
 from selector import DVTS, BeamSearch, BestOfN, Majority, WeightedBestOfN
-from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions
+from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, clear_caches, make_questions
 from selector.search.runner import RunStats, run_search
 
 
 def measure(strategy, questions, repeats):
     best = None
     for r in range(repeats):
+        clear_caches()  # every run starts cold: no strategy profits from another's memoized draws
         stats = RunStats()
         run_search([(q, strategy) for q in questions], SimulatedPolicy(), SimulatedPRM(), seed=r, stats=stats)
         if best is None or stats.total_seconds < best.total_seconds:

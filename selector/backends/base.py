@@ -2,11 +2,15 @@
 
 The split follows vLLM: an engine object (a :class:`Policy` or :class:`PRM`) is built once;
 each call carries requests with their own :class:`SamplingParams` and seed.
+
+The per-request and per-continuation records are typed ``NamedTuple``s rather than frozen
+dataclasses: search builds one per tree node, and a frozen dataclass costs about 3x more to
+construct, which showed up as a third of beam search's orchestration time.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, Sequence, runtime_checkable
 
 FinishReason = Literal["delimiter", "eos", "length"]
 
@@ -42,8 +46,7 @@ class SamplingParams:
         return replace(self, **changes)
 
 
-@dataclass(frozen=True)
-class StepRequest:
+class StepRequest(NamedTuple):
     """Ask for ``n`` continuations of ``prefix`` (the formatted prompt plus the partial solution).
 
     With ``to_completion=False`` each continuation stops at the step delimiter, EOS or
@@ -59,15 +62,13 @@ class StepRequest:
     to_completion: bool = False
 
 
-@dataclass(frozen=True)
-class Continuation:
+class Continuation(NamedTuple):
     text: str
     num_tokens: int
     finish_reason: FinishReason
 
 
-@dataclass(frozen=True)
-class StepOutput:
+class StepOutput(NamedTuple):
     """The continuations of one request and the prompt tokens it read (counted once per
     request: the ``n`` continuations share the prefix, as with vLLM's prefix caching)."""
 
@@ -75,14 +76,12 @@ class StepOutput:
     prompt_tokens: int
 
 
-@dataclass(frozen=True)
-class ScoreRequest:
+class ScoreRequest(NamedTuple):
     question: str
     steps: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ScoreOutput:
+class ScoreOutput(NamedTuple):
     """One score in [0, 1] per step, and the tokens the PRM read to produce them."""
 
     step_scores: tuple[float, ...]

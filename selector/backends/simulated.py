@@ -28,6 +28,7 @@ strong search can over-optimise it (as real PRMs are over-optimised on easy ques
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class SimProblem:
         return 1.0 - self.difficulty
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def problem_for(question: str) -> SimProblem:
     """The latent problem behind a question (pure function of its text)."""
     match = _DIFFICULTY.search(question)
@@ -209,15 +211,36 @@ class SimulatedPRM:
         ok = True
         tokens = 16
         for index, step in enumerate(request.steps):
-            m = _STEP.search(step)
-            if m is None:
-                raise ValueError(f"SimulatedPRM can only score SimulatedPolicy steps, got {step[:60]!r}")
-            ok = ok and m.group(2) == "+"
-            tokens += int(m.group(4))
-            eps = _STD_NORMAL.inv_cdf(_uniform("prm", self.seed, request.question, index, m.group(5)))
-            logit = self.separation * (1.0 if ok else -1.0) + self.bias * (m.group(3) is not None) + self.noise * eps
+            step_ok, confident, ntok, tag = _parse_step(step)
+            ok = ok and step_ok
+            tokens += ntok
+            # Beam search re-scores whole paths every round; the per-step draw is memoized
+            # (it is a pure function) so the simulator's cost stays linear in new steps.
+            eps = _step_noise(self.seed, request.question, index, tag)
+            logit = self.separation * (1.0 if ok else -1.0) + self.bias * confident + self.noise * eps
             scores.append(1.0 / (1.0 + math.exp(-logit)))
         return ScoreOutput(tuple(scores), tokens)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_step(step: str) -> tuple[bool, bool, int, str]:
+    """(correct, confident marker, tokens, tag) of a simulated step."""
+    m = _STEP.search(step)
+    if m is None:
+        raise ValueError(f"SimulatedPRM can only score SimulatedPolicy steps, got {step[:60]!r}")
+    return m.group(2) == "+", m.group(3) is not None, int(m.group(4)), m.group(5)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _step_noise(seed: int, question: str, index: int, tag: str) -> float:
+    return _STD_NORMAL.inv_cdf(_uniform("prm", seed, question, index, tag))
+
+
+def clear_caches() -> None:
+    """Forget memoized per-question and per-step draws (benchmarks start each run cold)."""
+    problem_for.cache_clear()
+    _parse_step.cache_clear()
+    _step_noise.cache_clear()
 
 
 def _split_prefix(prefix: str) -> tuple[str, str]:

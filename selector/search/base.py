@@ -14,17 +14,17 @@ search and DVTS: ``n`` frontier paths per step, so at most ``n`` generations in 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Generator
+from typing import Any, ClassVar, Generator, NamedTuple
 
 from ..seeds import derive_seed
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
+class Node(NamedTuple):
     """A partial (or complete) solution in the search tree.
 
     ``scores`` holds one PRM score per step of the whole path (empty when unscored);
-    ``tokens`` counts generated tokens along the path.
+    ``tokens`` counts generated tokens along the path. (A NamedTuple: immutable and cheap to
+    build, since search makes one per sampled step.)
     """
 
     steps: tuple[str, ...] = ()
@@ -37,8 +37,7 @@ class Node:
 ROOT = Node()
 
 
-@dataclass(frozen=True, slots=True)
-class Expansion:
+class Expansion(NamedTuple):
     """Ask for ``n`` continuations of ``node``.
 
     ``to_completion``: sample whole solutions instead of one step. ``score``: have the PRM

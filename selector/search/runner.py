@@ -123,29 +123,28 @@ def run_search(
                 raise RuntimeError(f"policy {policy.id!r} returned {len(conts)} continuations, asked {exp.n}")
             job.generations += exp.n
             job.prompt_tokens += out.prompt_tokens
-            base, base_tokens = exp.node.steps, exp.node.tokens
-            for c in conts:
-                text = c.text
-                job.generated_tokens += c.num_tokens
-                if exp.to_completion:
-                    steps = tuple(split_steps(text, delimiter))
-                else:
-                    steps = base + (text,) if text else base
-                new_steps += len(steps) - len(base)
-                if c.finish_reason == "eos":
-                    child_meta.append((base_tokens + c.num_tokens, True, "eos"))
-                else:
-                    child_meta.append((base_tokens + c.num_tokens, *_finish_state(text, c.finish_reason, exp.to_completion)))
-                child_steps.append(steps)
-                if not exp.score:
-                    child_scores.append(())
-                elif steps:
-                    score_at.append(len(child_scores))
+            job.generated_tokens += sum(c.num_tokens for c in conts)
+            base, base_tokens, to_completion = exp.node.steps, exp.node.tokens, exp.to_completion
+            # Comprehensions, not a per-child loop: this is the hot path of tree search.
+            if to_completion:
+                group = [tuple(split_steps(c.text, delimiter)) for c in conts]
+            else:
+                group = [base + (c.text,) if c.text else base for c in conts]
+            new_steps += sum(map(len, group)) - len(base) * len(group)
+            child_meta.extend(
+                [(base_tokens + c.num_tokens, *_finish_state(c.text, c.finish_reason, to_completion)) for c in conts]
+            )
+            offset = len(child_steps)
+            child_steps.extend(group)
+            if not exp.score:
+                child_scores.extend([()] * len(group))
+                continue
+            child_scores.extend([() if steps else (EMPTY_SOLUTION_SCORE,) for steps in group])
+            for k, steps in enumerate(group):
+                if steps:
+                    score_at.append(offset + k)
                     score_jobs.append(job)
                     score_requests.append(ScoreRequest(job.question, steps))
-                    child_scores.append(())
-                else:
-                    child_scores.append((EMPTY_SOLUTION_SCORE,))
 
         if score_requests:
             if prm is None:
