@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .backends.registry import DEFAULT_POLICY, DEFAULT_PRM
@@ -59,6 +60,37 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, k = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/k (e.g. 0/4), got {text!r}") from None
+    return i, k
+
+
+def _default_out(cfg) -> str:
+    return str(Path("tables") / cfg.name)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import load_config, run_profile
+
+    cfg = load_config(args.config)
+    summary = run_profile(cfg, args.out or _default_out(cfg), shard=_parse_shard(args.shard), progress=not args.quiet)
+    print(summary.render())
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .profile import merge_profiles
+
+    summary = merge_profiles(args.out, args.dirs, progress=not args.quiet)
+    print(summary.render())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-selector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=5, help="candidates to print (text mode)")
     _add_engine_args(p)
     p.set_defaults(func=_cmd_solve)
+
+    p = sub.add_parser("profile", help="profile every strategy per difficulty bin and budget into a table directory")
+    p.add_argument("config", help="profile config YAML (see configs/)")
+    p.add_argument("--out", default=None, help="table directory (default tables/<config name>); resumes if it exists")
+    p.add_argument("--shard", default=None, help="run only slice i of k (i/k) of the prompts, for many machines")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser("merge", help="join --shard output directories of one config and finish the tables")
+    p.add_argument("dirs", nargs="+", help="shard output directories")
+    p.add_argument("--out", required=True, help="merged table directory")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_merge)
     return parser
 
 
@@ -83,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:  # includes ConfigError, TableError
         print(f"tts-selector: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,15 +1,20 @@
-"""Problem sets. ``arithmetic``: a seeded generator of graded arithmetic problems.
+"""Problem sets: built-in names, any JSONL file, and the ``arithmetic`` generator.
 
-The generator spans difficulty for small models on purpose, from one-digit sums (level 1) to
-two-step word problems (level 6), so that the embedded CPU default (SmolLM2-135M) shows a
-real spread of pass@1 (see the README for measured figures). Every record carries its exact
-integer answer; nothing here needs the network.
+Built-ins read the real data sets from a data directory: ``$TTS_SELECTOR_DATA`` if set, else
+``../shared/data`` beside the project checkout. ``arithmetic`` is a seeded generator of graded
+problems, from one-digit sums (level 1) to two-step word problems (level 6), on which the
+embedded CPU default (SmolLM2-135M) shows a real spread of pass@1. Nothing here needs the
+network.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 NAMES = ("Ann", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena")
 ITEMS = ("apples", "marbles", "stickers", "coins", "books", "pencils", "shells", "cards")
@@ -17,11 +22,14 @@ ITEMS = ("apples", "marbles", "stickers", "coins", "books", "pencils", "shells",
 
 @dataclass(frozen=True)
 class Problem:
+    """One problem with its reference answer. ``level`` is a human or generator difficulty
+    label when the source has one (MATH levels 1-5, arithmetic levels 1-6), else None."""
+
     id: str
     problem: str
     answer: str
-    level: int
-    kind: str
+    level: int | None = None
+    kind: str | None = None
 
 
 def _one_digit_sum(r: random.Random) -> tuple[str, int, str]:
@@ -101,3 +109,128 @@ def arithmetic_problems(count: int, seed: int = 0, levels: tuple[int, ...] = tup
         seen.add(text)
         out.append(Problem(f"arith-{seed}-{len(out)}", text, str(answer), level, kind))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Real data sets and JSONL files
+
+
+def _gsm8k_answer(raw: str) -> str:
+    # GSM8K's answer field is a worked solution ending with "#### 72".
+    return raw.rsplit("####", 1)[-1].strip().replace(",", "")
+
+
+def _math_level(raw: Any) -> int | None:
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str) and raw.split()[-1].isdigit():
+        return int(raw.split()[-1])  # "Level 3" (Qwen's copy) or "3"
+    return None
+
+
+@dataclass(frozen=True)
+class JsonlFormat:
+    """Where a JSONL file keeps its fields. ``id_field=None`` numbers the lines."""
+
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    id_field: str | None = None
+    level_field: str | None = None
+    answer_transform: Callable[[str], str] | None = field(default=None, compare=False)
+
+
+BUILTIN_FILES: dict[str, tuple[str, JsonlFormat]] = {
+    "math500": ("math500.jsonl", JsonlFormat("problem", "answer", "unique_id", "level")),
+    "gsm8k": ("gsm8k_test.jsonl", JsonlFormat("question", "answer", None, None, _gsm8k_answer)),
+    "aime24": ("aime24.jsonl", JsonlFormat("problem", "answer", "id", None)),
+}
+GENERATED = {"arithmetic"}
+
+
+def data_dir() -> Path:
+    """The directory holding the built-in data sets (see module docstring)."""
+    env = os.environ.get("TTS_SELECTOR_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def read_jsonl(path: str | Path, fmt: JsonlFormat = JsonlFormat()) -> list[Problem]:
+    """Problems from a JSONL file; errors name the file, the line and the missing field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such data file")
+    out: list[Problem] = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            for name in (fmt.problem_field, fmt.answer_field, fmt.id_field):
+                if name is not None and name not in row:
+                    raise ValueError(
+                        f"{path}:{lineno}: no field {name!r} (fields: {sorted(row)}); "
+                        "set dataset.problem_field / answer_field / id_field in the config"
+                    )
+            answer = str(row[fmt.answer_field])
+            if fmt.answer_transform is not None:
+                answer = fmt.answer_transform(answer)
+            pid = str(row[fmt.id_field]) if fmt.id_field else f"{path.stem}-{lineno - 1}"
+            level = _math_level(row.get(fmt.level_field)) if fmt.level_field else None
+            out.append(Problem(pid, str(row[fmt.problem_field]), answer, level))
+    ids = [p.id for p in out]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: duplicate ids in field {fmt.id_field!r}; choose a unique id_field or none")
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def problems_sha256(problems: list[Problem]) -> str:
+    """A content hash of a problem list (ids, texts, answers), for provenance."""
+    digest = hashlib.sha256()
+    for p in problems:
+        digest.update(json.dumps([p.id, p.problem, p.answer]).encode())
+    return digest.hexdigest()
+
+
+def load_dataset(name: str, *, size: int | None = None, seed: int = 0, fmt: JsonlFormat | None = None) -> tuple[list[Problem], str]:
+    """Problems and the sha256 of their source (the file, or the generated content).
+
+    ``name`` is a built-in (``math500``, ``gsm8k``, ``aime24``, ``arithmetic``) or a JSONL path.
+    ``size`` takes a seeded random subset (for ``arithmetic``: how many to generate, default 120).
+    """
+    if name in GENERATED:
+        problems = arithmetic_problems(120 if size is None else size, seed=seed)
+        return problems, problems_sha256(problems)
+    if name in BUILTIN_FILES:
+        filename, builtin_fmt = BUILTIN_FILES[name]
+        path = data_dir() / filename
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"built-in data set {name!r} expects {path}; set TTS_SELECTOR_DATA to the folder holding {filename}"
+            )
+        fmt = builtin_fmt
+    else:
+        path = Path(name)
+        if path.suffix != ".jsonl" or not path.is_file():
+            raise ValueError(
+                f"unknown data set {name!r}: use one of {sorted(BUILTIN_FILES) + sorted(GENERATED)} or a path to a .jsonl file"
+            )
+        fmt = fmt or JsonlFormat()
+    problems = read_jsonl(path, fmt)
+    if size is not None:
+        if size > len(problems):
+            raise ValueError(f"dataset.size={size} but {name} has only {len(problems)} problems")
+        keep = sorted(random.Random(seed).sample(range(len(problems)), size))
+        problems = [problems[i] for i in keep]
+    return problems, file_sha256(path)

@@ -64,7 +64,8 @@ class Candidate:
     did not ask for scores, e.g. majority vote). ``answer`` is the extracted final answer text,
     ``answer_key`` its canonical key for voting (``None`` when no answer could be extracted).
     ``stop_reason`` is ``"eos"``, ``"answer"`` (a final answer appeared), ``"length"`` (token
-    cap) or ``"max_steps"``.
+    cap) or ``"max_steps"``. ``tokens`` counts the generated tokens of the whole path,
+    ``prm_tokens`` the tokens the PRM read to score it (its last scoring).
     """
 
     steps: tuple[str, ...]
@@ -74,6 +75,7 @@ class Candidate:
     finished: bool
     stop_reason: str
     tokens: int
+    prm_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -89,6 +91,7 @@ class Candidate:
             "finished": self.finished,
             "stop_reason": self.stop_reason,
             "tokens": self.tokens,
+            "prm_tokens": self.prm_tokens,
         }
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import time
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Sequence
@@ -89,7 +90,8 @@ class SimulatedPolicy:
 
     ``step_tokens`` is the (min, max) token count of a step; ``num_parameters`` is nominal
     and only feeds FLOPs accounting. ``popular_distractor`` is the probability that a wrong
-    path ends on the question's most popular wrong answer.
+    path ends on the question's most popular wrong answer. ``latency`` (seconds) is slept
+    per ``generate_steps`` call, to stand in for an engine in resume and overhead tests.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class SimulatedPolicy:
         popular_distractor: float = 0.6,
         num_parameters: int = 1_500_000_000,
         step_delimiter: str = "\n\n",
+        latency: float = 0.0,
         id: str = "sim-policy",
     ) -> None:
         self.seed = seed
@@ -109,6 +112,7 @@ class SimulatedPolicy:
         self.popular_distractor = popular_distractor
         self.num_parameters = num_parameters
         self.step_delimiter = step_delimiter
+        self.latency = latency
         self.id = id
 
     # -- Policy protocol -------------------------------------------------------------
@@ -119,6 +123,8 @@ class SimulatedPolicy:
         return SamplingParams(step_delimiter=self.step_delimiter)
 
     def generate_steps(self, requests: Sequence[StepRequest]) -> list[StepOutput]:
+        if self.latency:
+            time.sleep(self.latency)
         return [self._generate_one(r) for r in requests]
 
     # -- internals --------------------------------------------------------------------

@@ -58,7 +58,7 @@ def check_aggregation(name: str) -> str:
 
 def aggregate(scores: Sequence[float], how: str = "last") -> float:
     """Aggregate one solution's step scores (each in [0, 1]) into one score in [0, 1]."""
-    if not scores:
+    if len(scores) == 0:  # also accepts numpy arrays (rollouts read back from Parquet)
         raise ValueError("cannot aggregate an empty list of step scores (was the PRM skipped?)")
     try:
         return AGGREGATIONS[how](scores)

@@ -23,7 +23,8 @@ class Node(NamedTuple):
     """A partial (or complete) solution in the search tree.
 
     ``scores`` holds one PRM score per step of the whole path (empty when unscored);
-    ``tokens`` counts generated tokens along the path. (A NamedTuple: immutable and cheap to
+    ``tokens`` counts generated tokens along the path; ``prm_tokens`` what the PRM read to
+    score it. (A NamedTuple: immutable and cheap to
     build, since search makes one per sampled step.)
     """
 
@@ -32,6 +33,7 @@ class Node(NamedTuple):
     tokens: int = 0
     finished: bool = False
     stop_reason: str | None = None
+    prm_tokens: int = 0  # tokens the PRM read for this node's latest scoring
 
 
 ROOT = Node()

@@ -146,6 +146,7 @@ def run_search(
                     score_jobs.append(job)
                     score_requests.append(ScoreRequest(job.question, steps))
 
+        child_prm_tokens = [0] * len(child_steps)
         if score_requests:
             if prm is None:
                 raise ValueError("this strategy needs a PRM (only 'majority' runs without one); pass prm=...")
@@ -157,8 +158,11 @@ def run_search(
                     raise RuntimeError(f"PRM {prm.id!r} returned {len(out.step_scores)} scores for {len(req.steps)} steps")
                 job.prm_tokens += out.num_tokens
                 child_scores[i] = tuple(out.step_scores)
+                child_prm_tokens[i] = out.num_tokens
 
-        nodes = [Node(st, sc, *meta) for st, sc, meta in zip(child_steps, child_scores, child_meta)]
+        nodes = [
+            Node(st, sc, *meta, pt) for st, sc, meta, pt in zip(child_steps, child_scores, child_meta, child_prm_tokens)
+        ]
         children_of: dict[int, list[list[Node]]] = {job.index: [] for job in active}
         pos = 0
         for job, exp in zip(owners, expansions):
@@ -217,7 +221,7 @@ def _finish(job: _Job, policy: Policy, prm: PRM | None, overhead: float) -> Sear
     answers = [extract_answer("".join(n.steps)) for n in nodes]
     keys = group_keys(answers)
     candidates = tuple(
-        Candidate(n.steps, n.scores, a, k, n.finished, n.stop_reason or "max_steps", n.tokens)
+        Candidate(n.steps, n.scores, a, k, n.finished, n.stop_reason or "max_steps", n.tokens, n.prm_tokens)
         for n, a, k in zip(nodes, answers, keys)
     )
     answer, key = select_answer(candidates, job.strategy.answer_rule, job.strategy.selection_aggregation)

@@ -1,0 +1,319 @@
+"""The offline profiler: pool -> difficulty -> evaluate -> select, into a table directory.
+
+``run_profile(config, out_dir)`` runs every stage; stages 1 (pool) and 3's real tree runs are
+checkpointed shard by shard, so a profile killed at any point and started again finishes with
+the same tables, regenerating nothing that was written. ``--shard i/k`` runs one slice of the
+shards; ``merge`` joins the slices' directories and finishes the tables.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..backends.base import PRM, Policy
+from ..binning import assign_bins, bin_edges, bin_labels
+from ..datasets import JsonlFormat, Problem, load_dataset
+from ..search.aggregate import aggregate
+from ..tables import atomic_write_text, read_rollouts, write_table
+from ..types import Cost
+from .config import ConfigError, ProfileConfig, _build, load_config
+from .evaluate import best_of_n_family_rows, read_tree_runs, run_tree_shards, tree_rows
+from .pool import generate_pool, import_pool, plan_shards, select_shards
+from .select import select_tables
+
+__all__ = ["ProfileConfig", "ProfileSummary", "load_config", "merge_profiles", "run_profile"]
+
+MANIFEST = Path("state") / "manifest.json"
+
+
+@dataclass
+class ProfileSummary:
+    """What a profile run produced, for printing and tests."""
+
+    out_dir: Path
+    complete: bool
+    ledger: dict[str, dict[str, float]] = field(default_factory=dict)
+    bin_sizes: dict[int, int] = field(default_factory=dict)
+    bin_edges: list[float] = field(default_factory=list)
+    selection: pd.DataFrame | None = None
+    pass1_histogram: list[int] = field(default_factory=list)
+    grading_agreement: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def render(self) -> str:
+        lines = [f"table directory: {self.out_dir}"]
+        if not self.complete:
+            lines.append("shards written; run `tts-selector merge` over all shard directories to finish the tables")
+        for stage, cost in self.ledger.items():
+            lines.append(
+                f"ledger {stage:<30} {cost['generations']:>9.0f} generations  {cost['policy_tokens']:>10.0f} policy tokens"
+                f"  {cost['prm_tokens']:>10.0f} PRM tokens  {cost['flops']:.3g} FLOPs"
+            )
+        if self.grading_agreement.get("labelled"):
+            a = self.grading_agreement
+            lines.append(f"grading agrees with the pool's own labels on {a['agree']}/{a['labelled']} samples")
+        if self.pass1_histogram:
+            lines.append("pass@1 histogram (10 buckets of 0.1, profiling split): " + " ".join(map(str, self.pass1_histogram)))
+        if self.bin_sizes:
+            labels = bin_labels(self.bin_edges)
+            total = sum(self.bin_sizes.values())
+            lines.append("bins (1 = easiest): " + ", ".join(
+                f"{b}: {n} prompts ({n / total:.0%}, {labels[b]})" for b, n in sorted(self.bin_sizes.items())))
+        if self.selection is not None and not self.selection.empty:
+            lines.append("selection (held-out accuracy [95% CI], strategy n/m/aggregation):")
+            budgets = sorted(self.selection["budget"].unique())
+            lines.append("bin  " + " ".join(f"{'N=' + str(b):<36}" for b in budgets))
+            for b, rows in self.selection.groupby("bin"):
+                cells = []
+                for budget in budgets:
+                    r = rows[rows["budget"] == budget]
+                    if r.empty:
+                        cells.append(f"{'-':<36}")
+                        continue
+                    r = r.iloc[0]
+                    name = f"{r['strategy']}/{r['n']}" + (f"/{r['m']}" if pd.notna(r["m"]) else "") + (
+                        f"/{r['aggregation']}" if isinstance(r["aggregation"], str) else "")
+                    cells.append(f"{name} {r['accuracy']:.2f} [{r['ci_low']:.2f},{r['ci_high']:.2f}]".ljust(36))
+                lines.append(f"{b:<5}" + " ".join(cells))
+        lines.append(f"wall time: {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm
+
+
+def _load_problems(cfg: ProfileConfig) -> tuple[list[Problem], str]:
+    d = cfg.dataset
+    fmt = JsonlFormat(d.problem_field, d.answer_field, d.id_field)
+    return load_dataset(cfg.resolve(d.name), size=d.size, seed=d.seed, fmt=fmt)
+
+
+def _splits(problems: list[Problem], heldout: float, seed: int) -> dict[str, str]:
+    """prompt_id -> "profile" | "heldout"; a seeded share of prompts is never used to select."""
+    k = int(round(heldout * len(problems)))
+    order = np.random.default_rng([seed, 7]).permutation(len(problems))
+    held = {problems[i].id for i in order[:k]}
+    return {p.id: ("heldout" if p.id in held else "profile") for p in problems}
+
+
+def _check_manifest(out_dir: Path, cfg: ProfileConfig) -> None:
+    path = out_dir / MANIFEST
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        if manifest.get("config_hash") != cfg.config_hash:
+            raise ConfigError(
+                f"{out_dir} holds a profile of a different config (hash {manifest.get('config_hash', '?')[:12]}, "
+                f"this one {cfg.config_hash[:12]}): choose another --out, or delete that directory to start over"
+            )
+        return
+    atomic_write_text(path, json.dumps(
+        {"config_hash": cfg.config_hash, "config": cfg.to_dict(), "base_dir": cfg.base_dir}, indent=2, default=list))
+
+
+def _config_from_manifest(out_dir: Path) -> ProfileConfig:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        raise ConfigError(f"{out_dir}: no {MANIFEST}; is this a profile output directory?")
+    manifest = json.loads(path.read_text())
+    cfg = _build(ProfileConfig, manifest["config"], str(path))
+    return dataclasses.replace(cfg, base_dir=manifest["base_dir"]).check()
+
+
+def run_profile(
+    cfg: ProfileConfig,
+    out_dir: str | Path,
+    *,
+    policy: Policy | None = None,
+    prm: PRM | None = None,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> ProfileSummary:
+    """Run (or resume) a profile into ``out_dir``. Engines default to the config's specs.
+
+    With ``shard=(i, k)`` only shards ``s`` with ``s % k == i`` are generated and the tables
+    are not finished (``merge_profiles`` does that once all slices exist).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    if shard is not None and not (0 <= shard[0] < shard[1]):
+        raise ValueError(f"--shard i/k needs 0 <= i < k, got {shard[0]}/{shard[1]}")
+    problems, dataset_sha = _load_problems(cfg)
+    _check_manifest(out_dir, cfg)
+    bar = _progress(progress)
+    shards = select_shards(plan_shards(problems, cfg.shard_size), shard)
+    metadata = _base_metadata(cfg, dataset_sha, policy, prm)
+    agreement: dict[str, float] = {}
+    if cfg.pool.source == "generate":
+        if policy is None or prm is None:
+            from ..api import resolve_engines
+
+            policy, prm = resolve_engines(policy or cfg.policy, prm if prm is not None else cfg.prm)
+            metadata = _base_metadata(cfg, dataset_sha, policy, prm)
+        generate_pool(cfg, shards, out_dir, policy, prm, metadata, bar)
+        run_tree_shards(cfg, shards, out_dir, policy, prm, metadata, bar)
+    else:
+        agreement = import_pool(cfg, shards, out_dir, metadata, bar)
+    if shard is not None:
+        return ProfileSummary(out_dir, False, seconds=time.perf_counter() - t0)
+    summary = finish_tables(cfg, out_dir, problems, metadata, progress)
+    summary.grading_agreement = agreement
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def merge_profiles(out_dir: str | Path, sources: list[str | Path], progress: bool = True) -> ProfileSummary:
+    """Join shard directories of one config (``--shard i/k`` runs) into ``out_dir`` and finish."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    if not sources:
+        raise ValueError("merge needs at least one shard directory")
+    cfg = _config_from_manifest(Path(sources[0]))
+    for src in sources:
+        other = _config_from_manifest(Path(src))
+        if other.config_hash != cfg.config_hash:
+            raise ConfigError(f"{src} was profiled with another config than {sources[0]}; only shards of one config merge")
+    _check_manifest(out_dir, cfg)
+    for src in map(Path, sources):
+        if src.resolve() == out_dir.resolve():
+            continue
+        for sub in ("rollouts", "state"):
+            for f in sorted((src / sub).glob("*-*.parquet")):
+                target = out_dir / sub / f.name
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(f, target.with_suffix(".partial"))
+                    target.with_suffix(".partial").replace(target)
+    problems, dataset_sha = _load_problems(cfg)
+    meta = _base_metadata_from_rollouts(out_dir)
+    summary = finish_tables(cfg, out_dir, problems, meta, progress)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _base_metadata(cfg: ProfileConfig, dataset_sha: str, policy: Policy | None, prm: PRM | None) -> dict[str, Any]:
+    from ..grading import __name__ as grader_name
+    import importlib.metadata as md
+
+    try:
+        grader_version = md.version("math-verify")
+    except md.PackageNotFoundError:  # pragma: no cover
+        grader_version = "unknown"
+    return {
+        "policy_id": policy.id if policy is not None else cfg.policy,
+        "policy_params": int(policy.num_parameters) if policy is not None else int(cfg.policy_params or 0),
+        "prm_id": (prm.id if prm is not None else cfg.prm),
+        "prm_params": int(prm.num_parameters) if prm is not None else int(cfg.prm_params or 0),
+        "dataset": cfg.dataset.name, "dataset_sha256": dataset_sha,
+        "grader": f"{grader_name} (math-verify)", "grader_version": grader_version,
+        "binning_scheme": cfg.binning.scheme, "difficulty": cfg.difficulty, "n_pool": cfg.pool.n,
+        "config_hash": cfg.config_hash, "config_name": cfg.name, "package_version": __version__,
+        "pool_source": cfg.pool.source,
+    }
+
+
+def _base_metadata_from_rollouts(out_dir: Path) -> dict[str, Any]:
+    from ..tables import read_metadata, rollout_shards
+
+    shards = rollout_shards(out_dir)
+    if not shards:
+        raise ConfigError(f"{out_dir}: no rollout shards to merge")
+    meta = read_metadata(shards[0])
+    return {k: v for k, v in meta.items() if k not in ("kind", "schema_version", "shard_seconds", "created_at")}
+
+
+def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_params: int) -> dict[str, dict[str, float]]:
+    prompt_tokens = int(rollouts.groupby("prompt_id")["prompt_tokens"].first().sum())
+    generated, prm_tokens = int(rollouts["tokens"].sum()), int(rollouts["prm_tokens"].sum())
+    pool = Cost(
+        generations=len(rollouts), policy_prompt_tokens=prompt_tokens, policy_generated_tokens=generated,
+        prm_tokens=prm_tokens, policy_flops=2.0 * policy_params * (prompt_tokens + generated),
+        prm_flops=2.0 * prm_params * prm_tokens,
+    )
+    tree = Cost()
+    if not runs.empty:
+        tree = Cost(
+            generations=int(runs["generations"].sum()), policy_prompt_tokens=0,
+            policy_generated_tokens=int(runs["policy_tokens"].sum()), prm_tokens=int(runs["prm_tokens"].sum()),
+            policy_flops=float(runs["policy_flops"].sum()), prm_flops=float(runs["prm_flops"].sum()),
+            seconds=float(runs["seconds"].sum()) if "seconds" in runs else 0.0,
+        )
+    # The best-of-N family is evaluated from the pool: it spends nothing beyond stage 1.
+    return {"pool": pool.to_dict(), "best_of_n_family (from pool)": Cost().to_dict(), "beam_search/dvts (live)": tree.to_dict()}
+
+
+def finish_tables(
+    cfg: ProfileConfig, out_dir: Path, problems: list[Problem], metadata: dict[str, Any], progress: bool = True
+) -> ProfileSummary:
+    """Stages 2-4 from the written shards, then the four tables (each written atomically)."""
+    bar = _progress(progress)
+    rollouts = read_rollouts(out_dir)
+    have = set(rollouts["prompt_id"].unique())
+    missing = [p.id for p in problems if p.id not in have]
+    if missing:
+        raise ConfigError(
+            f"{out_dir}: no rollouts yet for {len(missing)} prompts (e.g. {missing[:3]}): run the remaining "
+            "--shard slices, then `tts-selector merge`"
+        )
+    splits = _splits(problems, cfg.dataset.heldout, cfg.dataset.seed)
+
+    # Stage 2: difficulty.
+    per_prompt = rollouts.groupby("prompt_id")
+    oracle = per_prompt["correct"].mean()
+    predicted = per_prompt["step_scores"].apply(lambda s: float(np.mean([aggregate(x, "last") if len(x) else 0.0 for x in s])))
+    source = oracle if cfg.difficulty == "oracle" else predicted
+    profile_ids = [p.id for p in problems if splits[p.id] == "profile"]
+    edges = bin_edges(source.loc[profile_ids].to_numpy(), cfg.binning.scheme, cfg.binning.k, cfg.binning.thresholds)
+    bins = pd.Series(assign_bins(source.loc[[p.id for p in problems]].to_numpy(), edges), index=[p.id for p in problems])
+    prompts = pd.DataFrame({
+        "prompt_id": [p.id for p in problems],
+        "text_sha256": [hashlib.sha256(p.problem.encode()).hexdigest() for p in problems],
+        "text": [p.problem for p in problems], "reference": [p.answer for p in problems],
+        "level": pd.array([p.level for p in problems], dtype="Int64"),
+        "split": [splits[p.id] for p in problems],
+        "oracle_pass1": [float(oracle[p.id]) for p in problems],
+        "predicted_pass1": [float(predicted[p.id]) for p in problems],
+        "bin": [int(bins[p.id]) for p in problems],
+        "pool_size": [int(per_prompt.size()[p.id]) for p in problems],
+    })
+
+    # Stage 3: evaluations (all prompts; selection below only sees the profiling split).
+    runs = read_tree_runs(out_dir)
+    policy_params, prm_params = int(metadata.get("policy_params", 0)), int(metadata.get("prm_params", 0))
+    evaluations = pd.concat(
+        [best_of_n_family_rows(cfg, rollouts, policy_params, prm_params, bar), tree_rows(runs)], ignore_index=True
+    )
+
+    # Stage 4: selection, cross-fitted inside each bin.
+    profile_bins = bins.loc[profile_ids]
+    results, selection = select_tables(
+        evaluations[evaluations["prompt_id"].isin(set(profile_ids))], profile_bins, cfg.select,
+        metadata["policy_id"], metadata["prm_id"], bar,
+    )
+    ledger = _ledger(rollouts, runs, policy_params, prm_params)
+    meta = dict(metadata, bin_edges=edges, bin_labels={str(k): v for k, v in bin_labels(edges).items()},
+                ledger=ledger, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_table(prompts, out_dir / "prompts.parquet", "prompts", meta)
+    write_table(evaluations, out_dir / "evaluations.parquet", "evaluations", meta)
+    write_table(results, out_dir / "results.parquet", "results", meta)
+    write_table(selection, out_dir / "selection.parquet", "selection", meta)
+    hist = np.histogram(oracle.loc[profile_ids].to_numpy(), bins=10, range=(0.0, 1.0))[0].tolist()
+    return ProfileSummary(
+        out_dir, True, ledger=ledger, bin_sizes=profile_bins.value_counts().sort_index().to_dict(),
+        bin_edges=edges, selection=selection, pass1_histogram=hist,
+    )

@@ -1,0 +1,255 @@
+"""The profile config: one YAML file per (policy, PRM, dataset) profile, validated up front.
+
+Every section is a frozen dataclass; unknown keys, wrong types and impossible values fail with
+a message that names the key and the fix. ``config_hash`` identifies the settings that
+decide a table's contents (it is stored in every table file's metadata).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..search.aggregate import AGGREGATIONS
+from ..search.base import STRATEGIES
+
+BEST_OF_N_FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
+TREE_STRATEGIES = ("beam_search", "dvts")
+
+
+class ConfigError(ValueError):
+    """A profile config that cannot be used; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    size: int | None = None
+    seed: int = 0
+    heldout: float = 0.0  # fraction of prompts reserved for evaluation (never used to select)
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    id_field: str | None = None
+
+    def check(self) -> None:
+        if self.size is not None and self.size < 2:
+            raise ConfigError(f"dataset.size must be >= 2 (or omitted for all), got {self.size}")
+        if not 0.0 <= self.heldout < 1.0:
+            raise ConfigError(f"dataset.heldout is a fraction in [0, 1), got {self.heldout}")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Where the N_pool rollouts per prompt come from: ``generate`` them with the policy, or
+    import them from a ``jsonl`` file of existing samples with scores (best-of-N family only)."""
+
+    n: int
+    source: str = "generate"
+    path: str | None = None
+    completions_field: str = "completions"
+    scores_field: str = "scores"
+    score_transform: str = "none"  # "sigmoid" maps unbounded logits into [0, 1]
+    correct_field: str | None = None  # optional: the file's own correctness labels, for a check
+
+    def check(self) -> None:
+        if self.n < 1:
+            raise ConfigError(f"pool.n (N_pool) must be >= 1, got {self.n}")
+        if self.source not in ("generate", "jsonl"):
+            raise ConfigError(f"pool.source must be 'generate' or 'jsonl', got {self.source!r}")
+        if self.source == "jsonl" and not self.path:
+            raise ConfigError("pool.source is 'jsonl': set pool.path to the file of existing samples")
+        if self.score_transform not in ("none", "sigmoid"):
+            raise ConfigError(f"pool.score_transform must be 'none' or 'sigmoid', got {self.score_transform!r}")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    strategies: tuple[str, ...] = BEST_OF_N_FAMILY + TREE_STRATEGIES
+    budgets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    tree_budgets: tuple[int, ...] | None = None  # budgets of beam search / DVTS (default: budgets)
+    beam_widths: tuple[int, ...] = (4,)
+    aggregations: tuple[str, ...] = ("last",)
+    max_steps: int = 40
+    answer_rule: str = "weighted"
+
+    def check(self, pool: PoolConfig) -> None:
+        for s in self.strategies:
+            if s not in STRATEGIES:
+                raise ConfigError(f"grid.strategies: unknown strategy {s!r}; choose from {sorted(STRATEGIES)}")
+        for a in self.aggregations:
+            if a not in AGGREGATIONS:
+                raise ConfigError(f"grid.aggregations: unknown aggregation {a!r}; choose from {sorted(AGGREGATIONS)}")
+        if not self.budgets or any(b < 1 for b in self.budgets):
+            raise ConfigError(f"grid.budgets must be positive integers, got {list(self.budgets)}")
+        too_big = [b for b in self.budgets if b > pool.n and any(s in BEST_OF_N_FAMILY for s in self.strategies)]
+        if too_big:
+            raise ConfigError(
+                f"grid.budgets {too_big} exceed pool.n={pool.n}: the best-of-N family is evaluated from the pool; "
+                f"raise pool.n or drop those budgets"
+            )
+        if pool.source == "jsonl" and any(s in TREE_STRATEGIES for s in self.strategies):
+            raise ConfigError(
+                "imported pools hold whole solutions only: remove beam_search/dvts from grid.strategies "
+                "(they need the policy to expand steps)"
+            )
+        for n in self.tree_budget_list:
+            if not any(n % m == 0 and n >= m for m in self.beam_widths):
+                raise ConfigError(f"tree budget {n} is not a multiple of any beam width {list(self.beam_widths)}")
+
+    @property
+    def tree_budget_list(self) -> tuple[int, ...]:
+        if not any(s in TREE_STRATEGIES for s in self.strategies):
+            return ()
+        if self.tree_budgets is not None:
+            return self.tree_budgets
+        return tuple(b for b in self.budgets if any(b % m == 0 and b >= m for m in self.beam_widths))
+
+
+@dataclass(frozen=True)
+class BinningConfig:
+    scheme: str = "quantile"
+    k: int = 5
+    thresholds: tuple[float, ...] = (0.1, 0.5)
+
+    def check(self) -> None:
+        if self.scheme not in ("quantile", "absolute"):
+            raise ConfigError(f"binning.scheme must be 'quantile' (Snell et al.) or 'absolute' (Liu et al.), got {self.scheme!r}")
+        if self.scheme == "quantile" and self.k < 1:
+            raise ConfigError(f"binning.k must be >= 1, got {self.k}")
+        if self.scheme == "absolute":
+            t = list(self.thresholds)
+            if not t or t != sorted(set(t)) or not all(0 < x < 1 for x in t):
+                raise ConfigError(f"binning.thresholds must be increasing pass@1 values in (0, 1), got {t}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    subsamples: int = 200  # random subsets per (prompt, budget); exact when C(N_pool, n) is smaller
+    seeds: tuple[int, ...] = (0,)  # seeds of the real beam-search / DVTS runs
+
+    def check(self) -> None:
+        if self.subsamples < 1:
+            raise ConfigError(f"evaluate.subsamples must be >= 1, got {self.subsamples}")
+        if not self.seeds:
+            raise ConfigError("evaluate.seeds must name at least one seed")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    folds: int = 2  # K-fold cross-fitting inside each bin (Snell et al. used 2)
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.folds < 2:
+            raise ConfigError(f"select.folds must be >= 2 (choose on K-1 folds, score on the held-out one), got {self.folds}")
+        if self.bootstrap < 10:
+            raise ConfigError(f"select.bootstrap must be >= 10 resamples, got {self.bootstrap}")
+        if not 0.5 < self.confidence < 1:
+            raise ConfigError(f"select.confidence must be in (0.5, 1), got {self.confidence}")
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    name: str
+    dataset: DatasetConfig
+    pool: PoolConfig
+    policy: str = "smollm2-135m"
+    prm: str = "arith-check"
+    sampling: dict[str, Any] = field(default_factory=dict)
+    grid: GridConfig = GridConfig()
+    binning: BinningConfig = BinningConfig()
+    difficulty: str = "oracle"
+    evaluate: EvaluateConfig = EvaluateConfig()
+    select: SelectConfig = SelectConfig()
+    policy_params: int | None = None  # parameter counts for imported pools (no engine to ask)
+    prm_params: int | None = None
+    seed: int = 0  # seed of the pool's samples
+    shard_size: int = 16  # prompts per rollout shard and checkpoint
+    # Folder that relative file paths in the config are read from; not part of the identity.
+    base_dir: str = field(default=".", compare=False)
+
+    def check(self) -> "ProfileConfig":
+        self.dataset.check()
+        self.pool.check()
+        self.grid.check(self.pool)
+        self.binning.check()
+        self.evaluate.check()
+        self.select.check()
+        if self.difficulty not in ("oracle", "predicted"):
+            raise ConfigError(f"difficulty must be 'oracle' (graded pass@1) or 'predicted' (mean final PRM score), got {self.difficulty!r}")
+        if self.shard_size < 1:
+            raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.pool.source == "generate" and self.prm == "none" and self.grid.strategies != ("majority",):
+            raise ConfigError("prm is 'none': only the 'majority' strategy can be profiled without a PRM")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("base_dir")
+        return out
+
+    def resolve(self, value: str) -> str:
+        """A file named in the config, relative to the config's folder; names stay names."""
+        if value.endswith(".jsonl") and not Path(value).is_absolute():
+            return str((Path(self.base_dir) / value).resolve())
+        return value
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of every setting (the table's identity)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=list).encode()).hexdigest()
+
+
+_SECTIONS = {
+    "dataset": DatasetConfig, "pool": PoolConfig, "grid": GridConfig, "binning": BinningConfig,
+    "evaluate": EvaluateConfig, "select": SelectConfig,
+}
+
+
+def _build(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    values = {}
+    for key, value in raw.items():
+        if key in _SECTIONS and cls is ProfileConfig:
+            value = _build(_SECTIONS[key], value, key)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config(path: str | Path) -> ProfileConfig:
+    """Read and validate a profile config YAML; relative file paths in it (dataset, pool)
+    resolve against the config file's folder (see :meth:`ProfileConfig.resolve`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a profile config is a mapping with at least 'name', 'dataset' and 'pool'")
+    for key in ("name", "dataset", "pool"):
+        if key not in raw:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+    raw.setdefault("name", path.stem)
+    if "base_dir" in raw:
+        raise ConfigError(f"{path}: 'base_dir' is set by the loader, not in the file")
+    cfg = _build(ProfileConfig, raw, str(path))
+    return dataclasses.replace(cfg, base_dir=str(path.resolve().parent)).check()

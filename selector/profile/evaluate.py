@@ -1,0 +1,213 @@
+"""Stage 3: every configuration at every budget, one row per (prompt, configuration, budget).
+
+Best-of-N family (majority, best_of_n, weighted_best_of_n x aggregations) at budget n <= N_pool
+is evaluated **from the pool alone**: a prompt's expected accuracy is the mean over random
+n-subsets drawn without replacement (all subsets when there are no more than
+``evaluate.subsamples`` of them, so small pools are exact), with the same subsets for every
+configuration. Voting follows ``search/aggregate.select_answer`` exactly: a subset's members
+are taken in pool order, candidates without an answer take no part, and ties go to the answer
+seen first; ``tests/test_profile.py`` checks the vectorized code against it. Beam search and
+DVTS are run for real at each (N, M, aggregation, seed), batched across the shard's prompts,
+with each shard's rows checkpointed so a resumed profile does not run them again.
+"""
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..backends.base import PRM, Policy
+from ..grading import is_equivalent
+from ..search.aggregate import AGGREGATIONS
+from ..search.base import make_strategy
+from ..search.runner import run_search
+from ..seeds import derive_seed
+from ..tables import read_table, write_table
+from .config import BEST_OF_N_FAMILY, TREE_STRATEGIES, ProfileConfig
+from .pool import Shard
+
+EVAL_COLUMNS = [
+    "prompt_id", "strategy", "n", "m", "aggregation", "budget", "accuracy", "accuracy_std",
+    "generations", "policy_tokens", "prm_tokens", "tokens", "flops",
+]
+
+
+def subsets(pool_size: int, n: int, count: int, seed: int) -> np.ndarray:
+    """Index matrix (rows = subsets, sorted ascending) of n-subsets of range(pool_size).
+
+    All C(pool_size, n) subsets when that is at most ``count`` (exact expectation), else
+    ``count`` random subsets without replacement within each subset.
+    """
+    total = math.comb(pool_size, n)
+    if total <= count:
+        return np.array(list(combinations(range(pool_size), n)), dtype=np.int64).reshape(total, n)
+    rng = np.random.default_rng(seed)
+    # argsort of uniform noise = a uniformly random permutation per row; keep n, sort them.
+    picks = np.argsort(rng.random((count, pool_size)), axis=1)[:, :n]
+    return np.sort(picks, axis=1)
+
+
+def _vote(ids: np.ndarray, weights: np.ndarray, n_keys: int) -> np.ndarray:
+    """Winning answer id per row (-1 when no candidate has an answer); ties to first seen."""
+    rows, n = ids.shape
+    valid = ids >= 0
+    flat = (np.arange(rows)[:, None] * n_keys + np.where(valid, ids, 0))[valid]
+    totals = np.bincount(flat, weights=weights[valid], minlength=rows * n_keys).reshape(rows, n_keys)
+    seen = np.zeros((rows, n_keys), dtype=bool)
+    seen.reshape(-1)[flat] = True
+    first = np.full((rows, n_keys), n, dtype=np.int64)
+    for col in range(n - 1, -1, -1):  # later columns first, so earlier ones overwrite
+        ok = valid[:, col]
+        first[np.nonzero(ok)[0], ids[ok, col]] = col
+    best = np.where(seen, totals, -np.inf).max(axis=1, keepdims=True)
+    tied = seen & (totals == best)
+    winner = np.argmin(np.where(tied, first, n + 1), axis=1)
+    return np.where(valid.any(axis=1), winner, -1)
+
+
+def _best(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Answer id of the highest-scoring answered candidate per row (first on ties), or -1."""
+    valid = ids >= 0
+    pos = np.argmax(np.where(valid, scores, -np.inf), axis=1)
+    return np.where(valid.any(axis=1), ids[np.arange(len(ids)), pos], -1)
+
+
+def best_of_n_family_rows(
+    cfg: ProfileConfig, rollouts: pd.DataFrame, policy_params: int, prm_params: int, progress: Callable | None = None
+) -> pd.DataFrame:
+    """Expected accuracy and cost of the best-of-N family at every budget, from the pool."""
+    grid = cfg.grid
+    budgets = sorted(b for b in grid.budgets if b <= cfg.pool.n)
+    family = [s for s in grid.strategies if s in BEST_OF_N_FAMILY]
+    if not family:
+        return pd.DataFrame(columns=EVAL_COLUMNS)
+    out: list[dict] = []
+    groups = rollouts.sort_values(["prompt_id", "sample_id"]).groupby("prompt_id", sort=False)
+    bar = progress(total=rollouts["prompt_id"].nunique(), desc="evaluate best-of-N family", unit="prompt") if progress else None
+    for prompt_id, pool in groups:
+        keys = pool["answer_key"].tolist()
+        key_ids: dict[str, int] = {}
+        ids = np.array([-1 if k is None else key_ids.setdefault(k, len(key_ids)) for k in keys], dtype=np.int64)
+        correct_of = np.zeros(max(len(key_ids), 1), dtype=bool)
+        for k, c in zip(keys, pool["correct"]):
+            if k is not None:
+                correct_of[key_ids[k]] = bool(c)
+        agg = {a: np.array([AGGREGATIONS[a](s) for s in pool["step_scores"]]) for a in grid.aggregations} if any(
+            s != "majority" for s in family) else {}
+        size = len(pool)
+        mean_gen = float(pool["tokens"].mean())
+        mean_prm = float(pool["prm_tokens"].mean())
+        prompt_tokens = int(pool["prompt_tokens"].iloc[0])
+        for n in budgets:
+            idx = subsets(size, n, cfg.evaluate.subsamples, derive_seed(cfg.seed, "subsets", prompt_id, n))
+            sub_ids = ids[idx]
+            ones = np.ones(sub_ids.shape)
+            policy_tokens = prompt_tokens + n * mean_gen
+            for strategy in family:
+                for aggregation in ([None] if strategy == "majority" else grid.aggregations):
+                    if strategy == "majority":
+                        winner = _vote(sub_ids, ones, len(key_ids) or 1)
+                    elif strategy == "best_of_n":
+                        winner = _best(sub_ids, agg[aggregation][idx])
+                    else:
+                        winner = _vote(sub_ids, agg[aggregation][idx], len(key_ids) or 1)
+                    hits = np.where(winner >= 0, correct_of[np.maximum(winner, 0)], False)
+                    prm_tokens = 0.0 if strategy == "majority" else n * mean_prm
+                    out.append({
+                        "prompt_id": prompt_id, "strategy": strategy, "n": n, "m": None, "aggregation": aggregation,
+                        "budget": n, "accuracy": float(hits.mean()), "accuracy_std": float(hits.std()),
+                        # From the pool: these samples were already paid for in stage 1, so the
+                        # family adds no generations; the cost columns say what a live run would spend.
+                        "generations": float(n), "policy_tokens": policy_tokens, "prm_tokens": prm_tokens,
+                        "tokens": policy_tokens + prm_tokens,
+                        "flops": 2.0 * policy_params * policy_tokens + 2.0 * prm_params * prm_tokens,
+                    })
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return pd.DataFrame(out, columns=EVAL_COLUMNS)
+
+
+def tree_configs(cfg: ProfileConfig) -> list:
+    """Every (strategy, N, M, aggregation) of beam search / DVTS in the grid, as configs."""
+    grid = cfg.grid
+    out = []
+    for strategy in (s for s in grid.strategies if s in TREE_STRATEGIES):
+        for n in grid.tree_budget_list:
+            for m in grid.beam_widths:
+                if n % m or n < m:
+                    continue
+                for aggregation in grid.aggregations:
+                    out.append(make_strategy(strategy, n=n, m=m, aggregation=aggregation,
+                                             max_steps=grid.max_steps, answer_rule=grid.answer_rule))
+    return out
+
+
+def tree_checkpoint(table_dir: Path, shard_index: int) -> Path:
+    return table_dir / "state" / f"tree-shard-{shard_index:05d}.parquet"
+
+
+def run_tree_shards(
+    cfg: ProfileConfig, shards: list[Shard], table_dir: Path, policy: Policy, prm: PRM | None,
+    metadata: dict, progress: Callable | None = None,
+) -> None:
+    """Run beam search / DVTS for real on every shard without a checkpoint yet.
+
+    Raw rows are one per (prompt, configuration, seed); all configurations and seeds of a
+    shard go to the backend together, so each round is one large batch.
+    """
+    configs = tree_configs(cfg)
+    if not configs:
+        return
+    sampling = policy.default_sampling_params()
+    if cfg.sampling:
+        sampling = sampling.replace(**cfg.sampling)
+    todo = [s for s in shards if not tree_checkpoint(table_dir, s.index).exists()]
+    bar = progress(total=len(shards), initial=len(shards) - len(todo), desc="beam search / DVTS", unit="shard") if progress else None
+    for shard in todo:
+        rows = []
+        for seed in cfg.evaluate.seeds:
+            jobs = [(p, c) for p in shard.problems for c in configs]
+            results = run_search([(p.problem, c) for p, c in jobs], policy, prm, sampling=sampling, seed=seed)
+            for (problem, config), r in zip(jobs, results):
+                c = r.cost
+                rows.append({
+                    "prompt_id": problem.id, "strategy": config.name, "n": config.n, "m": config.m,
+                    "aggregation": config.aggregation, "seed": seed,
+                    "correct": bool(is_equivalent(r.answer, problem.answer)),
+                    "generations": c.generations, "policy_tokens": c.policy_tokens, "prm_tokens": c.prm_tokens,
+                    "policy_flops": c.policy_flops, "prm_flops": c.prm_flops, "seconds": c.seconds,
+                })
+        write_table(pd.DataFrame(rows), tree_checkpoint(table_dir, shard.index), "tree_runs", metadata)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def read_tree_runs(table_dir: Path) -> pd.DataFrame:
+    files = sorted((table_dir / "state").glob("tree-shard-*.parquet"))
+    frames = [read_table(f, "tree_runs")[0] for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def tree_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Average the raw tree runs over seeds into evaluation rows."""
+    if runs.empty:
+        return pd.DataFrame(columns=EVAL_COLUMNS)
+    keys = ["prompt_id", "strategy", "n", "m", "aggregation"]
+    g = runs.assign(correct=runs["correct"].astype(float)).groupby(keys, sort=True, dropna=False)
+    out = g.agg(
+        accuracy=("correct", "mean"), accuracy_std=("correct", lambda x: float(np.std(x))),
+        generations=("generations", "mean"), policy_tokens=("policy_tokens", "mean"),
+        prm_tokens=("prm_tokens", "mean"), policy_flops=("policy_flops", "mean"), prm_flops=("prm_flops", "mean"),
+    ).reset_index()
+    out["budget"] = out["n"]
+    out["tokens"] = out["policy_tokens"] + out["prm_tokens"]
+    out["flops"] = out["policy_flops"] + out["prm_flops"]
+    return out[EVAL_COLUMNS]
