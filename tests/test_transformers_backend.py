@@ -10,6 +10,7 @@ Slow tests (``-m slow``) load the real SmolLM2-135M GGUF once per module.
 """
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 import shutil
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from selector.backends.base import Policy, SamplingParams, StepOutput, StepRequest
-from selector.backends.transformers import TransformersPolicy, _Row
+from selector.backends.transformers import _MIN_SHARED_TOKENS, _PREFIX_CACHE_ENTRIES, TransformersPolicy, _Row
 from selector.steps import cut_at_delimiter
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -331,6 +332,7 @@ def test_eos_ends_the_continuation_without_its_text(tiny_dir, reference, tmp_pat
 
 
 def test_n_continuations_and_prompt_tokens(tiny):
+    tiny.clear_prefix_cache()  # earlier tests may have stored this prefix's shared part
     outs = tiny.generate_steps(
         [
             StepRequest(PREFIXES[2], 5, SAMPLED, seed=3),
@@ -369,6 +371,192 @@ def test_sampler_filters(tiny):
     assert torch.allclose(counts, torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15]), atol=0.04)
     cold = draws(temperature=0.05)
     assert cold.count(1) > 1900
+
+
+# ---------------------------------------------------------------------------- shared-prefix prefill
+SYSTEM = "You are a careful assistant. Solve the problem one step per line, then box the answer."
+FEW = [
+    ("What is 13 + 5?", "13 + 5 = 18.\nThe final answer is \\boxed{18}."),
+    ("What is 12 times 2, minus 7?", "12 * 2 = 24.\n24 - 7 = 17.\nThe final answer is \\boxed{17}."),
+]
+QUESTIONS = ["What is 7 + 8?", "Ann has 3 apples and buys 4 more. How many apples does she have now?"]
+PARTIALS = ["", "7 + 8 = 15.\n", "Let me think.\nFirst, we add"]
+
+
+@pytest.fixture
+def pair(tiny_dir):
+    """Fresh policies (empty prefix caches) with a chat prompt: shared-prefix prefill on / off."""
+    kwargs = dict(system_prompt=SYSTEM, few_shot=FEW)
+    return (
+        TransformersPolicy(str(tiny_dir), **kwargs).load(),
+        TransformersPolicy(str(tiny_dir), share_prefix=False, **kwargs).load(),
+    )
+
+
+def step_prefixes(policy, questions=QUESTIONS, partials=PARTIALS):
+    """Prefixes as step-level search builds them: the question's prompt plus a partial solution."""
+    return [policy.format_prompt(q) + part for q in questions for part in partials]
+
+
+def mixed_requests(prefixes, seed=100):
+    sampled = SAMPLED.replace(top_k=50, top_p=0.95)
+    requests = []
+    for k, prefix in enumerate(prefixes):
+        requests.append(StepRequest(prefix, 1, GREEDY, seed=0))
+        requests.append(StepRequest(prefix, 3, sampled, seed=seed + k))
+    requests.append(StepRequest(prefixes[0], 2, SAMPLED.replace(max_tokens=14), seed=seed, to_completion=True))
+    requests.append(StepRequest(prefixes[-1], 0, SAMPLED, seed=seed))
+    return requests
+
+
+def common_length(token_lists) -> int:
+    first = token_lists[0]
+    n = min(len(t) for t in token_lists)
+    return next((k for k in range(n) if any(t[k] != first[k] for t in token_lists)), n)
+
+
+def test_shared_prefix_length_rules(tiny):
+    a, b = (1,) * 16 + (2, 5), (1,) * 16 + (3,)
+    assert tiny._shared_length([a, b]) == _MIN_SHARED_TOKENS == 16
+    assert tiny._shared_length([a[1:], b[1:]]) == 0  # 15 shared tokens: not worth it
+    assert tiny._shared_length([(1,) * 20]) == 19  # one prefix: all but its last token
+    assert tiny._shared_length([(1,) * 20, (1,) * 17]) == 16  # each row keeps >= 1 token
+    tiny.share_prefix = False
+    try:
+        assert tiny._shared_length([a, b]) == 0
+    finally:
+        tiny.share_prefix = True
+    with pytest.raises(TypeError, match="share_prefix"):
+        TransformersPolicy(str(tiny.load_info["path"]), share_prefix="yes")
+
+
+def test_shared_prefix_prefill_logits_match_whole_prefill(pair):
+    shared, whole = pair
+    prefixes = [tuple(shared.encode(p)) for p in step_prefixes(shared)]
+    common = common_length(prefixes)
+    assert common >= 40
+    with torch.inference_mode():
+        _, got, mask = shared._prefill(prefixes, collections.Counter())
+        _, old, _ = whole._prefill(prefixes, collections.Counter())
+        ref = torch.stack([shared.model(input_ids=torch.tensor([p])).logits[0, -1] for p in prefixes])
+    assert torch.allclose(got, ref, atol=1e-4, rtol=0)
+    assert torch.allclose(old, ref, atol=1e-4, rtol=0)
+    # [shared][padding][rest]: ones over the shared part, zeros in the middle for short rests.
+    lengths = torch.tensor([len(p) for p in prefixes])
+    assert torch.equal(mask.sum(-1), lengths)
+    assert bool(mask[:, :common].all())
+    shortest = int(lengths.argmin())
+    assert mask.shape[1] == int(lengths.max())  # the longest prefix has no padding
+    assert mask[shortest, common] == 0 and mask[shortest, -1] == 1
+
+
+def test_shared_prefix_outputs_equal_whole_prefill(pair, reference):
+    shared, whole = pair
+    prefixes = step_prefixes(shared)
+    ids = [shared.encode(p) for p in prefixes]
+    common = common_length(ids)
+    requests = mixed_requests(prefixes)
+    got, old = shared.generate_steps(requests), whole.generate_steps(requests)
+    assert got == old
+    stats, old_stats = shared.last_stats, whole.last_stats
+    assert stats["shared_prefix_tokens"] == common and old_stats["shared_prefix_tokens"] == 0
+    assert old_stats["prefill_tokens"] == sum(len(t) for t in ids)  # each distinct prefix once
+    assert stats["prefill_tokens"] == sum(len(t) for t in ids) - (len(ids) - 1) * common
+    assert stats["prefix_cache_hits"] == stats["prefix_cache_tokens"] == 0
+    assert stats["prompt_tokens"] == old_stats["prompt_tokens"]
+    assert stats["row_steps"] == old_stats["row_steps"]
+    # Greedy rows also match recomputation from scratch (no cache, no padding, no batch).
+    for prefix, out in zip(prefixes, got[0::2]):
+        ref = reference(prefix, GREEDY.max_step_tokens)
+        eos = next((k for k, t in enumerate(ref) if t in shared._eos_ids), None)
+        assert out.continuations[0].text == decode(shared, ref if eos is None else ref[:eos])
+
+
+def test_prefix_cache_hit_on_a_later_call_leaves_the_entry_unchanged(pair):
+    shared, whole = pair
+    requests = mixed_requests(step_prefixes(shared, QUESTIONS[:1]))  # shares the question too
+    first = shared.generate_steps(requests)
+    computed = shared.last_stats["prefill_tokens"]
+    (key,) = shared._prefix_cache
+    entry = shared._prefix_cache[key]
+    snapshot = [(k.clone(), v.clone()) for k, v in entry]
+    assert entry[0][0].shape[0] == 1 and entry[0][0].shape[-2] == len(key)
+
+    again = shared.generate_steps(requests)
+    assert again == first
+    stats = shared.last_stats
+    assert stats["prefix_cache_hits"] == 1 and stats["prefix_cache_tokens"] == len(key)
+    assert stats["shared_prefix_tokens"] == len(key)
+    assert stats["prefill_tokens"] == computed - len(key)  # only the rests were computed
+    # Decoding in the batch built from the entry never wrote into it.
+    assert list(shared._prefix_cache) == [key] and shared._prefix_cache[key] is entry
+    for (k, v), (k0, v0) in zip(entry, snapshot):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+
+    # Other questions: the system + few-shot part is the start of the stored tokens.
+    others = mixed_requests(step_prefixes(shared, ["What is 9 + 9?", "Bob has 5 pens and loses 2."]), seed=7)
+    got = shared.generate_steps(others)
+    assert got == whole.generate_steps(others)
+    stats = shared.last_stats
+    assert stats["prefix_cache_hits"] == 1
+    assert 0 < stats["prefix_cache_tokens"] == stats["shared_prefix_tokens"] < len(key)
+    assert list(shared._prefix_cache) == [key]  # a slice of the entry: nothing new stored
+    for (k, v), (k0, v0) in zip(entry, snapshot):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+
+
+def test_prefix_cache_extends_a_partial_match(pair):
+    shared, whole = pair
+    two = mixed_requests(step_prefixes(shared, ["What is 9 + 9?", "Bob has 5 pens and loses 2."]))
+    shared.generate_steps(two)
+    (short,) = shared._prefix_cache
+    # One question: its chunk shares more (the question too); the stored part is reused.
+    one = mixed_requests(step_prefixes(shared, QUESTIONS[1:]))
+    got = shared.generate_steps(one)
+    assert got == whole.generate_steps(one)
+    stats = shared.last_stats
+    longer = stats["shared_prefix_tokens"]
+    assert longer > len(short) and stats["prefix_cache_tokens"] == len(short)
+    assert stats["prefix_cache_hits"] == 0
+    rests = sum(len(shared.encode(p)) - longer for p in step_prefixes(shared, QUESTIONS[1:]))
+    assert stats["prefill_tokens"] == longer - len(short) + rests
+    assert [len(k) for k in shared._prefix_cache] == [len(short), longer]
+
+
+def test_prefix_cache_keeps_the_most_recent_entries(pair):
+    shared, _ = pair
+    story = " and the river ran on past the mill, the bridge and the old stone church" * 2
+
+    def run(i):
+        head = f"Story {i * 37}:{story}"
+        shared.generate_steps([StepRequest(head + " Then", 1, GREEDY, seed=0), StepRequest(head + " Why?", 1, GREEDY, seed=0)])
+        return shared.last_stats
+
+    for i in range(_PREFIX_CACHE_ENTRIES):
+        assert run(i)["prefix_cache_tokens"] == 0
+    first = next(iter(shared._prefix_cache))
+    assert run(0)["prefix_cache_hits"] == 1  # touched: now the most recent
+    run(_PREFIX_CACHE_ENTRIES)  # a new entry drops the least recently used (story 1)
+    assert len(shared._prefix_cache) == _PREFIX_CACHE_ENTRIES and first in shared._prefix_cache
+    assert run(0)["prefix_cache_hits"] == 1 and run(1)["prefix_cache_hits"] == 0
+    shared.clear_prefix_cache()
+    assert not shared._prefix_cache
+
+
+def test_shared_prefix_across_chunks_and_short_shared_parts(tiny_dir, pair):
+    shared, whole = pair
+    small = TransformersPolicy(str(tiny_dir), system_prompt=SYSTEM, few_shot=FEW, max_batch_size=5)
+    requests = mixed_requests(step_prefixes(small))
+    got = small.generate_steps(requests)
+    assert got == whole.generate_steps(requests)
+    stats = small.last_stats
+    assert stats["chunks"] > 2 and stats["prefix_cache_tokens"] > 0
+    assert stats["prefill_tokens"] < whole.last_stats["prefill_tokens"]
+    # Prefixes sharing only a few tokens: every prefix is prefilled whole.
+    requests = [StepRequest(p, 2, SAMPLED, seed=k) for k, p in enumerate(PREFIXES)]
+    assert shared.generate_steps(requests) == whole.generate_steps(requests)
+    assert shared.last_stats["shared_prefix_tokens"] == 0
+    assert shared.last_stats["prefill_tokens"] == whole.last_stats["prefill_tokens"]
 
 
 # ---------------------------------------------------------------------------- the real model

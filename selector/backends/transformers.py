@@ -24,6 +24,18 @@ downloads) and samples reasoning steps with its own batched decoding loop:
   stops at EOS, at the step delimiter (:func:`selector.steps.cut_at_delimiter`; the text is
   cut right after it) unless ``to_completion``, or at its token cap; finished rows leave the
   running batch at once so the tail of a batch is cheap.
+* **Shared prefix.** With ``share_prefix`` (the default), the longest token prefix that all of
+  a chunk's distinct prefixes share (typically chat template + system prompt + few-shot turns)
+  is prefilled once at batch size 1, and only the rest of each prefix (its *suffix*) is
+  prefilled in the batch: ``[shared prefix KV][left padding][suffix]``, the padding masked out
+  in the middle and positions continuing from the shared length. The shared KV is kept in a
+  small cache on the policy (the most recent few token sequences, unchanged by decoding), so
+  later chunks and calls that start with the same tokens reuse it; a partial match reuses the
+  common part and computes the rest. Used when the shared part has at least
+  ``_MIN_SHARED_TOKENS`` tokens (one token of each prefix is always left to the suffix, for its
+  logits) and the model's cache layers are all plain full-attention ``DynamicLayer`` ones; otherwise
+  the whole prefix is prefilled as above. Results agree with ``share_prefix=False`` up to float
+  rounding (the same numbers, computed in differently shaped batches).
 
 Decoded text skips special tokens (as vLLM does by default); an EOS token is never part of
 the text but is counted in ``num_tokens`` (it was generated).
@@ -40,6 +52,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,6 +81,10 @@ _DTYPES = {
 _SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
 # Top-p first looks for the nucleus among this many most likely tokens, then widens.
 _TOP_P_FIRST_K = 256
+# Shared-prefix prefill: the shortest shared (or cache-matched) part worth reusing, and how many
+# shared prefixes the policy keeps (least recently used dropped first).
+_MIN_SHARED_TOKENS = 16
+_PREFIX_CACHE_ENTRIES = 4
 
 FALLBACK_PROMPT_FORMAT = (
     "Used when the tokenizer has no chat template: the system prompt (if any) and a blank "
@@ -146,6 +163,8 @@ class TransformersPolicy:
             ``~/.cache/tts-selector``).
         trust_remote_code: passed to ``from_pretrained`` as given.
         id: the policy's name; default the GGUF file's stem or the model directory's name.
+        share_prefix: prefill the token prefix shared by a chunk's rows once, and keep it for
+            later calls (see the module docstring); ``False``: prefill every distinct prefix whole.
     """
 
     def __init__(
@@ -164,6 +183,7 @@ class TransformersPolicy:
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
         id: str | None = None,
+        share_prefix: bool = True,
     ) -> None:
         self._gguf_path, self._model_dir = self._resolve_model(model, gguf_file)
         self._tokenizer_dir = self._resolve_tokenizer(tokenizer)
@@ -215,6 +235,9 @@ class TransformersPolicy:
         self.max_batch_size = max_batch_size
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.trust_remote_code = trust_remote_code
+        if not isinstance(share_prefix, bool):
+            raise TypeError(f"share_prefix must be a bool, got {share_prefix!r}")
+        self.share_prefix = share_prefix
 
         if id is None:
             if self._gguf_path is not None:
@@ -233,6 +256,8 @@ class TransformersPolicy:
         self._sha256: str | None = None
         self.load_info: dict[str, Any] = {}
         self.last_stats: dict[str, Any] = {}
+        # token tuple -> per-layer (keys, values) of batch size 1; least recently used first.
+        self._prefix_cache: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 
     # ------------------------------------------------------------------ validation
     @staticmethod
@@ -468,6 +493,15 @@ class TransformersPolicy:
             if with_special and with_special[0] == bos and tokenizer("a", add_special_tokens=False).input_ids[:1] != [bos]:
                 self._bos_id = int(bos)
         self._max_positions = getattr(model.config, "max_position_embeddings", None)
+        # Shared-prefix prefill puts padding between the shared KV and each suffix: sound for
+        # full attention (the 2D mask is applied per key position), not for sliding windows
+        # or recurrent layers, whose state would see the padding or count it as distance.
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        layers = DynamicCache(config=model.config).layers
+        self._can_share_prefix = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+        self._prefix_cache.clear()
 
     @property
     def model(self) -> Any:
@@ -603,7 +637,17 @@ class TransformersPolicy:
         # Longest prefixes first (peak memory early); identical prefixes adjacent.
         rows.sort(key=lambda r: (-len(prefix_ids[r.request]), prefix_ids[r.request], r.request, r.index))
 
-        stats = {"rows": len(rows), "chunks": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0}
+        stats = {
+            "rows": len(rows),
+            "chunks": 0,
+            "prefill_tokens": 0,  # prompt tokens actually run through the model (no padding)
+            "prefill_seconds": 0.0,
+            "shared_prefix_tokens": 0,  # per chunk, the prefix tokens its rows shared
+            "prefix_cache_hits": 0,  # chunks whose shared prefix came whole from the cache
+            "prefix_cache_tokens": 0,  # shared-prefix tokens read from the cache, not computed
+            "decode_steps": 0,
+            "row_steps": 0,
+        }
         for lo in range(0, len(rows), self.max_batch_size):
             self._run_chunk(rows[lo : lo + self.max_batch_size], prefix_ids, stats)
             stats["chunks"] += 1
@@ -629,30 +673,122 @@ class TransformersPolicy:
         logits = self._model(**kwargs).logits
         return logits[:, -1, :].float().cpu()
 
-    def _run_chunk(self, rows: list[_Row], prefix_ids: list[list[int]], stats: dict[str, int]) -> None:
+    def clear_prefix_cache(self) -> None:
+        """Forget the stored shared-prefix KV caches (they are rebuilt on demand)."""
+        with self._generate_lock:
+            self._prefix_cache.clear()
+
+    def _shared_length(self, prefixes: list[tuple[int, ...]]) -> int:
+        """Tokens of the chunk's common prefix to prefill once (0: prefill every prefix whole)."""
+        if not self.share_prefix or not self._can_share_prefix:
+            return 0
+        # The lexicographically smallest and largest prefixes share exactly what all share.
+        shared = _common_length(min(prefixes), max(prefixes))
+        shared = min(shared, min(len(p) for p in prefixes) - 1)  # leave each row a token for logits
+        return shared if shared >= _MIN_SHARED_TOKENS else 0
+
+    def _shared_kv(
+        self, tokens: tuple[int, ...], stats: dict[str, Any]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per-layer (keys, values), batch size 1, of ``tokens``: from the prefix cache where it
+        holds them (or a long enough start of them), computing only the rest. None if the
+        model's cache does not expose them (the caller then prefills whole prefixes)."""
         from transformers import DynamicCache
 
-        model, device = self._model, self.device
-        distinct: dict[tuple[int, ...], int] = {}
-        for row in rows:
-            row.prefix = distinct.setdefault(tuple(prefix_ids[row.request]), len(distinct))
-        prefixes = list(distinct)
-        width = max(len(p) for p in prefixes)
-        input_ids = torch.full((len(prefixes), width), self._pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prefixes), width), dtype=torch.long)
-        for k, ids in enumerate(prefixes):
-            input_ids[k, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[k, width - len(ids) :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        store = self._prefix_cache
+        entry = store.get(tokens)
+        if entry is not None:
+            store.move_to_end(tokens)
+            stats["prefix_cache_hits"] += 1
+            stats["prefix_cache_tokens"] += len(tokens)
+            return entry
+        best_key, best = None, 0
+        for key in store:
+            common = _common_length(key, tokens)
+            if common > best:
+                best_key, best = key, common
+        if best_key is not None and best >= _MIN_SHARED_TOKENS:
+            store.move_to_end(best_key)
+            stats["prefix_cache_tokens"] += best
+            if best == len(tokens):  # a prefix of a stored sequence: a slice of its KV
+                stats["prefix_cache_hits"] += 1
+                return [(k[:, :, :best], v[:, :, :best]) for k, v in store[best_key]]
+            cache = DynamicCache(
+                ddp_cache_data=[(k[:, :, :best], v[:, :, :best]) for k, v in store[best_key]],
+                config=self._model.config,
+            )
+        else:
+            best = 0
+            cache = DynamicCache(config=self._model.config)
+        device = self.device
+        self._forward(
+            cache,
+            input_ids=torch.tensor([tokens[best:]], dtype=torch.long, device=device),
+            attention_mask=torch.ones((1, len(tokens)), dtype=torch.long, device=device),
+            position_ids=torch.arange(best, len(tokens), dtype=torch.long, device=device)[None],
+        )
+        stats["prefill_tokens"] += len(tokens) - best
+        layers = cache.layers
+        if not all(getattr(layer, "keys", None) is not None and layer.keys.shape[-2] == len(tokens) for layer in layers):
+            self._can_share_prefix = False  # e.g. layers sharing another layer's KV
+            log.warning("shared-prefix prefill disabled: this model's cache layers do not hold their own KV")
+            return None
+        # ``DynamicLayer`` never writes into its tensors in place (update concatenates into new
+        # ones, batch selection indexes into new ones), and every use below copies them into a
+        # fresh cache: a stored entry never changes.
+        entry = [(layer.keys, layer.values) for layer in layers]
+        store[tokens] = entry
+        while len(store) > _PREFIX_CACHE_ENTRIES:
+            store.popitem(last=False)
+        return entry
 
-        cache = DynamicCache(config=model.config)
+    def _prefill(self, prefixes: list[tuple[int, ...]], stats: dict[str, Any]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Prefill the distinct prefixes: (cache, last-position logits, 2D attention mask)."""
+        from transformers import DynamicCache
+
+        device = self.device
+        shared = self._shared_length(prefixes)
+        entry = self._shared_kv(prefixes[0][:shared], stats) if shared else None
+        if entry is None:
+            shared = 0
+            cache = DynamicCache(config=self._model.config)
+        else:
+            # The shared KV copied once per distinct prefix (the cache concatenates into new tensors).
+            batch = len(prefixes)
+            cache = DynamicCache(
+                ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in entry],
+                config=self._model.config,
+            )
+            stats["shared_prefix_tokens"] += shared
+        # Layout per row: [shared prefix][left padding][rest of its prefix]; the mask is 0 on the
+        # padding, and positions count real tokens only (shared + index in the rest).
+        rests = [p[shared:] for p in prefixes]
+        width = max(len(r) for r in rests)
+        input_ids = torch.full((len(rests), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rests), shared + width), dtype=torch.long)
+        attention[:, :shared] = 1
+        for k, ids in enumerate(rests):
+            input_ids[k, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[k, shared + width - len(ids) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         logits = self._forward(
             cache,
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             position_ids=positions.to(device),
         )
-        stats["prefill_tokens"] += sum(len(p) for p in prefixes)
+        stats["prefill_tokens"] += sum(len(r) for r in rests)
+        return cache, logits, attention
+
+    def _run_chunk(self, rows: list[_Row], prefix_ids: list[list[int]], stats: dict[str, Any]) -> None:
+        device = self.device
+        distinct: dict[tuple[int, ...], int] = {}
+        for row in rows:
+            row.prefix = distinct.setdefault(tuple(prefix_ids[row.request]), len(distinct))
+        prefixes = list(distinct)
+        started = time.perf_counter()
+        cache, logits, attention = self._prefill(prefixes, stats)
+        stats["prefill_seconds"] += time.perf_counter() - started
 
         # Give each row its prefix's cache (a copy per row; the rows then diverge).
         source = torch.tensor([row.prefix for row in rows], dtype=torch.long)
@@ -746,6 +882,21 @@ class TransformersPolicy:
         while pick > 0 and probs[pick] == 0:  # only if rounding put u at the very end
             pick -= 1
         return int(order[pick]) if order is not None else pick
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _transformers_version() -> str:
