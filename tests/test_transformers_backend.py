@@ -529,7 +529,7 @@ def test_prefix_cache_keeps_the_most_recent_entries(pair):
 
     def run(i):
         head = f"Story {i * 37}:{story}"
-        shared.generate_steps([StepRequest(head + " Then", 1, GREEDY, seed=0), StepRequest(head + " Why?", 1, GREEDY, seed=0)])
+        shared.generate_steps([StepRequest(head + tail, 1, GREEDY, seed=0) for tail in (" Then", " Why?")])
         return shared.last_stats
 
     for i in range(_PREFIX_CACHE_ENTRIES):

@@ -729,7 +729,8 @@ class TransformersPolicy:
         )
         stats["prefill_tokens"] += len(tokens) - best
         layers = cache.layers
-        if not all(getattr(layer, "keys", None) is not None and layer.keys.shape[-2] == len(tokens) for layer in layers):
+        if not all(getattr(layer, "keys", None) is not None and layer.keys.shape[-2] == len(tokens)
+                   for layer in layers):
             self._can_share_prefix = False  # e.g. layers sharing another layer's KV
             log.warning("shared-prefix prefill disabled: this model's cache layers do not hold their own KV")
             return None
@@ -742,7 +743,9 @@ class TransformersPolicy:
             store.popitem(last=False)
         return entry
 
-    def _prefill(self, prefixes: list[tuple[int, ...]], stats: dict[str, Any]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def _prefill(
+        self, prefixes: list[tuple[int, ...]], stats: dict[str, Any]
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """Prefill the distinct prefixes: (cache, last-position logits, 2D attention mask)."""
         from transformers import DynamicCache
 
