@@ -8,7 +8,7 @@ from .backends.base import PRM, Policy, SamplingParams
 from .backends.registry import DEFAULT_POLICY, DEFAULT_PRM, make_policy, make_prm
 from .search.base import StrategyConfig
 from .search.runner import run_search
-from .types import SearchResult
+from .types import Candidate, SearchResult
 
 _ENGINES: dict[tuple[str, str], object] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -43,14 +43,18 @@ def solve(
     prm: str | PRM | None = DEFAULT_PRM,
     sampling: SamplingParams | None = None,
     seed: int = 0,
+    pilot: Sequence[Candidate] | None = None,
 ) -> SearchResult:
     """Search for an answer to ``question`` with ``strategy`` (e.g. ``BeamSearch(n=8, m=4)``).
 
     ``policy``/``prm`` are engines or spec strings (default: the embedded CPU default,
     SmolLM2-135M with the ``arith-check`` verifier). Returns the answer, the candidates and the
-    cost ledger (generations, tokens, FLOPs, seconds).
+    cost ledger (generations, tokens, FLOPs, seconds). ``pilot``: whole solutions already
+    sampled for this question (e.g. ``Estimate.pilot``); the best-of-N family counts them
+    inside its budget and draws only the rest, and their cost is not in this ledger.
     """
-    return solve_batch([question], strategy, policy=policy, prm=prm, sampling=sampling, seed=seed)[0]
+    pilots = None if pilot is None else [tuple(pilot)]
+    return solve_batch([question], strategy, policy=policy, prm=prm, sampling=sampling, seed=seed, pilots=pilots)[0]
 
 
 def solve_batch(
@@ -62,6 +66,7 @@ def solve_batch(
     sampling: SamplingParams | None = None,
     seed: int = 0,
     progress: bool = False,
+    pilots: Sequence[Sequence[Candidate]] | None = None,
 ) -> list[SearchResult]:
     """Solve many questions together: every round of every question shares one batched policy
     call and one PRM call. ``strategy`` is one config for all, or one per question. A
@@ -73,5 +78,6 @@ def solve_batch(
         raise ValueError(f"got {len(strategies)} strategies for {len(questions)} questions")
     policy_engine, prm_engine = resolve_engines(policy, prm)
     return run_search(
-        list(zip(questions, strategies)), policy_engine, prm_engine, sampling=sampling, seed=seed, progress=progress
+        list(zip(questions, strategies)), policy_engine, prm_engine, sampling=sampling, seed=seed, progress=progress,
+        pilots=pilots,
     )

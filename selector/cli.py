@@ -91,6 +91,29 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_estimator(args: argparse.Namespace) -> int:
+    from .estimators.train import report_json, train_on_dataset_levels, train_on_table
+
+    progress = None if args.quiet else __import__("tqdm.auto", fromlist=["tqdm"]).tqdm
+    out = []
+    for features in args.features:
+        if args.target == "level":
+            if not args.dataset:
+                raise ValueError("--target level trains on a data set's own levels: pass --dataset math500")
+            report = train_on_dataset_levels(args.dataset, features=features, folds=args.folds, seed=args.seed, progress=progress)
+            print(report.render())
+        else:
+            if not args.table:
+                raise ValueError("give a table directory (or --dataset NAME --target level)")
+            report, path, sha = train_on_table(args.table, features=features, folds=args.folds, seed=args.seed, progress=progress)
+            print(report.render())
+            print(f"saved {path} (sha256 {sha[:16]}...), recorded with its metrics in {args.table}/selection.parquet")
+        out.append(report_json(report))
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-selector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="run only slice i of k (i/k) of the prompts, for many machines")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser("train-estimator", help="cross-validate and fit a prompt difficulty estimator")
+    p.add_argument("table", nargs="?", default=None, help="table directory (targets: its oracle bins and pass@1)")
+    p.add_argument("--features", nargs="+", default=["tfidf"], choices=["tfidf", "minilm", "hidden"])
+    p.add_argument("--target", default="bin", choices=["bin", "level"],
+                   help="bin: the table's oracle bins; level: a data set's own difficulty label (--dataset)")
+    p.add_argument("--dataset", default=None, help="with --target level: a data set with levels (math500)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train_estimator)
 
     p = sub.add_parser("merge", help="join --shard output directories of one config and finish the tables")
     p.add_argument("dirs", nargs="+", help="shard output directories")

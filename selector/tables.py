@@ -64,8 +64,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .files import fsync_dir
+
 __all__ = [
-    "REQUIRED_COLUMNS", "SCHEMA_VERSION", "TableDir", "TableError", "atomic_write_text",
+    "REQUIRED_COLUMNS", "SCHEMA_VERSION", "TableDir", "TableError", "atomic_write_bytes", "atomic_write_text",
     "read_metadata", "read_rollouts", "read_table", "rollout_shards", "write_rollout_shard",
     "write_table",
 ]
@@ -139,21 +141,6 @@ class TableError(ValueError):
 
 # ----------------------------------------------------------------------------- atomic writes
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk. Not every platform
-    # lets a directory be opened (Windows), and there the rename is the best we can do.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     """Call ``write(binary_file)`` on a temp file beside ``path``, fsync it, rename it onto ``path``."""
     path = Path(path)
@@ -176,13 +163,17 @@ def _atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``); creates parents."""
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
-    """Write ``text`` to ``path`` atomically (temp file + fsync + ``os.replace``); creates parents."""
-    data = text.encode(encoding)
-    _atomic_write(path, lambda f: f.write(data))
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode(encoding))
 
 
 # ----------------------------------------------------------------------------- writing

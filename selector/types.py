@@ -14,8 +14,8 @@ class Cost:
 
     Units: ``generations`` counts sampled continuations (one step, or one whole solution for
     the best-of-N family); token fields count tokens; FLOPs use the usual inference
-    approximation ``2 x parameters x tokens`` (policy and PRM separately); ``seconds`` is
-    wall-clock time.
+    approximation ``2 x parameters x tokens`` (policy, PRM and auxiliary models such as a
+    difficulty estimator's embedder, separately); ``seconds`` is wall-clock time.
     """
 
     generations: int = 0
@@ -24,6 +24,7 @@ class Cost:
     prm_tokens: int = 0
     policy_flops: float = 0.0
     prm_flops: float = 0.0
+    other_flops: float = 0.0  # auxiliary models, e.g. a difficulty estimator's embedder
     seconds: float = 0.0
 
     @property
@@ -33,8 +34,8 @@ class Cost:
 
     @property
     def flops(self) -> float:
-        """Total inference FLOPs, policy and PRM."""
-        return self.policy_flops + self.prm_flops
+        """Total inference FLOPs: policy, PRM and auxiliary models."""
+        return self.policy_flops + self.prm_flops + self.other_flops
 
     def __add__(self, other: "Cost") -> "Cost":
         if not isinstance(other, Cost):

@@ -58,9 +58,10 @@ from typing import Any, Sequence
 
 import torch
 
-from selector.backends.base import Continuation, SamplingParams, StepOutput, StepRequest
-from selector.seeds import derive_seed
-from selector.steps import cut_at_delimiter
+from ..files import fsync_dir
+from ..seeds import derive_seed
+from ..steps import cut_at_delimiter
+from .base import Continuation, SamplingParams, StepOutput, StepRequest
 
 __all__ = ["TransformersPolicy", "default_cache_dir", "FALLBACK_PROMPT_FORMAT"]
 
@@ -117,16 +118,7 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(folder)
 
 
 @dataclasses.dataclass

@@ -74,6 +74,8 @@ class GridConfig:
     tree_budgets: tuple[int, ...] | None = None  # budgets of beam search / DVTS (default: budgets)
     beam_widths: tuple[int, ...] = (4,)
     aggregations: tuple[str, ...] = ("last",)
+    # Aggregations of the (expensive, live) tree strategies; default: ``aggregations``.
+    tree_aggregations: tuple[str, ...] | None = None
     max_steps: int = 40
     answer_rule: str = "weighted"
 
@@ -81,7 +83,7 @@ class GridConfig:
         for s in self.strategies:
             if s not in STRATEGIES:
                 raise ConfigError(f"grid.strategies: unknown strategy {s!r}; choose from {sorted(STRATEGIES)}")
-        for a in self.aggregations:
+        for a in self.aggregations + (self.tree_aggregations or ()):
             if a not in AGGREGATIONS:
                 raise ConfigError(f"grid.aggregations: unknown aggregation {a!r}; choose from {sorted(AGGREGATIONS)}")
         if not self.budgets or any(b < 1 for b in self.budgets):

@@ -142,7 +142,7 @@ def tree_configs(cfg: ProfileConfig) -> list:
             for m in grid.beam_widths:
                 if n % m or n < m:
                     continue
-                for aggregation in grid.aggregations:
+                for aggregation in grid.tree_aggregations or grid.aggregations:
                     out.append(make_strategy(strategy, n=n, m=m, aggregation=aggregation,
                                              max_steps=grid.max_steps, answer_rule=grid.answer_rule))
     return out

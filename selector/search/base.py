@@ -61,10 +61,13 @@ SearchGenerator = Generator[Round, Children, list[Node]]
 
 @dataclass(frozen=True)
 class SearchContext:
-    """Per-question facts a strategy may use: the question and its run seed."""
+    """Per-question facts a strategy may use: the question, its run seed, and pilot samples
+    already drawn for it (whole solutions, scored) that a strategy may reuse inside its
+    budget instead of sampling them again."""
 
     question: str
     seed: int
+    pilot: tuple[Node, ...] = ()
 
     def seed_for(self, *path: object) -> int:
         """Seed of an expansion identified by its place in the search (never batch position)."""
@@ -79,6 +82,7 @@ class StrategyConfig:
     """Base class of the strategy configs. Subclasses register under their ``name``."""
 
     name: ClassVar[str] = ""
+    reuses_pilot: ClassVar[bool] = False  # whether pilot samples count inside the budget
     n: int = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -4,7 +4,8 @@
 - ``best_of_n``: the answer of the solution with the highest aggregated PRM score;
 - ``weighted_best_of_n``: the answer with the largest sum of aggregated scores.
 
-Budget ``n`` = ``n`` generations, each a whole solution.
+Budget ``n`` = ``n`` generations, each a whole solution. Pilot samples handed over in the
+search context (``SearchContext.pilot``) count inside that budget.
 """
 from __future__ import annotations
 
@@ -17,9 +18,18 @@ from .base import ROOT, Expansion, SearchContext, SearchGenerator, StrategyConfi
 
 @dataclass(frozen=True)
 class _SampleN(StrategyConfig):
+    # Pilot samples (e.g. from a difficulty estimator) are i.i.d. whole solutions from the
+    # same policy: they count as the first samples of the budget, and only n - k more are drawn.
+    reuses_pilot: ClassVar[bool] = True
+
     def search(self, ctx: SearchContext) -> SearchGenerator:
-        children = yield [Expansion(ROOT, self.n, ctx.seed_for("samples"), to_completion=True, score=self.needs_prm)]
-        return children[0]
+        reused = list(ctx.pilot[: self.n])
+        need = self.n - len(reused)
+        if need == 0:
+            return reused
+        seed = ctx.seed_for("samples") if not reused else ctx.seed_for("samples-after-pilot", len(reused))
+        children = yield [Expansion(ROOT, need, seed, to_completion=True, score=self.needs_prm)]
+        return reused + children[0]
 
     @property
     def needs_prm(self) -> bool:

@@ -73,28 +73,39 @@ def run_search(
     seed: int = 0,
     progress: bool = False,
     stats: RunStats | None = None,
+    pilots: Sequence[Sequence[Candidate]] | None = None,
 ) -> list[SearchResult]:
     """Run each ``(question, strategy)`` pair; all questions share every policy/PRM call.
 
     ``seed`` is combined with each question's text (not its batch position), so a question
     gets the same result alone or in any batch. ``prm`` may be ``None`` only when every
     strategy is ``majority``. ``seconds`` in each cost apportions the batch's wall time by each
-    question's share of the tokens in each call.
+    question's share of the tokens in each call. ``pilots`` (one tuple of candidates per
+    problem) are handed to strategies that reuse them inside their budget (the best-of-N
+    family); their cost is not in the returned ledgers (whoever drew them accounts for it).
     """
     t_start = time.perf_counter()
     params = sampling or policy.default_sampling_params()
     delimiter = params.step_delimiter
     jobs: list[_Job] = []
+    if pilots is not None and len(pilots) != len(problems):
+        raise ValueError(f"got {len(pilots)} pilots for {len(problems)} problems")
     for index, (question, strategy) in enumerate(problems):
-        gen = strategy.search(SearchContext(question, derive_seed(seed, question)))
-        jobs.append(_Job(index, question, strategy, policy.format_prompt(question), gen, next(gen), []))
+        pilot = tuple(_node(c) for c in pilots[index]) if pilots is not None and strategy.reuses_pilot else ()
+        gen = strategy.search(SearchContext(question, derive_seed(seed, question), pilot))
+        job = _Job(index, question, strategy, policy.format_prompt(question), gen, [], [])
+        try:
+            job.pending = next(gen)
+        except StopIteration as stop:  # e.g. a pilot that already fills the budget
+            job.result_nodes = stop.value
+        jobs.append(job)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc="search", unit="question")
-    active = list(jobs)
+        bar = tqdm(total=len(jobs), initial=sum(j.result_nodes is not None for j in jobs), desc="search", unit="question")
+    active = [job for job in jobs if job.result_nodes is None]
     policy_seconds = prm_seconds = 0.0
     new_steps = 0
     while active:
@@ -193,6 +204,10 @@ def run_search(
     # Orchestration time is shared evenly: it is per question, not per token.
     overhead = (total - policy_seconds - prm_seconds) / max(len(jobs), 1)
     return [_finish(job, policy, prm, overhead) for job in jobs]
+
+
+def _node(c: Candidate) -> Node:
+    return Node(tuple(c.steps), tuple(c.step_scores), c.tokens, c.finished, c.stop_reason, c.prm_tokens)
 
 
 def _timed_batch(call, requests: list, who: str) -> tuple[list, float]:

