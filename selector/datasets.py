@@ -91,7 +91,8 @@ LEVELS: dict[int, Callable[[random.Random], tuple[str, int, str]]] = {
 def arithmetic_problems(count: int, seed: int = 0, levels: tuple[int, ...] = tuple(LEVELS)) -> list[Problem]:
     """``count`` problems cycling through ``levels`` (1 easiest .. 6), reproducible from ``seed``.
 
-    Duplicated question texts are re-drawn so every problem is distinct.
+    Duplicated question texts are re-drawn so every problem is distinct; a level that runs out
+    of distinct problems leaves the rotation (so very large counts shift the level mix).
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
@@ -101,11 +102,22 @@ def arithmetic_problems(count: int, seed: int = 0, levels: tuple[int, ...] = tup
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[Problem] = []
+    active = list(levels)
+    turn = 0
     while len(out) < count:
-        level = levels[len(out) % len(levels)]
-        text, answer, kind = LEVELS[level](rng)
-        if text in seen:
+        if not active:
+            raise ValueError(f"levels {list(levels)} hold fewer than {count} distinct problems; ask for fewer")
+        level = active[turn % len(active)]
+        # A level with few distinct problems (81 one-digit sums) runs dry: drop it from the
+        # rotation once it stops producing new ones, instead of looping forever.
+        for _ in range(200):
+            text, answer, kind = LEVELS[level](rng)
+            if text not in seen:
+                break
+        else:
+            active.remove(level)
             continue
+        turn += 1
         seen.add(text)
         out.append(Problem(f"arith-{seed}-{len(out)}", text, str(answer), level, kind))
     return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
+
 import pytest
 
 from selector import BeamSearch, WeightedBestOfN, solve
@@ -53,3 +55,13 @@ def test_beam_search_steps_are_lines():
     assert len(r.rounds) <= 6 and max(r.rounds) <= 4
     for c in r.candidates:
         assert all(s.count("\n") <= 1 for s in c.steps)
+
+
+def test_hidden_state_features_of_the_policy():
+    from selector.estimators.features import PolicyHiddenStates
+
+    X = PolicyHiddenStates("smollm2-135m", batch_size=2).transform(["What is 3 + 4?", "What is 9 * 26?", "Ann has 5 pens."])
+    assert X.shape == (3, 576)  # SmolLM2-135M hidden size
+    assert np.isfinite(X).all() and not np.allclose(X[0], X[1])
+    again = PolicyHiddenStates("smollm2-135m", batch_size=3).transform(["What is 3 + 4?"])
+    assert np.allclose(again[0], X[0], atol=1e-4)  # padding in a batch does not change a prompt's features

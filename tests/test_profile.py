@@ -252,3 +252,32 @@ def test_replay_of_real_qwen_samples_matches_exact_expectation(shared_data, tmp_
     assert len(rows) == 100
     # imported pools cost nothing new and can only hold the best-of-N family
     assert summary.ledger["beam_search/dvts (live)"]["generations"] == 0
+
+
+def test_shipped_demo_table_is_valid_and_reproducible_from_its_config():
+    table = ROOT / "tables" / "smollm2-135m__arith-check__arithmetic"
+    t = TableDir(table)
+    t.validate()
+    meta = t.metadata
+    cfg = load_config(ROOT / "configs" / "demo-cpu.yaml")
+    assert meta["config_hash"] == cfg.config_hash  # the shipped table is what the config produces
+    from selector.datasets import load_dataset
+
+    _, sha = load_dataset("arithmetic", size=cfg.dataset.size, seed=cfg.dataset.seed)
+    assert meta["dataset_sha256"] == sha
+    prompts = t.prompts()
+    profile = prompts[prompts["split"] == "profile"]
+    shares = profile["bin"].value_counts(normalize=True)
+    assert (shares >= 0.10).sum() >= 3  # non-degenerate quantile bins
+    assert set(t.selection()["budget"]) == {1, 2, 4, 8, 16}
+    assert {"prompt:tfidf", "prompt:minilm"} <= set(meta.get("estimators", {}))
+
+
+def test_arithmetic_generator_handles_large_counts():
+    from selector.datasets import arithmetic_problems
+
+    problems = arithmetic_problems(1000, seed=1)
+    assert len({p.problem for p in problems}) == 1000
+    assert sum(p.level == 1 for p in problems) == 81  # every distinct one-digit sum, then the level retires
+    with pytest.raises(ValueError, match="fewer than"):
+        arithmetic_problems(100, seed=0, levels=(1,))
