@@ -37,7 +37,8 @@ def test_prompt_estimator_follows_the_sklearn_contract():
     proba = est.predict_proba(texts[90:])
     assert proba.shape == (30, 3) and np.allclose(proba.sum(axis=1), 1)
     assert list(est.classes_) == [1, 2, 3]
-    assert (est.predict(texts[90:]) == bins[90:]).mean() > 0.9
+    majority_share = np.bincount(bins[:90]).max() / 90
+    assert (est.predict(texts[90:]) == bins[90:]).mean() > max(0.8, majority_share + 0.3)
     assert np.all((est.predict_pass1(texts[90:]) >= 0) & (est.predict_pass1(texts[90:]) <= 1))
     e = est.estimate(texts[95])
     assert e.bin in (1, 2, 3) and abs(sum(e.bin_proba.values()) - 1) < 1e-9 and e.cost.generations == 0
