@@ -28,9 +28,50 @@ def _build_strategy(args: argparse.Namespace):
     return make_strategy(args.strategy, **params)
 
 
+def _load_router(args: argparse.Namespace):
+    from .router import Router
+
+    return Router.load(args.tables, estimator=args.estimator,
+                       policy=args.policy if args.policy_given else None, prm=args.prm if args.prm_given else None)
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    decision = _load_router(args).route(args.question, args.budget)
+    if args.json:
+        print(json.dumps(decision.to_dict(), indent=2))
+    else:
+        lo, hi = decision.ci
+        print(f"bin {decision.bin} (p={decision.bin_proba.get(decision.bin, 0):.2f}, by {decision.estimator}) -> "
+              f"{decision.strategy.name} {decision.strategy.params()} at budget {decision.budget}: expected accuracy "
+              f"{decision.expected_accuracy:.2f} [{lo:.2f}, {hi:.2f}], {decision.expected_flops:.3g} FLOPs")
+        if decision.fallback:
+            print(f"note: {decision.fallback}")
+    return 0
+
+
+def _cmd_routed_solve(args: argparse.Namespace) -> int:
+    result = _load_router(args).solve(args.question, args.budget, seed=args.seed)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    d, c = result.decision, result.cost
+    print(f"answer:      {result.answer}")
+    print(f"routed:      bin {d.bin} -> {d.strategy.name} {d.strategy.params()} (expected accuracy {d.expected_accuracy:.2f})")
+    if d.fallback:
+        print(f"note:        {d.fallback}")
+    print(f"cost:        {c.generations} generations ({result.estimate_cost.generations} for estimation), "
+          f"{c.policy_tokens} policy tokens, {c.prm_tokens} PRM tokens, {c.flops:.3g} FLOPs, {c.seconds:.2f} s")
+    return 0
+
+
 def _cmd_solve(args: argparse.Namespace) -> int:
     from .api import resolve_engines
     from .search.runner import run_search
+
+    if args.tables:
+        if args.budget is None:
+            raise ValueError("a routed solve (--tables) needs --budget N")
+        return _cmd_routed_solve(args)
 
     strategy = _build_strategy(args)
     policy, prm = resolve_engines(args.policy, args.prm)
@@ -128,8 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-rule", dest="answer_rule", default=None, help="final-answer rule of tree strategies: weighted | best | majority")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--show", type=int, default=5, help="candidates to print (text mode)")
+    p.add_argument("--tables", default=None, help="route with this table directory instead of --strategy")
+    p.add_argument("--budget", type=int, default=None, help="with --tables: the budget N to route at")
+    p.add_argument("--estimator", default="prompt:tfidf", help="with --tables: prompt:<features> | pilot:<k>")
     _add_engine_args(p)
     p.set_defaults(func=_cmd_solve)
+
+    p = sub.add_parser("route", help="decide strategy and budget for a question from a table (no generation)")
+    p.add_argument("question")
+    p.add_argument("--tables", required=True, help="table directory")
+    p.add_argument("--budget", type=int, required=True, help="budget N (generations per round)")
+    p.add_argument("--estimator", default="prompt:tfidf", help="prompt:<features> | pilot:<k>")
+    p.add_argument("--json", action="store_true")
+    _add_engine_args(p)
+    p.set_defaults(func=_cmd_route)
 
     p = sub.add_parser("profile", help="profile every strategy per difficulty bin and budget into a table directory")
     p.add_argument("config", help="profile config YAML (see configs/)")
@@ -161,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Routed commands take engines from the table unless --policy/--prm were given explicitly.
+    raw = list(argv) if argv is not None else sys.argv[1:]
+    args.policy_given = any(a == "--policy" or a.startswith("--policy=") for a in raw)
+    args.prm_given = any(a == "--prm" or a.startswith("--prm=") for a in raw)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:  # includes ConfigError, TableError

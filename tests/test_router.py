@@ -1,0 +1,106 @@
+"""The online router on a simulator table: decisions, fallbacks, pilot reuse, batching, threads."""
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions
+from selector.estimators import EstimatorIntegrityError
+from selector.estimators.train import train_on_table
+from selector.profile import load_config, run_profile
+from selector.router import Router
+from selector.tables import TableDir
+
+from fakes import RecordingPolicy
+from test_profile import sim_config
+
+PRM_SPEC = "sim:separation=2.0,noise=1.0,bias=1.0"
+
+
+@pytest.fixture(scope="module")
+def sim_table(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("router")
+    run_profile(load_config(sim_config(tmp, prompts=40)), tmp / "table", progress=False)
+    train_on_table(tmp / "table", features="tfidf", folds=3)
+    return tmp / "table"
+
+
+def test_load_checks_the_engines_match_the_table(sim_table):
+    with pytest.raises(ValueError, match=r"profiled with PRM 'sim-prm', but the PRM given is 'arith-check'"):
+        Router.load(sim_table, prm="arith-check")
+    with pytest.raises(ValueError, match="no estimator 'prompt:minilm'.*train-estimator"):
+        Router.load(sim_table, estimator="prompt:minilm")
+
+
+def test_route_reads_the_selection_cell_and_falls_back_to_lower_budgets(sim_table):
+    router = Router.load(sim_table)
+    sel = TableDir(sim_table).selection()
+    q = make_questions([0.5])[0]
+    d = router.route(q, 8)
+    row = sel[(sel["bin"] == d.bin) & (sel["budget"] == 8)].iloc[0]
+    assert (d.strategy.name, d.strategy.n, d.expected_accuracy) == (row["strategy"], row["n"], row["accuracy"])
+    assert d.fallback is None and abs(sum(d.bin_proba.values()) - 1) < 1e-9
+    later = router.route(q, 100)
+    assert later.budget == 8 and "nearest lower budget 8" in later.fallback
+    with pytest.raises(ValueError, match="below the table's smallest budget 1"):
+        router.route(q, 0)
+
+
+def test_solve_counts_estimation_in_the_ledger_and_reuses_pilots(sim_table):
+    policy = RecordingPolicy(SimulatedPolicy())
+    router = Router.load(sim_table, policy=policy, prm=SimulatedPRM(separation=2.0, noise=1.0, bias=1.0), estimator="pilot:2")
+    for q in make_questions([0.2, 0.5, 0.8], prefix="routed"):
+        before = sum(r.n for call in policy.calls for r in call)
+        res = router.solve(q, 8)
+        spent = sum(r.n for call in policy.calls for r in call) - before
+        assert res.estimate_cost.generations == 2
+        assert res.cost.generations == res.estimate_cost.generations + res.search.cost.generations == spent
+        if res.decision.strategy.reuses_pilot:
+            assert spent == res.decision.strategy.n  # the pilot counted inside the budget
+
+
+def test_solve_batch_shares_rounds_and_matches_single_solves(sim_table):
+    qs = make_questions([0.1, 0.3, 0.5, 0.7, 0.9], prefix="batch")
+    router = Router.load(sim_table)
+    batch = router.solve_batch(qs, budget=8)
+    single = [router.solve(q, 8) for q in qs]
+    assert [r.answer for r in batch] == [r.answer for r in single]
+    assert [r.candidates for r in batch] == [r.candidates for r in single]
+    policy = RecordingPolicy(SimulatedPolicy())
+    recorded = Router.load(sim_table, policy=policy, prm=SimulatedPRM(separation=2.0, noise=1.0, bias=1.0))
+    res = recorded.solve_batch(qs, budget=8)
+    assert len(policy.calls) == max(len(r.search.rounds) for r in res)  # one policy call per round
+
+
+def test_average_budget_allocation(sim_table):
+    router = Router.load(sim_table)
+    qs = make_questions([0.05, 0.3, 0.5, 0.7, 0.95, 0.99], prefix="alloc")
+    ests = router.estimate_batch(qs)
+    for avg in (1, 2, 4, 8):
+        budgets = router.allocate(ests, avg)
+        assert sum(budgets) / len(budgets) <= avg
+        assert all(b in router.budgets for b in budgets)
+    results = router.solve_batch(qs, average_budget=4)
+    assert sum(r.decision.budget for r in results) / len(results) <= 4
+    with pytest.raises(ValueError, match="exactly one of"):
+        router.solve_batch(qs, budget=4, average_budget=4)
+
+
+def test_concurrent_solves_are_safe(sim_table):
+    router = Router.load(sim_table)
+    qs = make_questions([0.2, 0.4, 0.6, 0.8] * 3, prefix="thread")
+    sequential = [router.solve(q, 4).answer for q in qs]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda q: router.solve(q, 4).answer, qs))
+    assert parallel == sequential
+
+
+def test_tampered_estimator_is_refused_at_load(sim_table, tmp_path):
+    copy = tmp_path / "table"
+    shutil.copytree(sim_table, copy)
+    est = copy / "estimator-tfidf.joblib"
+    est.write_bytes(est.read_bytes()[:-1] + b"x")
+    with pytest.raises(EstimatorIntegrityError, match="refusing to unpickle"):
+        Router.load(copy)
