@@ -155,6 +155,21 @@ def _cmd_train_estimator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_router
+
+    report = evaluate_router(args.tables, split=args.split, estimators=args.estimators, bootstrap=args.bootstrap)
+    print(report.render())
+    out = Path(args.out) if args.out else Path(args.tables) / f"evaluation-{args.split}.json"
+    from .tables import atomic_write_text
+
+    atomic_write_text(out, report.to_json())
+    print(f"written {out}")
+    if args.json:
+        print(report.to_json())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-selector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_estimator)
+
+    p = sub.add_parser("evaluate", help="score the router vs fixed strategies on the held-out prompts of a table")
+    p.add_argument("--tables", required=True, help="table directory")
+    p.add_argument("--split", default="heldout", help="which prompts to score (default heldout)")
+    p.add_argument("--estimators", nargs="+", default=None,
+                   help="router estimators to compare (default: every trained prompt estimator and pilot:4)")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--out", default=None, help="JSON report path (default <tables>/evaluation-<split>.json)")
+    p.add_argument("--json", action="store_true", help="also print the JSON report")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("merge", help="join --shard output directories of one config and finish the tables")
     p.add_argument("dirs", nargs="+", help="shard output directories")

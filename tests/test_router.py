@@ -104,3 +104,27 @@ def test_tampered_estimator_is_refused_at_load(sim_table, tmp_path):
     est.write_bytes(est.read_bytes()[:-1] + b"x")
     with pytest.raises(EstimatorIntegrityError, match="refusing to unpickle"):
         Router.load(copy)
+
+
+def test_evaluate_scores_routers_and_fixed_strategies_on_held_out_prompts(sim_table, tmp_path, capsys):
+    import json
+
+    from selector.cli import main as cli_main
+    from selector.evaluate import evaluate_router
+
+    report = evaluate_router(sim_table, bootstrap=200)
+    prompts = TableDir(sim_table).prompts()
+    assert report.n_prompts == (prompts["split"] == "heldout").sum() == 10
+    methods = {r["method"] for r in report.rows}
+    assert {"router (oracle bins)", "router (prompt:tfidf)", "router (pilot:4)", "fixed majority"} <= methods
+    assert any(m.startswith("fixed beam_search") for m in methods) and any(m.startswith("fixed dvts") for m in methods)
+    for r in report.rows:
+        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"] and r["mean_flops"] > 0
+    # the pilot router pays for its pilot: at budget 1 a 4-sample pilot costs 3 extra generations
+    pilot1 = next(r for r in report.rows if r["method"] == "router (pilot:4)" and r["budget"] == 1)
+    oracle1 = next(r for r in report.rows if r["method"] == "router (oracle bins)" and r["budget"] == 1)
+    assert pilot1["mean_generations"] == oracle1["mean_generations"] + 3
+    assert "best-of-N's top accuracy" in report.render() or "does not reach" in report.render()
+    out = tmp_path / "eval.json"
+    assert cli_main(["evaluate", "--tables", str(sim_table), "--out", str(out), "--bootstrap", "100"]) == 0
+    assert json.loads(out.read_text())["n_prompts"] == 10
