@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .estimators import PilotEstimator
-from .router import Router, _load_estimator
+from .router import SelectionCells, _load_estimator
 from .search.aggregate import aggregate
 from .tables import TableDir
 
@@ -95,7 +95,7 @@ def evaluate_router(
     ids = target["prompt_id"].tolist()
     lookup = {(pid, cfg, int(b)): (acc, fl, g) for pid, cfg, b, acc, fl, g in
               ev[["prompt_id", "config", "budget", "accuracy", "flops", "generations"]].itertuples(index=False)}
-    router = _RouterView(table)
+    cells = SelectionCells(table.selection())
     methods: list[Method] = []
 
     # Fixed configurations (every one evaluated on all target prompts at that budget).
@@ -128,7 +128,7 @@ def evaluate_router(
         for b in budgets:
             acc, fl, gen = np.empty(len(ids)), np.empty(len(ids)), np.empty(len(ids))
             for i, (pid, bin_) in enumerate(zip(ids, bins)):
-                row, _ = router.cell(int(bin_), b)
+                row, _ = cells.cell(int(bin_), b)
                 cfg = _config_key(row)
                 a, f, g = lookup[(pid, cfg, int(row.budget))]
                 pilot_extra = 0
@@ -151,20 +151,6 @@ def evaluate_router(
                          "ci_low": float(np.quantile(means, 0.025)), "ci_high": float(np.quantile(means, 0.975)),
                          "mean_generations": float(m.generations[b].mean()), "mean_flops": float(m.flops[b].mean())})
     return EvalReport(str(table_dir), split, len(ids), budgets, _order(rows), _efficiency(rows, budgets))
-
-
-class _RouterView(Router):
-    """The router's cell lookup without engines (evaluation needs no model)."""
-
-    def __init__(self, table: TableDir):  # noqa: D401 - deliberately skips Router.__init__'s engines
-        sel = table.selection()
-        self._cells = {}
-        for row in sel.itertuples(index=False):
-            self._cells.setdefault(int(row.bin), {})[int(row.budget)] = row
-        self._budgets = sorted({b for cells in self._cells.values() for b in cells})
-
-    def cell(self, bin_: int, budget: int):
-        return self._cell(bin_, budget)
 
 
 def _family_key(row: Any) -> str:

@@ -10,7 +10,6 @@ per prompt to maximise the table's expected accuracy at a mean budget.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -74,6 +73,33 @@ class RoutedResult:
                 "estimate_cost": self.estimate_cost.to_dict(), "candidates": [c.to_dict() for c in self.candidates]}
 
 
+class SelectionCells:
+    """The selection table as (bin, budget) cells, with the budget fallback rule written once."""
+
+    def __init__(self, selection: pd.DataFrame):
+        self.cells: dict[int, dict[int, Any]] = {}
+        for row in selection.itertuples(index=False):
+            self.cells.setdefault(int(row.bin), {})[int(row.budget)] = row
+        self.budgets = sorted({b for cells in self.cells.values() for b in cells})
+
+    def check_budget(self, budget: float) -> None:
+        if budget < self.budgets[0]:
+            raise ValueError(f"budget {budget} is below the table's smallest budget {self.budgets[0]} (budgets: {self.budgets})")
+
+    def cell(self, bin_: int, budget: int) -> tuple[Any, str | None]:
+        """The row for (bin, budget), or for the nearest lower budget with a note saying so."""
+        self.check_budget(budget)
+        cells = self.cells.get(bin_)
+        if not cells:
+            raise ValueError(f"the table has no selection for bin {bin_} (bins: {sorted(self.cells)})")
+        usable = [b for b in cells if b <= budget]
+        if not usable:
+            raise ValueError(f"bin {bin_} has no cell at or below budget {budget} (its budgets: {sorted(cells)})")
+        chosen = max(usable)
+        note = None if chosen == budget else f"no cell for budget {budget} in bin {bin_}: used the nearest lower budget {chosen}"
+        return cells[chosen], note
+
+
 class Router:
     """Route prompts with a table (see module docstring). Build it with :meth:`load`."""
 
@@ -86,12 +112,7 @@ class Router:
         self.estimator_name = estimator_name
         self.sampling = sampling
         self._tree = tree_settings
-        sel = table.selection()
-        self._cells: dict[int, dict[int, Any]] = {}
-        for row in sel.itertuples(index=False):
-            self._cells.setdefault(int(row.bin), {})[int(row.budget)] = row
-        self._budgets = sorted({b for cells in self._cells.values() for b in cells})
-        self._lock = threading.Lock()
+        self._cells = SelectionCells(table.selection())
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -133,19 +154,7 @@ class Router:
     # -- routing ---------------------------------------------------------------------------
     @property
     def budgets(self) -> list[int]:
-        return list(self._budgets)
-
-    def _cell(self, bin_: int, budget: int) -> tuple[Any, str | None]:
-        self._check_budget(budget)
-        cells = self._cells.get(bin_)
-        if not cells:
-            raise ValueError(f"the table has no selection for bin {bin_} (bins: {sorted(self._cells)})")
-        usable = [b for b in cells if b <= budget]
-        if not usable:
-            raise ValueError(f"bin {bin_} has no cell at or below budget {budget} (its budgets: {sorted(cells)})")
-        chosen = max(usable)
-        note = None if chosen == budget else f"no cell for budget {budget} in bin {bin_}: used the nearest lower budget {chosen}"
-        return cells[chosen], note
+        return list(self._cells.budgets)
 
     def _strategy(self, row: Any) -> StrategyConfig:
         params: dict[str, Any] = {"n": int(row.n)}
@@ -157,7 +166,7 @@ class Router:
         return make_strategy(row.strategy, **params)
 
     def _decide(self, estimate: Estimate, budget: int) -> Decision:
-        row, note = self._cell(estimate.bin, budget)
+        row, note = self._cells.cell(estimate.bin, budget)
         return Decision(
             estimate.bin, estimate.bin_proba, self._strategy(row), int(row.budget), budget, float(row.accuracy),
             (float(row.ci_low), float(row.ci_high)), float(row.mean_flops), estimate.source, note,
@@ -173,12 +182,8 @@ class Router:
         return self.route_batch([prompt], budget)[0]
 
     def route_batch(self, prompts: Sequence[str], budget: int) -> list[Decision]:
-        self._check_budget(budget)  # before estimating: a pilot would spend generations
+        self._cells.check_budget(budget)  # before estimating: a pilot would spend generations
         return [self._decide(e, budget) for e in self.estimate_batch(prompts)]
-
-    def _check_budget(self, budget: float) -> None:
-        if budget < self._budgets[0]:
-            raise ValueError(f"budget {budget} is below the table's smallest budget {self._budgets[0]} (budgets: {self._budgets})")
 
     # -- solving ---------------------------------------------------------------------------
     def solve(self, prompt: str, budget: int, *, seed: int = 0) -> RoutedResult:
@@ -198,7 +203,7 @@ class Router:
             raise ValueError("give exactly one of budget= or average_budget=")
         if isinstance(prompts, str):
             raise TypeError("solve_batch takes a list of prompts; use solve() for one")
-        self._check_budget(budget if budget is not None else average_budget)
+        self._cells.check_budget(budget if budget is not None else average_budget)
         estimates = self.estimate_batch(prompts, seed=seed)
         if budget is not None:
             decisions = [self._decide(e, budget) for e in estimates]
@@ -221,10 +226,10 @@ class Router:
         generation is applied while the mean allows it. Prompts whose bin gains nothing stay
         at the smallest budget: the hard-bin/easy-bin trade-off.
         """
-        self._check_budget(average_budget)
+        self._cells.check_budget(average_budget)
         curves = []
         for e in estimates:
-            cells = self._cells[e.bin]
+            cells = self._cells.cells[e.bin]
             curves.append(sorted((b, float(cells[b].accuracy)) for b in cells))
         level = [0] * len(estimates)
         total, cap = sum(c[0][0] for c in curves), average_budget * len(estimates)
