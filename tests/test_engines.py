@@ -139,3 +139,21 @@ def test_cli_reports_bad_input_clearly(capsys):
     assert "multiple of beam width" in capsys.readouterr().err
     assert cli_main(["solve", "q", "--strategy", "majority", "--m", "4", "--policy", "sim", "--prm", "sim"]) == 2
     assert "unknown: ['m']" in capsys.readouterr().err
+
+
+def test_simulator_confident_steps_can_be_made_error_prone():
+    from selector.backends.simulated import _STEP
+
+    q = make_questions([0.3])[0]
+    prefix = SimulatedPolicy().format_prompt(q)
+
+    def flaw_rates(policy):
+        out = policy.generate_steps([StepRequest(prefix, 4000, SamplingParams(), seed=3)])[0]
+        marks = [_STEP.search(c.text) for c in out.continuations]
+        rate = lambda conf: statistics.mean(m.group(2) == "-" for m in marks if (m.group(3) is not None) == conf)
+        return rate(True), rate(False)
+
+    same_conf, same_plain = flaw_rates(SimulatedPolicy(confident_rate=0.5))
+    worse_conf, worse_plain = flaw_rates(SimulatedPolicy(confident_rate=0.5, confident_error=4.0))
+    assert abs(same_conf - same_plain) < 0.03
+    assert worse_conf > 2.5 * worse_plain and abs(worse_plain - same_plain) < 0.03

@@ -90,7 +90,10 @@ class SimulatedPolicy:
 
     ``step_tokens`` is the (min, max) token count of a step; ``num_parameters`` is nominal
     and only feeds FLOPs accounting. ``popular_distractor`` is the probability that a wrong
-    path ends on the question's most popular wrong answer. ``latency`` (seconds) is slept
+    path ends on the question's most popular wrong answer. ``confident_error`` raises the
+    per-step success probability of a confident-style step to that power (> 1: confident steps
+    err more often; with a PRM ``bias`` for that style, strong step search over-optimises the
+    PRM, as Snell et al. saw on easy questions). ``latency`` (seconds) is slept
     per ``generate_steps`` call, to stand in for an engine in resume and overhead tests.
     """
 
@@ -100,6 +103,7 @@ class SimulatedPolicy:
         seed: int = 0,
         step_tokens: tuple[int, int] = (8, 40),
         confident_rate: float = 0.3,
+        confident_error: float = 1.0,
         popular_distractor: float = 0.6,
         num_parameters: int = 1_500_000_000,
         step_delimiter: str = "\n\n",
@@ -109,6 +113,7 @@ class SimulatedPolicy:
         self.seed = seed
         self.step_tokens = step_tokens
         self.confident_rate = confident_rate
+        self.confident_error = confident_error
         self.popular_distractor = popular_distractor
         self.num_parameters = num_parameters
         self.step_delimiter = step_delimiter
@@ -151,11 +156,13 @@ class SimulatedPolicy:
     def _step(self, problem: SimProblem, depth: int, ok: bool, key: tuple, delimiter: str):
         """Sample step number ``depth + 1`` of a path; returns (text, tokens, is_last, ok)."""
         k = depth + 1
+        confident = " (!)" if _uniform("style", *key, k) < self.confident_rate else ""
         p_step = problem.pass_at_1 ** (1.0 / problem.num_steps)
+        if confident:  # over-confident steps err more often (confident_error > 1)
+            p_step **= self.confident_error
         ok = ok and _uniform("ok", *key, k) < p_step
         lo, hi = self.step_tokens
         ntok = lo + int(_uniform("len", *key, k) * (hi - lo + 1))
-        confident = " (!)" if _uniform("style", *key, k) < self.confident_rate else ""
         tag = derive_seed("tag", *key, k) & 0xFFFF
         text = f"step {k} [{'+' if ok else '-'}]{confident} t{ntok} #{tag:04x}"
         last = k >= problem.num_steps
