@@ -157,14 +157,13 @@ def run_profile(
     _check_manifest(out_dir, cfg)
     bar = _progress(progress)
     shards = select_shards(plan_shards(problems, cfg.shard_size), shard)
-    metadata = _base_metadata(cfg, dataset_sha, policy, prm)
     agreement: dict[str, float] = {}
-    if cfg.pool.source == "generate":
-        if policy is None or prm is None:
-            from ..api import resolve_engines
+    if cfg.pool.source == "generate" and (policy is None or prm is None):
+        from ..api import resolve_engines
 
-            policy, prm = resolve_engines(policy or cfg.policy, prm if prm is not None else cfg.prm)
-            metadata = _base_metadata(cfg, dataset_sha, policy, prm)
+        policy, prm = resolve_engines(policy or cfg.policy, prm if prm is not None else cfg.prm)
+    metadata = _base_metadata(cfg, dataset_sha, policy, prm)
+    if cfg.pool.source == "generate":
         generate_pool(cfg, shards, out_dir, policy, prm, metadata, bar)
         run_tree_shards(cfg, shards, out_dir, policy, prm, metadata, bar)
     else:
@@ -207,7 +206,6 @@ def merge_profiles(out_dir: str | Path, sources: list[str | Path], progress: boo
 
 
 def _base_metadata(cfg: ProfileConfig, dataset_sha: str, policy: Policy | None, prm: PRM | None) -> dict[str, Any]:
-    from ..grading import __name__ as grader_name
     import importlib.metadata as md
 
     try:
@@ -220,7 +218,7 @@ def _base_metadata(cfg: ProfileConfig, dataset_sha: str, policy: Policy | None, 
         "prm_id": (prm.id if prm is not None else cfg.prm),
         "prm_params": int(prm.num_parameters) if prm is not None else int(cfg.prm_params or 0),
         "dataset": cfg.dataset.name, "dataset_sha256": dataset_sha,
-        "grader": f"{grader_name} (math-verify)", "grader_version": grader_version,
+        "grader": "selector.grading (math-verify)", "grader_version": grader_version,
         "binning_scheme": cfg.binning.scheme, "difficulty": cfg.difficulty, "n_pool": cfg.pool.n,
         "config_hash": cfg.config_hash, "config_name": cfg.name, "package_version": __version__,
         "pool_source": cfg.pool.source,
