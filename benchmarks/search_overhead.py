@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 from selector import DVTS, BeamSearch, BestOfN, Majority, WeightedBestOfN
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, clear_caches, make_questions

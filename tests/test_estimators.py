@@ -6,7 +6,7 @@ import pytest
 from sklearn.base import clone
 
 from selector import BestOfN, Majority, WeightedBestOfN, solve
-from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions, problem_for
+from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions
 from selector.estimators import (
     CascadeEstimator, EstimatorIntegrityError, PilotEstimator, PromptEstimator, load_estimator, save_estimator,
 )

@@ -1,7 +1,6 @@
 """Search semantics pinned on the simulator and scripted engines (no model involved)."""
 from __future__ import annotations
 
-import math
 
 import pytest
 
