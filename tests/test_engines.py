@@ -157,3 +157,20 @@ def test_simulator_confident_steps_can_be_made_error_prone():
     worse_conf, worse_plain = flaw_rates(SimulatedPolicy(confident_rate=0.5, confident_error=4.0))
     assert abs(same_conf - same_plain) < 0.03
     assert worse_conf > 2.5 * worse_plain and abs(worse_plain - same_plain) < 0.03
+
+
+def test_simulated_prm_blind_spot_hides_some_flawed_confident_steps():
+    from selector.backends.simulated import _STEP
+
+    q = make_questions([0.6])[0]
+    pol = SimulatedPolicy(confident_rate=1.0)  # every step carries the confident marker
+    out = pol.generate_steps([StepRequest(pol.format_prompt(q), 2000, SamplingParams(), seed=5)])[0]
+    flawed = [c.text for c in out.continuations if _STEP.search(c.text).group(2) == "-"]
+    assert len(flawed) > 200
+
+    def mean_score(prm):
+        return statistics.mean(prm.score([ScoreRequest(q, (t,))])[0].step_scores[0] for t in flawed)
+
+    seeing, half_blind = SimulatedPRM(noise=0.0), SimulatedPRM(noise=0.0, blind=0.5)
+    assert mean_score(seeing) < 0.2  # sigmoid(-2)
+    assert abs(mean_score(half_blind) - (0.5 * 0.119 + 0.5 * 0.881)) < 0.05  # half now look right

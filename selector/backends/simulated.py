@@ -196,7 +196,9 @@ class SimulatedPRM:
 
     ``separation`` is the logit gap between correct and wrong prefixes (larger = better PRM),
     ``noise`` the standard deviation of per-step logit noise, ``bias`` the logit bonus given
-    to steps with the spurious confident marker (reward-hacking strength).
+    to steps with the spurious confident marker (reward-hacking strength), ``blind`` the
+    probability that a flawed confident step looks correct to it (an error it cannot see,
+    which strong search finds and exploits).
     """
 
     def __init__(
@@ -205,6 +207,7 @@ class SimulatedPRM:
         separation: float = 2.0,
         noise: float = 1.0,
         bias: float = 0.0,
+        blind: float = 0.0,
         seed: int = 0,
         num_parameters: int = 7_000_000_000,
         id: str = "sim-prm",
@@ -212,6 +215,7 @@ class SimulatedPRM:
         self.separation = separation
         self.noise = noise
         self.bias = bias
+        self.blind = blind
         self.seed = seed
         self.num_parameters = num_parameters
         self.id = id
@@ -225,6 +229,9 @@ class SimulatedPRM:
         tokens = 16
         for index, step in enumerate(request.steps):
             step_ok, confident, ntok, tag = _parse_step(step)
+            # A blind spot: some flawed confident steps look right to this PRM.
+            if not step_ok and confident and self.blind and _uniform("blind", self.seed, tag, index) < self.blind:
+                step_ok = True
             ok = ok and step_ok
             tokens += ntok
             # Beam search re-scores whole paths every round; the per-step draw is memoized
