@@ -11,6 +11,8 @@ round), estimation included:
   estimator's pilot is read from the prompt's pool, costs k scored samples, and counts
   inside a best-of-N-family budget);
 - the router with oracle bins (the prompt's own pass@1: an upper bound);
+- each router also ``allocated``: per-prompt budgets with mean <= the column's budget, chosen
+  from the table's accuracy curves (spend where it helps, not on hopeless or easy prompts);
 - every fixed configuration, plain majority vote among them.
 
 Accuracy is the mean over prompts with a paired bootstrap CI. The efficiency figure (Snell et
@@ -31,6 +33,25 @@ from .estimators import PilotEstimator
 from .router import SelectionCells, _load_estimator
 from .search.aggregate import aggregate
 from .tables import TableDir
+
+
+def _route(name, ids, bins, extra, k, allocated, budgets, cells, lookup, one_sample) -> "Method":
+    """Per-prompt outcomes of routing each prompt by its bin: at budget B for every prompt, or
+    (``allocated``) at per-prompt budgets with mean <= B chosen from the table's curves."""
+    m = Method(name)
+    for b in budgets:
+        per_prompt = cells.allocate(bins, b) if allocated else [b] * len(ids)
+        acc, fl, gen = np.empty(len(ids)), np.empty(len(ids)), np.empty(len(ids))
+        for i, (pid, bin_, pb) in enumerate(zip(ids, bins, per_prompt)):
+            row, _ = cells.cell(int(bin_), pb)
+            a, f, g = lookup[(pid, _config_key(row), int(row.budget))]
+            pilot_extra = 0
+            if k:  # the pilot counts inside a best-of-N-family budget; otherwise it is extra
+                pilot_extra = max(0, k - int(row.n)) if pd.isna(row.m) else k
+            acc[i], gen[i] = a, g + pilot_extra
+            fl[i] = f + extra[i] + pilot_extra * one_sample[i]
+        m.accuracy[b], m.flops[b], m.generations[b] = acc, fl, gen
+    return m
 
 
 @dataclass
@@ -122,22 +143,12 @@ def evaluate_router(
             estimates = est.estimate_batch(target["text"].tolist(), int(table.metadata.get("policy_params", 0)))
             bins_by_estimator[f"router ({name})"] = (
                 np.array([e.bin for e in estimates]), np.array([e.cost.flops for e in estimates]), 0)
-    for name, (bins, extra, k) in bins_by_estimator.items():
-        m = Method(name)
-        one_sample = _one_sample_flops(lookup, ids)
-        for b in budgets:
-            acc, fl, gen = np.empty(len(ids)), np.empty(len(ids)), np.empty(len(ids))
-            for i, (pid, bin_) in enumerate(zip(ids, bins)):
-                row, _ = cells.cell(int(bin_), b)
-                cfg = _config_key(row)
-                a, f, g = lookup[(pid, cfg, int(row.budget))]
-                pilot_extra = 0
-                if k:  # the pilot counts inside a best-of-N-family budget; otherwise it is extra
-                    pilot_extra = max(0, k - int(row.n)) if pd.isna(row.m) else k
-                acc[i], gen[i] = a, g + pilot_extra
-                fl[i] = f + extra[i] + pilot_extra * one_sample[i]
-            m.accuracy[b], m.flops[b], m.generations[b] = acc, fl, gen
-        methods.append(m)
+    one_sample = _one_sample_flops(lookup, ids)
+    for name, (bins, extra, k) in list(bins_by_estimator.items()):
+        for allocated in (False, True):
+            methods.append(_route(f"{name[:-1]}, allocated)" if allocated else name, ids, bins, extra, k, allocated,
+                                  budgets, cells, lookup, one_sample))
+
 
     rng = np.random.default_rng(seed)
     boot = rng.integers(0, len(ids), size=(bootstrap, len(ids)))

@@ -100,6 +100,35 @@ class SelectionCells:
         return cells[chosen], note
 
 
+    def allocate(self, bins: Sequence[int], average_budget: float) -> list[int]:
+        """Per-prompt budgets with mean <= ``average_budget`` maximising expected accuracy.
+
+        Greedy on marginal gains: every prompt starts at the smallest budget; the upgrade (to
+        any higher budget of its bin's curve) with the largest expected-accuracy gain per extra
+        generation is applied while the mean allows it. Prompts whose bin gains nothing stay
+        at the smallest budget: the hard-bin/easy-bin trade-off.
+        """
+        self.check_budget(average_budget)
+        curves = [sorted((b, float(row.accuracy)) for b, row in self.cells[int(bin_)].items()) for bin_ in bins]
+        level = [0] * len(curves)
+        total, cap = sum(c[0][0] for c in curves), average_budget * len(curves)
+        while True:
+            best, best_rate = None, 0.0
+            for i, c in enumerate(curves):
+                b0, a0 = c[level[i]]
+                # Any higher budget, not only the next: accuracy curves need not be monotone.
+                for j in range(level[i] + 1, len(c)):
+                    extra, gain = c[j][0] - b0, c[j][1] - a0
+                    if total + extra <= cap and gain > 0 and gain / extra > best_rate:
+                        best, best_rate = (i, j), gain / extra
+            if best is None:
+                break
+            i, j = best
+            total += curves[i][j][0] - curves[i][level[i]][0]
+            level[i] = j
+        return [c[lv][0] for c, lv in zip(curves, level)]
+
+
 class Router:
     """Route prompts with a table (see module docstring). Build it with :meth:`load`."""
 
@@ -219,35 +248,8 @@ class Router:
         ]
 
     def allocate(self, estimates: Sequence[Estimate], average_budget: float) -> list[int]:
-        """Per-prompt budgets with mean <= ``average_budget`` maximising expected accuracy.
-
-        Greedy on marginal gains: every prompt starts at the smallest budget; the upgrade (to
-        any higher budget of its bin's curve) with the largest expected-accuracy gain per extra
-        generation is applied while the mean allows it. Prompts whose bin gains nothing stay
-        at the smallest budget: the hard-bin/easy-bin trade-off.
-        """
-        self._cells.check_budget(average_budget)
-        curves = []
-        for e in estimates:
-            cells = self._cells.cells[e.bin]
-            curves.append(sorted((b, float(cells[b].accuracy)) for b in cells))
-        level = [0] * len(estimates)
-        total, cap = sum(c[0][0] for c in curves), average_budget * len(estimates)
-        while True:
-            best, best_rate = None, 0.0
-            for i, c in enumerate(curves):
-                b0, a0 = c[level[i]]
-                # Any higher budget, not only the next: accuracy curves need not be monotone.
-                for j in range(level[i] + 1, len(c)):
-                    extra, gain = c[j][0] - b0, c[j][1] - a0
-                    if total + extra <= cap and gain > 0 and gain / extra > best_rate:
-                        best, best_rate = (i, j), gain / extra
-            if best is None:
-                break
-            i, j = best
-            total += curves[i][j][0] - curves[i][level[i]][0]
-            level[i] = j
-        return [c[lv][0] for c, lv in zip(curves, level)]
+        """Per-prompt budgets with mean <= ``average_budget`` (see :meth:`SelectionCells.allocate`)."""
+        return self._cells.allocate([e.bin for e in estimates], average_budget)
 
 
 def _profile_config(table_dir: Path) -> dict[str, Any]:

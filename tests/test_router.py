@@ -116,7 +116,8 @@ def test_evaluate_scores_routers_and_fixed_strategies_on_held_out_prompts(sim_ta
     prompts = TableDir(sim_table).prompts()
     assert report.n_prompts == (prompts["split"] == "heldout").sum() == 10
     methods = {r["method"] for r in report.rows}
-    assert {"router (oracle bins)", "router (prompt:tfidf)", "router (pilot:4)", "fixed majority"} <= methods
+    assert {"router (oracle bins)", "router (prompt:tfidf)", "router (pilot:4)", "fixed majority",
+            "router (prompt:tfidf, allocated)"} <= methods
     assert any(m.startswith("fixed beam_search") for m in methods) and any(m.startswith("fixed dvts") for m in methods)
     for r in report.rows:
         assert r["ci_low"] <= r["accuracy"] <= r["ci_high"] and r["mean_flops"] > 0
