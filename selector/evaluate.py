@@ -179,11 +179,11 @@ def _config_key(row: Any) -> str:
 
 def _one_sample_flops(lookup: dict, ids: list[str]) -> np.ndarray:
     """Cost of one scored sample per prompt (best_of_n at n=1), for pricing pilots."""
-    out = []
-    for pid in ids:
-        costs = [fl for (p, cfg, b), (_, fl, _) in lookup.items() if p == pid and b == 1 and cfg.startswith("best_of_n/1")]
-        out.append(costs[0] if costs else 0.0)
-    return np.array(out)
+    cost: dict[str, float] = {}
+    for (pid, cfg, b), (_, fl, _) in lookup.items():
+        if b == 1 and cfg.startswith("best_of_n/1"):
+            cost.setdefault(pid, fl)
+    return np.array([cost.get(pid, 0.0) for pid in ids])
 
 
 def _pilot_bins(table: TableDir, target: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:

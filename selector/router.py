@@ -202,7 +202,7 @@ class Router:
         )
 
     def estimate_batch(self, prompts: Sequence[str], seed: int = 0) -> list[Estimate]:
-        if isinstance(self.estimator, PilotEstimator) or hasattr(self.estimator, "pilot"):
+        if getattr(self.estimator, "needs_engines", False):  # pilots sample with our engines
             return self.estimator.estimate_batch(list(prompts), self.policy, self.prm, sampling=self.sampling, seed=seed)
         return self.estimator.estimate_batch(list(prompts), self.policy.num_parameters)
 

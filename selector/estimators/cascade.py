@@ -1,7 +1,7 @@
 """``CascadeEstimator``: prompt-only first; a pilot only when the prompt estimate is unsure."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from sklearn.base import BaseEstimator
 
@@ -14,6 +14,8 @@ from .prompt import PromptEstimator
 class CascadeEstimator(BaseEstimator):
     """Run ``prompt`` (zero generations); when its top bin's probability is below
     ``threshold``, also run ``pilot`` and use its estimate. The cost of both stages is counted."""
+
+    needs_engines: ClassVar[bool] = True
 
     def __init__(self, prompt: PromptEstimator, pilot: PilotEstimator, threshold: float = 0.6):
         self.prompt = prompt

@@ -11,7 +11,7 @@ solve with budget ``N`` spends ``N`` generations in all, not ``N + k``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -27,6 +27,8 @@ from .base import Estimate, proba_dict
 
 class PilotEstimator(BaseEstimator):
     """Estimate difficulty from ``k`` pilot rollouts (see module docstring)."""
+
+    needs_engines: ClassVar[bool] = True  # estimate_batch takes the policy and PRM
 
     def __init__(self, k: int = 4, C: float = 10.0):
         self.k = k

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -22,6 +22,8 @@ class PromptEstimator(BaseEstimator):
     ``predict_proba`` their probabilities (columns in ``classes_`` order), ``predict_pass1``
     the regression clipped to [0, 1].
     """
+
+    needs_engines: ClassVar[bool] = False  # estimate_batch needs only the text
 
     def __init__(self, features: str = "tfidf", alpha: float = 1.0, C: float = 1.0, policy: str = "smollm2-135m"):
         self.features = features
