@@ -277,6 +277,7 @@ def finish_tables(
     source = oracle if cfg.difficulty == "oracle" else predicted
     profile_ids = [p.id for p in problems if splits[p.id] == "profile"]
     edges = bin_edges(source.loc[profile_ids].to_numpy(), cfg.binning.scheme, cfg.binning.k, cfg.binning.thresholds)
+    pool_sizes = per_prompt.size()
     bins = pd.Series(assign_bins(source.loc[[p.id for p in problems]].to_numpy(), edges), index=[p.id for p in problems])
     prompts = pd.DataFrame({
         "prompt_id": [p.id for p in problems],
@@ -287,7 +288,7 @@ def finish_tables(
         "oracle_pass1": [float(oracle[p.id]) for p in problems],
         "predicted_pass1": [float(predicted[p.id]) for p in problems],
         "bin": [int(bins[p.id]) for p in problems],
-        "pool_size": [int(per_prompt.size()[p.id]) for p in problems],
+        "pool_size": [int(pool_sizes[p.id]) for p in problems],
     })
 
     # Stage 3: evaluations (all prompts; selection below only sees the profiling split).
