@@ -15,9 +15,10 @@ round), estimation included:
   from the table's accuracy curves (spend where it helps, not on hopeless or easy prompts);
 - every fixed configuration, plain majority vote among them.
 
-Accuracy is the mean over prompts with a paired bootstrap CI. The efficiency figure (Snell et
-al. report about 4x) is best-of-N's top accuracy at the largest budget divided into the
-compute the router needs to reach it.
+Accuracy is the mean over prompts with a paired bootstrap CI. "At equal compute" compares each
+router row with the best fixed configuration whose mean FLOPs are no higher. The efficiency
+figure (Snell et al. report about 4x) is best-of-N's top accuracy at the largest budget
+divided into the compute the router needs to reach it.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class EvalReport:
     budgets: list[int]
     rows: list[dict[str, Any]]
     efficiency: dict[str, Any]
+    versus_fixed: list[dict[str, Any]] = field(default_factory=list)
 
     def render(self) -> str:
         lines = [f"{self.table}: {self.n_prompts} {self.split} prompts; accuracy [95% CI] / mean FLOPs per prompt"]
@@ -82,6 +84,12 @@ class EvalReport:
                 cells.append("-".ljust(30) if r is None else
                              f"{r['accuracy']:.3f} [{r['ci_low']:.2f},{r['ci_high']:.2f}] {r['mean_flops']:.2g}".ljust(30))
             lines.append(f"{name[:33]:<34}" + "".join(cells))
+        if self.versus_fixed:
+            lines.append("at equal compute: each router row against the best fixed strategy using no more FLOPs")
+            for v in self.versus_fixed:
+                best = f"{v['best_fixed']} N={v['best_fixed_budget']} {v['best_fixed_accuracy']:.3f}" if v["best_fixed"] else "none that cheap"
+                lines.append(f"  {v['method'][:33]:<34}N={v['budget']:<4}{v['accuracy']:.3f} at {v['mean_flops']:.2g} FLOPs"
+                             f" vs {best}: {'+' if v['margin'] >= 0 else ''}{v['margin']:.3f}")
         e = self.efficiency
         if e.get("router_budget") is not None:
             lines.append(
@@ -95,7 +103,8 @@ class EvalReport:
 
     def to_json(self) -> str:
         return json.dumps({"table": self.table, "split": self.split, "n_prompts": self.n_prompts, "budgets": self.budgets,
-                           "rows": self.rows, "efficiency": self.efficiency}, indent=2, default=float)
+                           "rows": self.rows, "efficiency": self.efficiency, "versus_fixed": self.versus_fixed},
+                          indent=2, default=float)
 
 
 def evaluate_router(
@@ -161,7 +170,27 @@ def evaluate_router(
             rows.append({"method": m.name, "budget": b, "accuracy": float(m.accuracy[b].mean()),
                          "ci_low": float(np.quantile(means, 0.025)), "ci_high": float(np.quantile(means, 0.975)),
                          "mean_generations": float(m.generations[b].mean()), "mean_flops": float(m.flops[b].mean())})
-    return EvalReport(str(table_dir), split, len(ids), budgets, _order(rows), _efficiency(rows, budgets))
+    return EvalReport(str(table_dir), split, len(ids), budgets, _order(rows), _efficiency(rows, budgets),
+                      _versus_fixed(rows))
+
+
+def _versus_fixed(rows: list[dict]) -> list[dict[str, Any]]:
+    """For every deployable router row: the best fixed configuration whose mean FLOPs are no
+    higher (equal compute), and the router's accuracy margin over it (NaN-free: margin is
+    against 0 when no fixed strategy is that cheap)."""
+    fixed = [r for r in rows if r["method"].startswith("fixed ")]
+    out = []
+    for r in rows:
+        if not r["method"].startswith("router (") or "oracle" in r["method"]:
+            continue
+        cheaper = [f for f in fixed if f["mean_flops"] <= r["mean_flops"] * (1 + 1e-9)]
+        best = max(cheaper, key=lambda f: f["accuracy"]) if cheaper else None
+        out.append({"method": r["method"], "budget": r["budget"], "accuracy": r["accuracy"], "mean_flops": r["mean_flops"],
+                    "best_fixed": best["method"].replace("fixed ", "") if best else None,
+                    "best_fixed_budget": best["budget"] if best else None,
+                    "best_fixed_accuracy": best["accuracy"] if best else None,
+                    "margin": r["accuracy"] - (best["accuracy"] if best else 0.0)})
+    return out
 
 
 def _family_key(row: Any) -> str:

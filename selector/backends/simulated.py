@@ -51,12 +51,29 @@ def _uniform(*parts: object) -> float:
     return (derive_seed(*parts) + 0.5) * _INV_2_63
 
 
-def make_questions(difficulties: Sequence[float], prefix: str = "sim problem") -> list[str]:
-    """Questions whose latent difficulty (1 - pass@1) is the given value."""
+HINT_WORDS = ("trivial", "easy", "moderate", "hard", "brutal")
+
+
+def make_questions(
+    difficulties: Sequence[float], prefix: str = "sim problem", hint_noise: float | None = None, seed: int = 0
+) -> list[str]:
+    """Questions whose latent difficulty (1 - pass@1) is the given value.
+
+    With ``hint_noise`` set, each question also carries a word (trivial .. brutal) read off its
+    difficulty plus Gaussian noise of that standard deviation: text that partly reveals
+    difficulty, as real prompts do, for prompt-only estimators to learn from.
+    """
     for d in difficulties:
         if not 0.0 <= d <= 1.0:
             raise ValueError(f"difficulty must be in [0, 1], got {d}")
-    return [f"{prefix} {i} (difficulty {d:.4f})" for i, d in enumerate(difficulties)]
+    out = []
+    for i, d in enumerate(difficulties):
+        hint = ""
+        if hint_noise is not None:
+            noisy = d + hint_noise * _STD_NORMAL.inv_cdf(_uniform("hint", seed, prefix, i))
+            hint = f" looks {HINT_WORDS[min(max(int(noisy * len(HINT_WORDS)), 0), len(HINT_WORDS) - 1)]}"
+        out.append(f"{prefix} {i}{hint} (difficulty {d:.4f})")
+    return out
 
 
 @dataclass(frozen=True)
@@ -197,8 +214,9 @@ class SimulatedPRM:
     ``separation`` is the logit gap between correct and wrong prefixes (larger = better PRM),
     ``noise`` the standard deviation of per-step logit noise, ``bias`` the logit bonus given
     to steps with the spurious confident marker (reward-hacking strength), ``blind`` the
-    probability that a flawed confident step looks correct to it (an error it cannot see,
-    which strong search finds and exploits).
+    probability that a path's first error, when made in a confident step, looks correct to it,
+    along with every step built on it (an error it cannot see, which more search finds and
+    exploits).
     """
 
     def __init__(
@@ -227,11 +245,14 @@ class SimulatedPRM:
         scores = []
         ok = True
         tokens = 16
+        hidden = False
         for index, step in enumerate(request.steps):
             step_ok, confident, ntok, tag = _parse_step(step)
-            # A blind spot: some flawed confident steps look right to this PRM.
-            if not step_ok and confident and self.blind and _uniform("blind", self.seed, tag, index) < self.blind:
-                step_ok = True
+            # A blind spot: the first error of a path, made in a confident step, can look right
+            # to this PRM; the steps built on it then look locally valid too (hidden).
+            if not step_ok and (hidden or (ok and confident and self.blind
+                                           and _uniform("blind", self.seed, tag, index) < self.blind)):
+                step_ok = hidden = True
             ok = ok and step_ok
             tokens += ntok
             # Beam search re-scores whole paths every round; the per-step draw is memoized
