@@ -9,7 +9,6 @@ per prompt to maximise the table's expected accuracy at a mean budget.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -161,7 +160,9 @@ class Router:
         if not table.exists():
             raise FileNotFoundError(f"{table_dir}: not a table directory (missing {table.missing()}); run `tts-selector profile`")
         meta = table.metadata
-        config = _profile_config(Path(table_dir))
+        from .profile import manifest_config
+
+        config = manifest_config(table_dir)
         policy_engine, prm_engine = resolve_engines(
             policy if policy is not None else config.get("policy", meta["policy_id"]),
             prm if prm is not None else config.get("prm", meta["prm_id"]),
@@ -250,13 +251,6 @@ class Router:
     def allocate(self, estimates: Sequence[Estimate], average_budget: float) -> list[int]:
         """Per-prompt budgets with mean <= ``average_budget`` (see :meth:`SelectionCells.allocate`)."""
         return self._cells.allocate([e.bin for e in estimates], average_budget)
-
-
-def _profile_config(table_dir: Path) -> dict[str, Any]:
-    manifest = table_dir / "state" / "manifest.json"
-    if manifest.exists():
-        return json.loads(manifest.read_text()).get("config", {})
-    return {}
 
 
 def _load_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, str]:

@@ -126,6 +126,12 @@ def _check_manifest(out_dir: Path, cfg: ProfileConfig) -> None:
         {"config_hash": cfg.config_hash, "config": cfg.to_dict(), "base_dir": cfg.base_dir}, indent=2, default=list))
 
 
+def manifest_config(out_dir: str | Path) -> dict[str, Any]:
+    """The raw profile config recorded in a table directory's manifest ({} when absent)."""
+    path = Path(out_dir) / MANIFEST
+    return json.loads(path.read_text()).get("config", {}) if path.exists() else {}
+
+
 def _config_from_manifest(out_dir: Path) -> ProfileConfig:
     path = out_dir / MANIFEST
     if not path.exists():
