@@ -6,7 +6,9 @@ parsed as YAML scalars) or, for path-taking backends, a path:
 - policies: ``sim[:k=v,...]`` (simulator, tests only), ``smollm2-135m`` (embedded CPU
   default; any preset YAML in ``selector/presets/``), ``hf:DIR`` (a transformers model
   directory), ``gguf:FILE.gguf``, or a path to a preset YAML file;
-- PRMs: ``arith-check`` (embedded default), ``sim[:k=v,...]``, ``none`` (majority only).
+- PRMs: ``arith-check`` (embedded default), ``hf-prm:model=DIR,protocol=NAME`` (a transformers
+  PRM with its family's step protocol: ``qwen25-math-prm``, ``math-shepherd``, ``rlhflow``),
+  ``sim[:k=v,...]``, ``none`` (majority only).
 """
 from __future__ import annotations
 
@@ -106,8 +108,20 @@ POLICY_SPECS: dict[str, Callable[[str | None], Policy]] = {
     "gguf": _gguf_policy,
 }
 
+def _hf_prm(arg: str | None) -> PRM:
+    kwargs = _parse_kwargs(arg)
+    if "model" not in kwargs or "protocol" not in kwargs:
+        raise ValueError("hf-prm needs model and protocol: hf-prm:model=DIR,protocol=qwen25-math-prm|math-shepherd|rlhflow")
+    try:
+        from .hf_prm import HFPRM
+    except ImportError as exc:
+        raise ImportError(f"the hf-prm backend needs the 'cpu' extra (torch, transformers): {exc}") from exc
+    return HFPRM(**kwargs)
+
+
 PRM_SPECS: dict[str, Callable[[str | None], PRM | None]] = {
     "arith-check": lambda arg: ArithCheckPRM(**_parse_kwargs(arg)),
+    "hf-prm": _hf_prm,
     "sim": lambda arg: SimulatedPRM(**_parse_kwargs(arg)),
     "none": lambda arg: None,
 }
