@@ -5,7 +5,8 @@ parsed as YAML scalars) or, for path-taking backends, a path:
 
 - policies: ``sim[:k=v,...]`` (simulator, tests only), ``smollm2-135m`` (embedded CPU
   default; any preset YAML in ``selector/presets/``), ``hf:DIR`` (a transformers model
-  directory), ``gguf:FILE.gguf``, or a path to a preset YAML file;
+  directory), ``gguf:FILE.gguf``, ``openai:model=NAME,base_urls=[URL,...]`` (OpenAI-compatible
+  completions servers), or a path to a preset YAML file;
 - PRMs: ``arith-check`` (embedded default), ``hf-prm:model=DIR,protocol=NAME`` (a transformers
   PRM with its family's step protocol: ``qwen25-math-prm``, ``math-shepherd``, ``rlhflow``),
   ``sim[:k=v,...]``, ``none`` (majority only).
@@ -102,8 +103,18 @@ def _gguf_policy(arg: str) -> Policy:
     return _transformers_policy(model=str(path.parent), gguf_file=path.name)
 
 
+def _openai_policy(arg: str | None) -> Policy:
+    from .openai import OpenAIPolicy
+
+    kwargs = _parse_kwargs(arg)
+    if "model" not in kwargs or "base_urls" not in kwargs:
+        raise ValueError("openai needs model and base_urls: openai:model=NAME,base_urls=[http://127.0.0.1:8000]")
+    return OpenAIPolicy(**kwargs)
+
+
 POLICY_SPECS: dict[str, Callable[[str | None], Policy]] = {
     "sim": lambda arg: SimulatedPolicy(**_parse_kwargs(arg)),
+    "openai": _openai_policy,
     "hf": lambda arg: _transformers_policy(model=arg),
     "gguf": _gguf_policy,
 }

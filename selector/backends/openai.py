@@ -1,0 +1,309 @@
+"""``OpenAIPolicy``: a policy served by any OpenAI-compatible *completions* server.
+
+Works with ``vllm serve``, SGLang, llama.cpp's server and anything else that answers
+``POST {base_url}/v1/completions``. Standard library only (``urllib`` + a thread pool).
+
+- **Prompts.** The completions endpoint applies no chat template: ``format_prompt`` is
+  ``prompt_template.format(question=question)``; pass a template that matches your model
+  (e.g. its chat template written out, ending where the assistant's answer begins).
+- **One HTTP request per** :class:`StepRequest`, asking for ``n`` choices with the request's
+  seed. Up to ``max_concurrency`` requests are in flight; they are spread round-robin over
+  ``base_urls`` (client-side balancing across several servers), and a retry moves on to the
+  next URL. Results come back in request order.
+- **Steps.** A step request sends ``stop=[delimiter]`` and vLLM's
+  ``include_stop_str_in_output: true``; a choice that stopped on the delimiter (vLLM's
+  ``stop_reason``, or text ending with it) gets finish reason ``"delimiter"`` and its text
+  always ends with the delimiter (appended if the server stripped it). ``"length"`` maps to
+  ``"length"``, any other stop to ``"eos"``. Servers that strip the stop string *and* report
+  no ``stop_reason`` cannot be told apart from EOS; such steps come back as ``"eos"``.
+  A text holding several steps is cut after the first with :func:`cut_at_delimiter`.
+- **Tokens** come from the server's ``usage``: ``prompt_tokens`` is the request's prompt
+  tokens; ``completion_tokens`` (the total over the ``n`` choices) is split across the choices
+  in proportion to their text length (largest remainder, so the sum is exact; exact per choice
+  when ``n == 1``). Asking for per-token logprobs to count exactly is not portable across
+  servers. Without ``usage`` the counts fall back to ``ceil(characters / 4)``.
+- **Errors.** Connection errors, timeouts, HTTP 429 and 5xx are retried ``retries`` times
+  with exponential backoff (``backoff * 2**attempt`` seconds); other 4xx fail at once. A
+  server that rejects ``n > 1`` or returns fewer choices than asked raises
+  :class:`OpenAIBackendError` saying so. ``timeout`` bounds each socket operation (connect,
+  and each read while waiting for the response), in seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+from ..steps import cut_at_delimiter
+from .base import Continuation, SamplingParams, StepOutput, StepRequest
+
+_RETRY_STATUS = frozenset({408, 429})  # plus every 5xx
+
+
+class OpenAIBackendError(RuntimeError):
+    """A completions server failed, refused a request, or answered something unusable."""
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _looks_like_n_unsupported(message: str) -> bool:
+    m = message.lower().replace(" ", "")
+    needles = ("n>1", "n=1", "'n'", '"n"', "`n`", "parametern", "fieldn", "nmustbe", "nisnot", "nnotsupported", "multiplechoices", "multiplecompletions")
+    return any(s in m for s in needles)
+
+
+class OpenAIPolicy:
+    """A :class:`~selector.backends.base.Policy` over OpenAI-compatible completions servers.
+
+    ``base_urls`` are server roots such as ``http://127.0.0.1:8000`` (a trailing ``/v1`` is
+    accepted and dropped). ``num_parameters`` is only used for FLOPs estimates (0: unknown).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_urls: Sequence[str],
+        *,
+        api_key: str | None = None,
+        num_parameters: int = 0,
+        max_concurrency: int = 16,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        step_delimiter: str = "\n\n",
+        prompt_template: str = "{question}",
+        id: str | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError("model must be a non-empty string")
+        if isinstance(base_urls, str):
+            base_urls = [base_urls]
+        urls = []
+        for url in base_urls:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"base_urls must be http(s) URLs, got {url!r}")
+            url = url.rstrip("/")
+            if url.endswith("/v1"):
+                url = url[: -len("/v1")]
+            urls.append(url)
+        if not urls:
+            raise ValueError("base_urls must name at least one server")
+        if num_parameters < 0:
+            raise ValueError(f"num_parameters must be >= 0, got {num_parameters}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if backoff < 0:
+            raise ValueError(f"backoff must be >= 0, got {backoff}")
+        if not step_delimiter:
+            raise ValueError("step_delimiter must be a non-empty string")
+        try:
+            prompt_template.format(question="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"prompt_template must use only the {{question}} field: {e!r}") from None
+        if "{question}" not in prompt_template:
+            raise ValueError("prompt_template must contain {question}")
+        self.model = model
+        self.base_urls: tuple[str, ...] = tuple(urls)
+        self.api_key = api_key
+        self.num_parameters = int(num_parameters)
+        self.max_concurrency = int(max_concurrency)
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.step_delimiter = step_delimiter
+        self.prompt_template = prompt_template
+        self.id = id or f"openai:{model}"
+        self._rr = 0
+        self._rr_lock = threading.Lock()
+
+    # -- Policy protocol ---------------------------------------------------------------
+    def format_prompt(self, question: str) -> str:
+        return self.prompt_template.format(question=question)
+
+    def default_sampling_params(self) -> SamplingParams:
+        return SamplingParams(step_delimiter=self.step_delimiter)
+
+    def generate_steps(self, requests: Sequence[StepRequest]) -> list[StepOutput]:
+        requests = list(requests)
+        if not requests:
+            return []
+        with self._rr_lock:
+            start = self._rr
+            self._rr = (self._rr + len(requests)) % len(self.base_urls)
+        workers = min(self.max_concurrency, len(requests))
+        if workers == 1:
+            return [self._one(r, start + i) for i, r in enumerate(requests)]
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-policy")
+        try:
+            futures = [pool.submit(self._one, r, start + i) for i, r in enumerate(requests)]
+            return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- one request ---------------------------------------------------------------------
+    def request_body(self, request: StepRequest) -> dict[str, Any]:
+        """The JSON body sent for ``request`` (public for inspection and tests)."""
+        p = request.params
+        step = not request.to_completion and bool(p.step_delimiter)
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": request.prefix,
+            "n": int(request.n),
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_tokens if request.to_completion else p.max_step_tokens,
+            "seed": int(request.seed),
+            "stream": False,
+        }
+        if p.top_k > 0:
+            body["top_k"] = p.top_k  # a vLLM/SGLang extra field
+        if step:
+            body["stop"] = [p.step_delimiter]
+            body["include_stop_str_in_output"] = True  # vLLM extra; others ignore it
+        return body
+
+    def _one(self, request: StepRequest, slot: int) -> StepOutput:
+        if request.n < 1:
+            raise ValueError(f"n must be >= 1, got {request.n}")
+        payload = json.dumps(self.request_body(request)).encode()
+        data, url = self._post(payload, slot, request.n)
+        return self._parse(data, request, url)
+
+    def _post(self, payload: bytes, slot: int, n: int) -> tuple[dict, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            base = self.base_urls[(slot + attempt) % len(self.base_urls)]
+            url = f"{base}/v1/completions"
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                return self._send(url, payload, headers, n), base
+            except _Retryable as e:
+                last = e.message
+        raise OpenAIBackendError(f"{last} (gave up after {self.retries + 1} attempts)")
+
+    def _send(self, url: str, payload: bytes, headers: dict, n: int) -> dict:
+        req = urllib.request.Request(url, data=payload, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            try:
+                text = e.read().decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - the body is only for the message
+                text = ""
+            message = _error_message(text)
+            if e.code >= 500 or e.code in _RETRY_STATUS:
+                raise _Retryable(f"server at {url} answered HTTP {e.code}: {message}") from None
+            if n > 1 and _looks_like_n_unsupported(message):
+                raise OpenAIBackendError(
+                    f"server at {url} does not support n > 1; it answered HTTP {e.code}: {message}. "
+                    "Use a server that samples several choices per request (vLLM, SGLang)."
+                ) from None
+            raise OpenAIBackendError(f"server at {url} rejected the request with HTTP {e.code}: {message}") from None
+        except (TimeoutError, socket.timeout):
+            raise _Retryable(f"request to {url} timed out after {self.timeout:g}s") from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, (TimeoutError, socket.timeout)):
+                raise _Retryable(f"request to {url} timed out after {self.timeout:g}s") from None
+            raise _Retryable(f"could not connect to {url}: {e.reason}") from None
+        except (ConnectionError, OSError) as e:  # resets, RemoteDisconnected, ...
+            raise _Retryable(f"connection to {url} failed: {e!r}") from None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise OpenAIBackendError(f"server at {url} answered with invalid JSON: {raw[:200]!r}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise OpenAIBackendError(f"server at {url} answered without a 'choices' list: {str(data)[:200]}")
+        return data
+
+    def _parse(self, data: dict, request: StepRequest, base: str) -> StepOutput:
+        choices = data["choices"]
+        if len(choices) < request.n:
+            raise OpenAIBackendError(
+                f"server at {base} does not support n > 1; it returned {len(choices)} choices for n={request.n}. "
+                "Use a server that samples several choices per request (vLLM, SGLang)."
+            )
+        if all(isinstance(c.get("index"), int) for c in choices):
+            choices = sorted(choices, key=lambda c: c["index"])
+        choices = choices[: request.n]
+        texts = [str(c.get("text") or "") for c in choices]
+        usage = data.get("usage") or {}
+        completion = usage.get("completion_tokens")
+        prompt = usage.get("prompt_tokens")
+        if isinstance(completion, int) and completion >= 0:
+            counts = _apportion(completion, [len(t) for t in texts])
+        else:
+            counts = [math.ceil(len(t) / 4) for t in texts]
+        if not (isinstance(prompt, int) and prompt >= 0):
+            prompt = math.ceil(len(request.prefix) / 4)
+        delim = request.params.step_delimiter
+        step = not request.to_completion and bool(delim)
+        conts = []
+        for choice, text, tokens in zip(choices, texts, counts):
+            reason = choice.get("finish_reason")
+            if not step:
+                finish = "length" if reason == "length" else "eos"
+            else:
+                cut = cut_at_delimiter(text, delim)
+                if cut is not None:  # the text holds a complete step (maybe more): keep one
+                    text, finish = cut, "delimiter"
+                elif reason == "length":
+                    finish = "length"
+                elif choice.get("stop_reason") == delim or text.endswith(delim):
+                    finish = "delimiter"
+                else:
+                    finish = "eos"
+                if finish == "delimiter" and not text.endswith(delim):
+                    text += delim  # the server stripped the stop string: steps keep theirs
+            conts.append(Continuation(text, tokens, finish))
+        return StepOutput(tuple(conts), prompt)
+
+
+def _error_message(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:500] or "(empty body)"
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("detail") or err
+            return str(msg)[:500]
+        if isinstance(err, str):
+            return err[:500]
+        if "detail" in data:
+            return str(data["detail"])[:500]
+    return str(data)[:500]
+
+
+def _apportion(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` across ``weights`` proportionally (largest remainder; sums to total)."""
+    if not weights:
+        return []
+    s = sum(weights)
+    if s <= 0:
+        weights, s = [1] * len(weights), len(weights)
+    exact = [total * w / s for w in weights]
+    out = [int(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: exact[i] - out[i], reverse=True)
+    for i in order[: total - sum(out)]:
+        out[i] += 1
+    return out
