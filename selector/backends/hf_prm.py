@@ -47,20 +47,12 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from .base import ScoreOutput, ScoreRequest
+from .hf_common import DTYPES, check_batch_size, count_parameters, count_parameters_from_config, parse_device, parse_dtype
 
 __all__ = ["HFPRM", "StepProtocol", "PROTOCOLS", "TokenIds"]
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "auto": "auto",
-}
 
 QWEN_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -231,10 +223,6 @@ PROTOCOLS: dict[str, StepProtocol] = {
 }
 
 
-def _count_parameters(model: torch.nn.Module) -> int:
-    # ``parameters()`` yields a shared (tied) tensor once, so tied embeddings count once.
-    return sum(p.numel() for p in model.parameters())
-
 
 def _resolve_token(tokenizer: Any, token: str, role: str, protocol: str) -> int:
     """The id of ``token``: a vocabulary entry, or a string that encodes to exactly one token."""
@@ -310,16 +298,9 @@ class HFPRM:
             self._tokenizer_dir: Path | None = tpath
         else:
             self._tokenizer_dir = None
-        if not isinstance(dtype, str) or dtype.lower() not in _DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(set(_DTYPES))}")
-        self.dtype = dtype.lower()
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda:0'): {exc}") from exc
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
-        self.max_batch_size = max_batch_size
+        self.dtype = parse_dtype(dtype)
+        self.device = parse_device(device)
+        self.max_batch_size = check_batch_size(max_batch_size)
         if not isinstance(trust_remote_code, bool):
             raise TypeError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
         self.trust_remote_code = trust_remote_code
@@ -401,7 +382,7 @@ class HFPRM:
         start = time.perf_counter()
         tok, ids = self._load_tokenizer()
         model = self._auto_class().from_pretrained(
-            str(self._model_dir), dtype=_DTYPES[self.dtype], use_safetensors=True, **self._common()
+            str(self._model_dir), dtype=DTYPES[self.dtype], use_safetensors=True, **self._common()
         )
         model.eval()
         model.to(self.device)
@@ -409,7 +390,7 @@ class HFPRM:
             vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
             if vocab is not None and max(ids.plus, ids.minus) >= vocab:
                 raise ValueError("plus/minus token ids are outside the model's vocabulary; tokenizer and model do not match")
-        self._num_parameters = _count_parameters(model)
+        self._num_parameters = count_parameters(model)
         self.load_info = {"seconds": time.perf_counter() - start, "path": str(self._model_dir)}
         log.info("loaded PRM %s (%s) in %.1f s", self.id, self.protocol.name, self.load_info["seconds"])
         self._tokenizer, self._ids = tok, ids
@@ -432,9 +413,9 @@ class HFPRM:
                     from transformers import AutoConfig
 
                     config = AutoConfig.from_pretrained(str(self._model_dir), **self._common())
-                    with torch.device("meta"):
-                        skeleton = self._auto_class().from_config(config, trust_remote_code=self.trust_remote_code)
-                    self._num_parameters = _count_parameters(skeleton)
+                    self._num_parameters = count_parameters_from_config(
+                        config, self._auto_class(), self.trust_remote_code
+                    )
         return self._num_parameters
 
     # ------------------------------------------------------------------ scoring

@@ -62,6 +62,7 @@ from ..files import fsync_dir
 from ..seeds import derive_seed
 from ..steps import cut_at_delimiter
 from .base import Continuation, SamplingParams, StepOutput, StepRequest
+from .hf_common import DTYPES, check_batch_size, count_parameters, count_parameters_from_config, parse_device, parse_dtype
 
 __all__ = ["TransformersPolicy", "default_cache_dir", "FALLBACK_PROMPT_FORMAT"]
 
@@ -70,15 +71,6 @@ log = logging.getLogger(__name__)
 _CACHE_ENV = "TTS_SELECTOR_CACHE"
 _CACHE_MARKER = "tts-selector-cache.json"
 _CACHE_FORMAT = 1
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "auto": "auto",
-}
 _SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
 # Top-p first looks for the nucleus among this many most likely tokens, then widens.
 _TOP_P_FIRST_K = 256
@@ -106,11 +98,6 @@ def _sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: fh.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _count_parameters(model: torch.nn.Module) -> int:
-    # ``parameters()`` yields a shared (tied) tensor once, so tied embeddings count once.
-    return sum(p.numel() for p in model.parameters())
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -180,16 +167,8 @@ class TransformersPolicy:
         self._gguf_path, self._model_dir = self._resolve_model(model, gguf_file)
         self._tokenizer_dir = self._resolve_tokenizer(tokenizer)
 
-        if not isinstance(dtype, str) or dtype.lower() not in _DTYPES:
-            raise ValueError(
-                f"dtype={dtype!r} is not supported; use one of {sorted(set(_DTYPES))} "
-                "(float32 is the fast choice on CPUs without bfloat16 support)"
-            )
-        self.dtype = dtype.lower()
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda:0'): {exc}") from exc
+        self.dtype = parse_dtype(dtype, " (float32 is the fast choice on CPUs without bfloat16 support)")
+        self.device = parse_device(device)
 
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise TypeError(f"system_prompt must be a string or None, got {type(system_prompt).__name__}")
@@ -222,9 +201,7 @@ class TransformersPolicy:
         self.sampling = sampling
         self._default_params = SamplingParams(**{"step_delimiter": step_delimiter, **sampling})
 
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = check_batch_size(max_batch_size)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.trust_remote_code = trust_remote_code
         if not isinstance(share_prefix, bool):
@@ -350,7 +327,7 @@ class TransformersPolicy:
         return self
 
     def _torch_dtype(self) -> Any:
-        return _DTYPES[self.dtype]
+        return DTYPES[self.dtype]
 
     def _load_locked(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -395,7 +372,7 @@ class TransformersPolicy:
         model.eval()
         model.to(self.device)
         self._setup(model, tokenizer)
-        self._num_parameters = _count_parameters(model)
+        self._num_parameters = count_parameters(model)
         self.load_info = {
             "source": source,
             "seconds": time.perf_counter() - start,
@@ -531,9 +508,7 @@ class TransformersPolicy:
                 )
                 if hasattr(config, "quantization_config"):
                     delattr(config, "quantization_config")
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=self.trust_remote_code)
-        return _count_parameters(skeleton)
+        return count_parameters_from_config(config, AutoModelForCausalLM, self.trust_remote_code)
 
     # ------------------------------------------------------------------ prompts
     def format_prompt(self, question: str) -> str:
