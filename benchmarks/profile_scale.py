@@ -41,19 +41,18 @@ class TimedEngine:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def generate_steps(self, requests):
+    def _timed(self, call, requests):
         t0 = time.perf_counter()
         try:
-            return self.inner.generate_steps(requests)
+            return call(requests)
         finally:
             self.seconds += time.perf_counter() - t0
 
+    def generate_steps(self, requests):
+        return self._timed(self.inner.generate_steps, requests)
+
     def score(self, requests):
-        t0 = time.perf_counter()
-        try:
-            return self.inner.score(requests)
-        finally:
-            self.seconds += time.perf_counter() - t0
+        return self._timed(self.inner.score, requests)
 
 
 def measure_model_throughput() -> float | None:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .estimators import PilotEstimator
-from .router import SelectionCells, _load_estimator
+from .router import SelectionCells, load_table_estimator
 from .search.aggregate import aggregate
 from .tables import TableDir
 
@@ -148,7 +148,7 @@ def evaluate_router(
             k = int(name.split(":")[1])
             bins_by_estimator[f"router ({name})"] = (*_pilot_bins(table, target, k), k)
         else:
-            est, _ = _load_estimator(table, name)
+            est, _ = load_table_estimator(table, name)
             estimates = est.estimate_batch(target["text"].tolist(), int(table.metadata.get("policy_params", 0)))
             bins_by_estimator[f"router ({name})"] = (
                 np.array([e.bin for e in estimates]), np.array([e.cost.flops for e in estimates]), 0)

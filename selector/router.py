@@ -174,7 +174,7 @@ class Router:
                     f"{table_dir} was profiled with {kind} {want!r}, but the {kind} given is {have!r}: "
                     f"route with the same {kind}, or profile a table for {have!r}"
                 )
-        est, name = _load_estimator(table, estimator)
+        est, name = load_table_estimator(table, estimator)
         grid = config.get("grid", {})
         tree = {"max_steps": grid.get("max_steps", 40), "answer_rule": grid.get("answer_rule", "weighted")}
         if sampling is None and config.get("sampling"):
@@ -253,7 +253,9 @@ class Router:
         return self._cells.allocate([e.bin for e in estimates], average_budget)
 
 
-def _load_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, str]:
+def load_table_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, str]:
+    """An estimator for a table and its name: ``prompt:<features>`` (the file the table records,
+    sha256-checked), ``pilot:<k>`` (fitted on the table's profiling prompts), or an object as is."""
     if not isinstance(estimator, str):
         return estimator, type(estimator).__name__
     kind, _, arg = estimator.partition(":")
