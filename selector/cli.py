@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -29,10 +30,18 @@ def _build_strategy(args: argparse.Namespace):
 
 
 def _load_router(args: argparse.Namespace):
+    from .catalog import is_catalog
     from .router import Router
+    from .tables import TableDir
 
+    # A profiled table defaults to the engines it was profiled with; a catalog or a published
+    # prior has none of its own, so they get --policy/--prm (whose defaults are the CPU default's).
+    table = TableDir(args.tables)
+    explicit = is_catalog(args.tables) or (table.file("selection").is_file() and table.metadata.get("prior", False))
     return Router.load(args.tables, estimator=args.estimator,
-                       policy=args.policy if args.policy_given else None, prm=args.prm if args.prm_given else None)
+                       policy=args.policy if args.policy_given or explicit else None,
+                       prm=args.prm if args.prm_given or explicit else None,
+                       dataset=args.dataset, policy_params=args.policy_params)
 
 
 def _cmd_route(args: argparse.Namespace) -> int:
@@ -40,10 +49,10 @@ def _cmd_route(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(decision.to_dict(), indent=2))
     else:
-        lo, hi = decision.ci
-        print(f"bin {decision.bin} (p={decision.bin_proba.get(decision.bin, 0):.2f}, by {decision.estimator}) -> "
-              f"{decision.strategy.name} {decision.strategy.params()} at budget {decision.budget}: expected accuracy "
-              f"{decision.expected_accuracy:.2f} [{lo:.2f}, {hi:.2f}], {decision.expected_flops:.3g} FLOPs")
+        where = (f"no bin ({decision.estimator})" if decision.bin is None else
+                 f"bin {decision.bin} (p={decision.bin_proba.get(decision.bin, 0):.2f}, by {decision.estimator})")
+        print(f"{where} -> {decision.strategy.name} {decision.strategy.params()} at budget {decision.budget}: {decision.expectation()}")
+        print(f"source: {decision.source}")
         if decision.fallback:
             print(f"note: {decision.fallback}")
     return 0
@@ -56,7 +65,9 @@ def _cmd_routed_solve(args: argparse.Namespace) -> int:
         return 0
     d, c = result.decision, result.cost
     print(f"answer:      {result.answer}")
-    print(f"routed:      bin {d.bin} -> {d.strategy.name} {d.strategy.params()} (expected accuracy {d.expected_accuracy:.2f})")
+    print(f"routed:      {'no bin' if d.bin is None else f'bin {d.bin}'} -> {d.strategy.name} {d.strategy.params()} "
+          f"({d.expectation()})")
+    print(f"source:      {d.source}")
     if d.fallback:
         print(f"note:        {d.fallback}")
     print(f"cost:        {c.generations} generations ({result.estimate_cost.generations} for estimation), "
@@ -170,6 +181,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import FEW_PROMPTS, inspect_path, write_plots
+
+    few = FEW_PROMPTS if args.few_prompts is None else args.few_prompts
+    print(inspect_path(args.dir, budget=args.budget, few_prompts=few))
+    if args.plot:
+        for what, path in write_plots(args.dir, args.plot, budget=args.budget, few_prompts=few):
+            print(f"wrote {what}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-selector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,18 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-rule", dest="answer_rule", default=None, help="final-answer rule of tree strategies: weighted | best | majority")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--show", type=int, default=5, help="candidates to print (text mode)")
-    p.add_argument("--tables", default=None, help="route with this table directory instead of --strategy")
+    p.add_argument("--tables", default=None,
+                   help="route with this table directory, or a catalog of them (e.g. tables/), instead of --strategy")
     p.add_argument("--budget", type=int, default=None, help="with --tables: the budget N to route at")
     p.add_argument("--estimator", default="prompt:tfidf", help="with --tables: prompt:<features> | pilot:<k>")
+    p.add_argument("--dataset", default=None, help="with a catalog: the data set (e.g. math500) or family (e.g. math) to pick a table for")
+    p.add_argument("--policy-params", dest="policy_params", type=float, default=None,
+                   help="the policy's parameter count (e.g. 1.5e9), for engines that cannot count their own")
     _add_engine_args(p)
     p.set_defaults(func=_cmd_solve)
 
     p = sub.add_parser("route", help="decide strategy and budget for a question from a table (no generation)")
     p.add_argument("question")
-    p.add_argument("--tables", required=True, help="table directory")
+    p.add_argument("--tables", required=True, help="table directory, or a catalog of them (e.g. tables/)")
     p.add_argument("--budget", type=int, required=True, help="budget N (generations per round)")
     p.add_argument("--estimator", default="prompt:tfidf", help="prompt:<features> | pilot:<k>")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--dataset", default=None, help="with a catalog: the data set (e.g. math500) or family (e.g. math) to pick a table for")
+    p.add_argument("--policy-params", dest="policy_params", type=float, default=None,
+                   help="the policy's parameter count (e.g. 1.5e9), for engines that cannot count their own")
     _add_engine_args(p)
     p.set_defaults(func=_cmd_route)
 
@@ -233,10 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="merged table directory")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("inspect", help="summarise a table directory (or a directory of them); optionally plot it")
+    p.add_argument("dir", help="table directory (e.g. tables/smollm2-135m__arith-check__arithmetic) or a catalog of them")
+    p.add_argument("--budget", type=int, default=None, help="show only this budget N's column")
+    p.add_argument("--plot", default=None, metavar="OUT.png",
+                   help="write the selection heatmap to OUT.png and the accuracy curves to OUT-curves.png")
+    p.add_argument("--few-prompts", dest="few_prompts", type=int, default=None,
+                   help="warn about cells selected from fewer prompts than this (default 10)")
+    p.set_defaults(func=_cmd_inspect)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # stdout carries our results (--json); vLLM logs to stdout unless told otherwise.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     parser = build_parser()
     args = parser.parse_args(argv)
     # Routed commands take engines from the table unless --policy/--prm were given explicitly.

@@ -158,6 +158,30 @@ BUILTIN_FILES: dict[str, tuple[str, JsonlFormat]] = {
 }
 GENERATED = {"arithmetic"}
 
+# The dataset family of each built-in: tables profiled on data sets of one family answer for
+# each other in a table catalog (selector/catalog.py). A table records its family in its
+# metadata (``dataset_family``); a profile config may state it (``dataset.family``) for
+# data sets not listed here, e.g. a JSONL file of MATH problems.
+FAMILIES: dict[str, str] = {
+    "math500": "math",
+    "aime24": "aime",
+    "gsm8k": "gsm8k",
+    "arithmetic": "arithmetic",
+}
+
+
+def dataset_family(name: str, family: str | None = None) -> str:
+    """The family of data set ``name``: ``family`` when given, else the built-in's registered
+    family (:data:`FAMILIES`), else the file stem of a ``.jsonl`` path, else ``name`` itself
+    (so a family name such as ``"math"`` maps to itself)."""
+    if family:
+        return family
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if name.endswith(".jsonl"):
+        return Path(name).stem
+    return name
+
 
 def data_dir() -> Path:
     """The directory holding the built-in data sets (see module docstring)."""

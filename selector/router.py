@@ -6,18 +6,39 @@ generation (unless the estimator pilots); ``solve`` routes and searches, and its
 includes the estimation cost; ``solve_batch`` sends all prompts, whatever strategy each
 was routed to, through the same batched rounds, and with ``average_budget`` allocates budgets
 per prompt to maximise the table's expected accuracy at a mean budget.
+
+``Router.load`` also takes a catalog (a directory of table directories, e.g. ``tables/``) with
+the policy, PRM and ``dataset=``: it picks the table with ``TableCatalog.best_for`` (exact match,
+else nearest policy size with the same PRM, else the published prior) and records the choice.
+Every :class:`Decision` says where it came from (``source``).
+
+With a published-prior table (``prior: true``, e.g. ``tables/prior__liu2025__math``) the
+policy-id check is replaced by a size-range check: the rows for the policy's parameter count
+are used, and a prompt's estimated pass@1 is binned with the prior's absolute thresholds (the
+prior has no prompts to fit an estimator on). ``pilot:<k>`` then needs no fitting: the pilot's
+mean final-step PRM score is the pass@1 estimate (:class:`ThresholdPilot`); an estimator object
+works as long as its estimates carry ``pass1``. When every bin of the size range has the same
+strategy no estimate is made at all, and the decision says so. Values the prior leaves null are
+filled with the search package's defaults: ``n`` = the budget, beam width ``m`` = 4 (lowered to
+the budget when smaller, ``n`` rounded down to a multiple of ``m``), aggregation ``last``,
+tree answer rule ``weighted``, 40 steps (the ``BeamSearch`` / ``DVTS`` / ``BestOfN`` defaults).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .backends.base import PRM, Policy, SamplingParams
+from .binning import assign_bins
+from .catalog import CatalogChoice, TableCatalog, format_params, is_catalog, policy_size, rows_for_size, table_family
+from .datasets import dataset_family
 from .estimators import Estimate, PilotEstimator, load_estimator
-from .search.base import StrategyConfig, make_strategy
+from .search.base import STRATEGIES, StrategyConfig, make_strategy
 from .search.runner import run_search
 from .tables import TableDir
 from .types import Candidate, Cost, SearchResult
@@ -31,10 +52,14 @@ class Decision:
 
     ``budget`` is the table cell used (the requested budget, or the nearest lower one when the
     table has no cell for it: ``fallback`` then says so). ``expected_accuracy`` is the cell's
-    held-out accuracy with its confidence interval; ``expected_flops`` its mean FLOPs.
+    held-out accuracy with its confidence interval; ``expected_flops`` its mean FLOPs (all NaN
+    for a published prior, which has no measurements; ``to_dict`` writes them as null).
+    ``source`` says which table (and how the catalog matched it) or which published rule
+    decided. ``bin`` is None when no estimate was needed (every bin routes alike); ``pass1`` is
+    the estimated pass@1 when the estimator gave one.
     """
 
-    bin: int
+    bin: int | None
     bin_proba: dict[int, float]
     strategy: StrategyConfig
     budget: int
@@ -44,15 +69,29 @@ class Decision:
     expected_flops: float
     estimator: str
     fallback: str | None = None
+    source: str = ""
+    pass1: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "bin": self.bin, "bin_proba": {str(k): v for k, v in self.bin_proba.items()},
             "strategy": self.strategy.name, **self.strategy.params(), "budget": self.budget,
-            "requested_budget": self.requested_budget, "expected_accuracy": self.expected_accuracy,
-            "ci_low": self.ci[0], "ci_high": self.ci[1], "expected_flops": self.expected_flops,
-            "estimator": self.estimator, "fallback": self.fallback,
+            "requested_budget": self.requested_budget, "expected_accuracy": _finite(self.expected_accuracy),
+            "ci_low": _finite(self.ci[0]), "ci_high": _finite(self.ci[1]), "expected_flops": _finite(self.expected_flops),
+            "estimator": self.estimator, "fallback": self.fallback, "source": self.source, "pass1": self.pass1,
         }
+
+    def expectation(self) -> str:
+        """'expected accuracy 0.80 [0.70, 0.90], 1.2e+11 FLOPs', or why there is none (a prior)."""
+        if math.isnan(self.expected_accuracy):
+            return "no expected accuracy (a published prior has no measurements)"
+        lo, hi = self.ci
+        return f"expected accuracy {self.expected_accuracy:.2f} [{lo:.2f}, {hi:.2f}], {self.expected_flops:.3g} FLOPs"
+
+
+def _finite(x: float) -> float | None:
+    # A prior's cells have no measurements (NaN); JSON has no NaN, so they are written as null.
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
 @dataclass(frozen=True)
@@ -84,6 +123,15 @@ class SelectionCells:
     def check_budget(self, budget: float) -> None:
         if budget < self.budgets[0]:
             raise ValueError(f"budget {budget} is below the table's smallest budget {self.budgets[0]} (budgets: {self.budgets})")
+
+    def assign(self, estimate: Estimate) -> tuple[int | None, dict[int, float]]:
+        """The bin (and its probabilities) a prompt is routed by: the estimator's own, since it
+        was trained on this table's bins."""
+        return estimate.bin, estimate.bin_proba
+
+    def describe(self, row: Any) -> str | None:
+        """Per-cell source text (None: the router's table source says it all)."""
+        return None
 
     def cell(self, bin_: int, budget: int) -> tuple[Any, str | None]:
         """The row for (bin, budget), or for the nearest lower budget with a note saying so."""
@@ -128,11 +176,157 @@ class SelectionCells:
         return [c[lv][0] for c, lv in zip(curves, level)]
 
 
+class PriorRow(NamedTuple):
+    """A published-prior cell made concrete for one budget (the fields ``Router`` reads from a
+    selection row); measurements are NaN: the prior has none."""
+
+    strategy: str
+    n: int
+    m: int | None
+    aggregation: str | None
+    budget: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    mean_flops: float
+    rule: Any  # the prior's selection row
+
+
+# Words for the decision's source text.
+_STRATEGY_WORDS = {"beam_search": "beam search", "dvts": "DVTS", "best_of_n": "best-of-N",
+                   "weighted_best_of_n": "weighted best-of-N", "majority": "majority vote"}
+
+
+def _default(strategy: str, name: str) -> Any:
+    """A strategy class's default for a hyperparameter (what a search runs when it is not set)."""
+    return {f.name: f.default for f in fields(STRATEGIES[strategy])}[name]
+
+
+class PriorCells:
+    """A published prior's rules for one policy size, with the interface of
+    :class:`SelectionCells` (see the module docstring for the defaults it fills in).
+
+    ``selection`` is the prior's selection table; only the rows whose size range holds
+    ``policy_params`` are kept. Raises ValueError when no row covers that size.
+    """
+
+    def __init__(self, selection: pd.DataFrame, policy_params: int, metadata: dict, where: str | Path = "prior"):
+        rows = rows_for_size(selection, policy_params)
+        if rows.empty:
+            raise ValueError(f"{where}: the published prior has no rule for a policy of {format_params(policy_params)} "
+                             f"parameters; pass policy_params= with the policy's size")
+        self.policy_params = int(policy_params)
+        self.edges = [float(e) for e in metadata.get("bin_edges", [])]
+        self.citation = metadata.get("citation_short") or metadata.get("citation", "published prior")
+        self.rows = {int(r.bin): r for r in rows.itertuples(index=False)}
+        self.budgets: list[int] = []  # the prior names no budgets: any budget >= 1 is routed
+        # Every bin of this size range with one strategy: the estimate would change nothing.
+        self.uniform = len({r.strategy for r in self.rows.values()}) == 1
+
+    def check_budget(self, budget: float) -> None:
+        if budget < 1:
+            raise ValueError(f"budget {budget} is below 1 generation per round")
+
+    def assign(self, estimate: Estimate) -> tuple[int | None, dict[int, float]]:
+        """None when no estimate is needed; else the bin of the estimate's pass@1 under the
+        prior's absolute thresholds (the estimator's own bins belong to another table)."""
+        if self.uniform:
+            return None, {}
+        if estimate.pass1 is None or math.isnan(estimate.pass1):
+            raise ValueError(f"estimator {estimate.source!r} gave no pass@1: the published prior bins a predicted pass@1 "
+                             f"by its absolute thresholds {self.edges}")
+        bin_ = int(assign_bins(estimate.pass1, self.edges)[0])
+        return bin_, {bin_: 1.0}
+
+    def cell(self, bin_: int | None, budget: int) -> tuple[PriorRow, str | None]:
+        """The prior's rule for (bin, budget) with the package defaults filled in, and a note
+        saying which values were defaulted or adjusted."""
+        self.check_budget(budget)
+        budget = int(budget)
+        rule = self.rows[min(self.rows)] if bin_ is None else self.rows[bin_]
+        strategy = str(rule.strategy)
+        takes = {f.name for f in fields(STRATEGIES[strategy])}
+        defaulted: dict[str, Any] = {}
+        m = None
+        if "m" in takes:
+            if pd.isna(rule.m):
+                m = defaulted["m"] = min(int(_default(strategy, "m")), budget)
+            else:
+                m = int(rule.m)
+        aggregation = rule.aggregation if isinstance(rule.aggregation, str) else None
+        if aggregation is None and "aggregation" in takes:
+            defaulted["aggregation"] = _default(strategy, "aggregation")  # the strategy applies it itself
+        n = budget - budget % m if m else budget
+        notes = []
+        if defaulted:
+            notes.append(f"the prior leaves {' and '.join(defaulted)} unset (not found in the paper): used the package "
+                         f"default {', '.join(f'{k}={v!r}' for k, v in defaulted.items())}")
+        if n != budget:
+            notes.append(f"budget {budget} is not a multiple of m={m}: used n={n}")
+        return PriorRow(strategy, n, m, aggregation, n, math.nan, math.nan, math.nan, math.nan, rule), ("; ".join(notes) or None)
+
+    def describe(self, row: PriorRow) -> str:
+        """E.g. 'published prior: Liu et al. 2025 (arXiv 2502.06703): policy 1.5B < 7B → beam search'."""
+        rule, size = row.rule, format_params(self.policy_params)
+        lo, hi = int(rule.policy_params_min), rule.policy_params_max
+        if lo == 0:
+            where = f"{size} < {format_params(hi)}"
+        elif pd.isna(hi):
+            where = f"{size} >= {format_params(lo)}"
+        else:
+            where = f"{format_params(lo)} <= {size} < {format_params(hi)}"
+        what = _STRATEGY_WORDS.get(row.strategy, row.strategy)
+        if not self.uniform:
+            what += f" on {rule.difficulty} prompts ({rule.pass1_range})"
+        return f"published prior: {self.citation}: policy {where} → {what} (rules applied to any PRM)"
+
+    def allocate(self, bins: Sequence[int], average_budget: float) -> list[int]:
+        raise ValueError(
+            "the published prior has no accuracies to trade budgets between prompts: give budget= (one budget for "
+            "all prompts), or profile a table (`tts-selector profile`) for average_budget="
+        )
+
+
+class ThresholdPilot(PilotEstimator):
+    """``pilot:<k>`` for a published prior: there are no profiled prompts to fit on, so the
+    pilot's mean final-step PRM score is taken as the pass@1 estimate as is and binned by the
+    prior's absolute thresholds ``edges`` (this trusts the PRM's score to be calibrated as a
+    probability of being right). The pilot rollouts are reused by best-of-N as usual."""
+
+    def __init__(self, k: int = 4, edges: tuple[float, ...] = (0.1, 0.5)):
+        super().__init__(k=k)
+        self.edges = edges
+
+    @property
+    def classes_(self) -> np.ndarray:  # bins 1 (easiest) .. len(edges) + 1
+        return np.arange(1, len(self.edges) + 2)
+
+    def from_scores(self, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pass1 = np.clip(np.asarray(predicted, dtype=float), 0.0, 1.0)
+        proba = np.zeros((len(pass1), len(self.classes_)))
+        proba[np.arange(len(pass1)), assign_bins(pass1, self.edges) - 1] = 1.0
+        return pass1, proba
+
+
+class _NoEstimator:
+    """Stands in for an estimator when every bin routes alike: makes no estimate, spends nothing."""
+
+    needs_engines = False
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def estimate_batch(self, prompts: Sequence[str], policy_params: int = 0) -> list[Estimate]:
+        return [Estimate(math.nan, 0, {}, Cost(), self.reason) for _ in prompts]
+
+
 class Router:
     """Route prompts with a table (see module docstring). Build it with :meth:`load`."""
 
     def __init__(self, table: TableDir, policy: Policy, prm: PRM | None, estimator: Any, estimator_name: str,
-                 tree_settings: dict[str, Any], sampling: SamplingParams | None = None):
+                 tree_settings: dict[str, Any], sampling: SamplingParams | None = None, *,
+                 cells: SelectionCells | PriorCells | None = None, source: str | None = None,
+                 choice: CatalogChoice | None = None):
         self.table = table
         self.policy = policy
         self.prm = prm
@@ -140,26 +334,55 @@ class Router:
         self.estimator_name = estimator_name
         self.sampling = sampling
         self._tree = tree_settings
-        self._cells = SelectionCells(table.selection())
+        self._cells = cells if cells is not None else SelectionCells(table.selection())
+        self.source = source if source is not None else f"table {table.path}"
+        self.choice = choice  # the catalog's choice (None when loaded from a table directory)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def load(
         cls, table_dir: str | Path, *, policy: str | Policy | None = None, prm: str | PRM | None = None,
         estimator: str | Any = DEFAULT_ESTIMATOR, sampling: SamplingParams | None = None,
+        dataset: str | None = None, policy_params: float | None = None,
     ) -> "Router":
-        """Open a table directory; engines default to the specs the table was profiled with.
+        """Open a table directory, or a catalog of them; engines default to the specs the table
+        was profiled with.
 
         ``estimator``: ``"prompt:<features>"`` (trained with ``train-estimator``, loaded only if
         its sha256 matches the table's record), ``"pilot:<k>"`` (fitted on the table's
-        predicted pass@1), or an estimator object with ``estimate_batch``.
+        predicted pass@1; uncalibrated with a published prior, see :class:`ThresholdPilot`), or
+        an estimator object with ``estimate_batch``.
+
+        A catalog (``tables/``) needs ``policy`` (spec or engine), ``prm`` and ``dataset`` (a data
+        set name such as ``math500``, or a family such as ``math``); ``policy_params``
+        (parameters) stands in for the size of an engine that cannot count its own. The chosen
+        table is then loaded as below and the choice kept in ``router.choice``. A published prior
+        needs ``policy`` and ``prm`` too (it is for any engine). ``dataset`` given with a table
+        directory must be of the table's family.
         """
         from .api import resolve_engines
 
+        choice = None
+        if is_catalog(table_dir):
+            if policy is None or prm is None or dataset is None:
+                raise ValueError(
+                    f"{table_dir} is a catalog of tables: give policy= (spec or engine), prm= and dataset= (e.g. 'math500', "
+                    f"or a family such as 'math') so it can pick a table, or pass one table directory"
+                )
+            policy, prm = resolve_engines(policy, prm)
+            choice = TableCatalog(table_dir).best_for(policy=policy, prm=prm, dataset=dataset, policy_params=policy_params)
+            table_dir = choice.path
         table = TableDir(table_dir)
         if not table.exists():
             raise FileNotFoundError(f"{table_dir}: not a table directory (missing {table.missing()}); run `tts-selector profile`")
         meta = table.metadata
+        if dataset is not None and dataset_family(dataset) != table_family(meta):
+            raise ValueError(
+                f"{table_dir} answers for dataset family {table_family(meta)!r}, not {dataset_family(dataset)!r} "
+                f"(dataset {dataset!r}): route with a table of that family, or a catalog that has one"
+            )
+        if meta.get("prior"):
+            return cls._load_prior(table, policy, prm, estimator, sampling, policy_params, choice)
         from .profile import manifest_config
 
         config = manifest_config(table_dir)
@@ -167,7 +390,10 @@ class Router:
             policy if policy is not None else config.get("policy", meta["policy_id"]),
             prm if prm is not None else config.get("prm", meta["prm_id"]),
         )
-        for kind, engine, want in (("policy", policy_engine, meta["policy_id"]), ("PRM", prm_engine, meta["prm_id"])):
+        checks = [("policy", policy_engine, meta["policy_id"]), ("PRM", prm_engine, meta["prm_id"])]
+        if choice is not None and choice.kind == "nearest_size":
+            checks = checks[1:]  # a nearest-size table is profiled with another policy: that is the point
+        for kind, engine, want in checks:
             have = engine.id if engine is not None else None
             if have != want:
                 raise ValueError(
@@ -179,7 +405,33 @@ class Router:
         tree = {"max_steps": grid.get("max_steps", 40), "answer_rule": grid.get("answer_rule", "weighted")}
         if sampling is None and config.get("sampling"):
             sampling = policy_engine.default_sampling_params().replace(**config["sampling"])
-        return cls(table, policy_engine, prm_engine, est, name, tree, sampling)
+        source = f"table {table.path}" + (f": {choice.summary}" if choice is not None else "")
+        return cls(table, policy_engine, prm_engine, est, name, tree, sampling, source=source, choice=choice)
+
+    @classmethod
+    def _load_prior(
+        cls, table: TableDir, policy: str | Policy | None, prm: str | PRM | None, estimator: str | Any,
+        sampling: SamplingParams | None, policy_params: float | None, choice: CatalogChoice | None,
+    ) -> "Router":
+        """A router over a published prior: the size-range check replaces the policy-id check."""
+        from .api import resolve_engines
+
+        if policy is None or prm is None:
+            raise ValueError(f"{table.path} is a published prior for any policy and PRM: give policy= and prm= "
+                             "(it has no engines of its own to default to)")
+        policy_engine, prm_engine = resolve_engines(policy, prm)
+        if prm_engine is None:
+            raise ValueError(f"{table.path}: the published prior's strategies (beam search, DVTS, best-of-N) need a PRM; "
+                             "give prm= (a PRM spec or engine)")
+        size = policy_size(policy_engine, policy_params)
+        if size is None:
+            raise ValueError(f"{table.path} is keyed by policy size, but policy {policy_engine.id!r} reports no parameter "
+                             "count: pass policy_params= (parameters, e.g. 1.5e9) or --policy-params")
+        cells = PriorCells(table.selection(), size, table.metadata, table.path)
+        est, name = load_prior_estimator(cells, estimator, table.path)
+        source = f"published prior {table.path}" + (f": {choice.reason}" if choice is not None else "")
+        # No tree settings: beam search / DVTS run with their class defaults (see module docstring).
+        return cls(table, policy_engine, prm_engine, est, name, {}, sampling, cells=cells, source=source, choice=choice)
 
     # -- routing ---------------------------------------------------------------------------
     @property
@@ -196,13 +448,17 @@ class Router:
         return make_strategy(row.strategy, **params)
 
     def _decide(self, estimate: Estimate, budget: int) -> Decision:
-        row, note = self._cells.cell(estimate.bin, budget)
+        bin_, proba = self._cells.assign(estimate)
+        row, note = self._cells.cell(bin_, budget)
+        pass1 = None if estimate.pass1 is None or math.isnan(estimate.pass1) else float(estimate.pass1)
         return Decision(
-            estimate.bin, estimate.bin_proba, self._strategy(row), int(row.budget), budget, float(row.accuracy),
+            bin_, proba, self._strategy(row), int(row.budget), budget, float(row.accuracy),
             (float(row.ci_low), float(row.ci_high)), float(row.mean_flops), estimate.source, note,
+            self._cells.describe(row) or self.source, pass1,
         )
 
     def estimate_batch(self, prompts: Sequence[str], seed: int = 0) -> list[Estimate]:
+        """The estimator's estimates for ``prompts`` (their cost included)."""
         if getattr(self.estimator, "needs_engines", False):  # pilots sample with our engines
             return self.estimator.estimate_batch(list(prompts), self.policy, self.prm, sampling=self.sampling, seed=seed)
         return self.estimator.estimate_batch(list(prompts), self.policy.num_parameters)
@@ -251,6 +507,28 @@ class Router:
     def allocate(self, estimates: Sequence[Estimate], average_budget: float) -> list[int]:
         """Per-prompt budgets with mean <= ``average_budget`` (see :meth:`SelectionCells.allocate`)."""
         return self._cells.allocate([e.bin for e in estimates], average_budget)
+
+
+def load_prior_estimator(cells: PriorCells, estimator: str | Any, where: str | Path = "prior") -> tuple[Any, str]:
+    """The estimator for a published prior and its name: none when every bin of the size range
+    routes alike, ``pilot:<k>`` as a :class:`ThresholdPilot`, or an object as is (its estimates'
+    ``pass1`` is binned by the prior's thresholds)."""
+    if cells.uniform:
+        strategy = _STRATEGY_WORDS.get(next(iter(cells.rows.values())).strategy)
+        reason = (f"none: every difficulty bin of the prior's size range for a {format_params(cells.policy_params)} "
+                  f"policy uses {strategy}, so no estimate was made")
+        return _NoEstimator(reason), reason
+    if not isinstance(estimator, str):
+        return estimator, type(estimator).__name__
+    kind, _, arg = estimator.partition(":")
+    if kind == "pilot":
+        k = int(arg or 4)
+        return ThresholdPilot(k=k, edges=tuple(cells.edges)), f"pilot:{k} (mean final-step PRM score as pass@1)"
+    raise ValueError(
+        f"{where}: a published prior has no profiled prompts, so no trained estimator {estimator!r}: use 'pilot:<k>' "
+        f"(e.g. --estimator pilot:4: the pilot's mean final-step PRM score is the pass@1 estimate, binned by the "
+        f"prior's thresholds {cells.edges}) or pass an estimator object whose estimates carry pass1"
+    )
 
 
 def load_table_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, str]:

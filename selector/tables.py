@@ -35,6 +35,12 @@ Every Parquet file carries a JSON object under the schema key-value metadata key
 ``prm_id``           process reward model identifier.
 ``prm_params``       int, the PRM's parameter count (0 for programs).
 ``dataset``          dataset name.
+``dataset_family``   the family the table answers for in a catalog (selector/catalog.py), e.g.
+                     ``math`` for ``math500`` or a JSONL file of MATH problems; from the
+                     config's ``dataset.family``, else the built-in's registered family
+                     (selector/datasets.py ``FAMILIES``), else the data set's name. Tables
+                     written before this key fall back to the registered family of ``dataset``.
+``dataset_family_note``  optional; why the family defaulted to the data set's name.
 ``dataset_sha256``   hash of the dataset contents the profile was measured on.
 ``grader``           answer grader name; ``grader_version`` its version.
 ``binning_scheme``   how prompts were binned; ``bin_edges`` the inner pass@1 edges
@@ -44,7 +50,15 @@ Every Parquet file carries a JSON object under the schema key-value metadata key
                      must carry the same value (:meth:`TableDir.validate` checks).
 ``package_version``  tts-selector version that wrote the file.
 ``created_at``       ISO-8601 UTC timestamp.
-``prior``            optional bool, set by the profiler; not interpreted here.
+``prior``            optional bool; true for a published-prior table written by
+                     ``scripts/build_prior_table.py`` (not interpreted here). A prior's
+                     selection rows carry ``policy_params_min`` / ``policy_params_max`` (the
+                     policy size range they apply to, max null = unbounded) and null budget,
+                     n, m, aggregation, accuracy, CI and FLOPs; its prompts, results and
+                     evaluations files hold zero rows with the contract's columns, so
+                     :meth:`TableDir.validate` accepts it unchanged. Its metadata adds
+                     ``citation``, ``citation_short``, ``url``, ``rules`` (in words), ``note``,
+                     ``prms_in_paper``, ``not_found_in_paper`` and ``router_defaults``.
 ===================  ==========================================================================
 
 Only ``schema_version`` and ``kind`` are mandatory at this layer; the profiler supplies the rest.

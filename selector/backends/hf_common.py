@@ -1,9 +1,17 @@
-"""Argument checks and parameter counting shared by the transformers-based backends."""
+"""What the Hugging Face-based backends share: argument checks, parameter counting, and the
+policy prompt format (system prompt, few-shot chat turns, chat template) with its tokenization.
+
+The transformers policy and the vLLM policy both format and tokenize prompts here, so one preset
+gives byte-identical prompts (and token ids) on either backend.
+"""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Sequence
 
 import torch
+
+from .base import SamplingParams
 
 DTYPES = {
     "float32": torch.float32,
@@ -47,3 +55,95 @@ def count_parameters_from_config(config: Any, auto_class: Any, trust_remote_code
     with torch.device("meta"):
         skeleton = auto_class.from_config(config, trust_remote_code=trust_remote_code)
     return count_parameters(skeleton)
+
+
+# ---------------------------------------------------------------------------- prompt format
+FALLBACK_PROMPT_FORMAT = (
+    "Used when the tokenizer has no chat template: the system prompt (if any) and a blank "
+    "line, then each worked example as 'Question: {q}\\nAnswer:\\n{a}\\n\\n', then "
+    "'Question: {question}\\nAnswer:\\n'."
+)
+_SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+
+
+def check_prompt_args(system_prompt: Any, few_shot: Any) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """Validated ``(system_prompt, few_shot)``; ``few_shot`` as a tuple of (question, answer) pairs."""
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise TypeError(f"system_prompt must be a string or None, got {type(system_prompt).__name__}")
+    shots = []
+    for k, shot in enumerate(few_shot):
+        if not isinstance(shot, (tuple, list)) or len(shot) != 2 or not all(isinstance(s, str) for s in shot):
+            raise ValueError(f"few_shot[{k}] must be a (question, answer) pair of strings, got {shot!r}")
+        shots.append((shot[0], shot[1]))
+    return system_prompt, tuple(shots)
+
+
+def check_sampling_args(step_delimiter: Any, sampling: dict | None) -> tuple[dict, SamplingParams]:
+    """Validated sampling overrides and the policy's default :class:`SamplingParams`."""
+    if step_delimiter is not None and (not isinstance(step_delimiter, str) or not step_delimiter):
+        raise ValueError(
+            f"step_delimiter must be a non-empty string (or None: never cut), got {step_delimiter!r}"
+        )
+    sampling = dict(sampling or {})
+    unknown = sorted(set(sampling) - set(_SAMPLING_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"unknown sampling keys {unknown}; valid keys are the SamplingParams fields {list(_SAMPLING_FIELDS)}"
+        )
+    return sampling, SamplingParams(**{"step_delimiter": step_delimiter, **sampling})
+
+
+def format_chat_prompt(
+    tokenizer: Any,
+    question: str,
+    *,
+    system_prompt: str | None = None,
+    few_shot: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The text that precedes a solution: system prompt, few-shot turns, the question, and the
+    assistant header, through the tokenizer's chat template.
+
+    Without a chat template, the plain format in :data:`FALLBACK_PROMPT_FORMAT`. A template that
+    rejects a system role gets the system prompt folded into the first user turn.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        parts = [f"{system_prompt}\n\n"] if system_prompt else []
+        parts += [f"Question: {q}\nAnswer:\n{a}\n\n" for q, a in few_shot]
+        parts.append(f"Question: {question}\nAnswer:\n")
+        return "".join(parts)
+    turns: list[dict[str, str]] = []
+    for q, a in few_shot:
+        turns += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    turns.append({"role": "user", "content": question})
+    if system_prompt is None:
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(
+            [{"role": "system", "content": system_prompt}] + turns,
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    except Exception:  # a template without a system role: fold it into the first turn
+        turns[0] = {"role": "user", "content": f"{system_prompt}\n\n{turns[0]['content']}"}
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+
+def bos_to_prepend(tokenizer: Any) -> int | None:
+    """The BOS id to put in front of a prefix, or None: only where the tokenizer itself adds one
+    by default (a chat template that writes its own BOS then does not get a second one)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    with_special = tokenizer("a").input_ids
+    if with_special and with_special[0] == bos and tokenizer("a", add_special_tokens=False).input_ids[:1] != [bos]:
+        return int(bos)
+    return None
+
+
+def encode_prefix(tokenizer: Any, text: str, bos_id: int | None) -> list[int]:
+    """Token ids of a prefix as the model reads it: no special tokens added, except ``bos_id``
+    (from :func:`bos_to_prepend`) when the text does not already start with it."""
+    ids = list(tokenizer(text, add_special_tokens=False).input_ids)
+    if bos_id is not None and (not ids or ids[0] != bos_id):
+        ids.insert(0, bos_id)
+    return ids

@@ -49,7 +49,10 @@ import torch
 from .base import ScoreOutput, ScoreRequest
 from .hf_common import DTYPES, check_batch_size, count_parameters, count_parameters_from_config, parse_device, parse_dtype
 
-__all__ = ["HFPRM", "StepProtocol", "PROTOCOLS", "TokenIds"]
+__all__ = [
+    "HFPRM", "StepProtocol", "PROTOCOLS", "TokenIds", "resolve_protocol", "check_candidate_tokens",
+    "load_protocol_tokenizer", "protocol_auto_class", "build_protocol_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +227,84 @@ PROTOCOLS: dict[str, StepProtocol] = {
 
 
 
+def resolve_protocol(protocol: Any) -> StepProtocol:
+    """The :data:`PROTOCOLS` entry named ``protocol``, or a ValueError listing the known ones."""
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise ValueError(
+            f"unknown PRM protocol {protocol!r}; known protocols: {sorted(PROTOCOLS)}. The protocol "
+            "is never guessed from the model name: pass the one the checkpoint was trained with."
+        )
+    return PROTOCOLS[protocol]
+
+
+def check_candidate_tokens(plus_token: Any, minus_token: Any) -> tuple[str, str]:
+    for name, value in (("plus_token", plus_token), ("minus_token", minus_token)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if plus_token == minus_token:
+        raise ValueError(f"plus_token and minus_token must differ, both are {plus_token!r}")
+    return plus_token, minus_token
+
+
+def protocol_auto_class(protocol: StepProtocol, trust_remote_code: bool) -> Any:
+    """The ``transformers`` auto class that builds this protocol's model."""
+    import transformers
+
+    if protocol.model_kind == "causal_lm":
+        return transformers.AutoModelForCausalLM
+    # The real Qwen2.5-Math-PRM registers its own class under AutoModel (remote code).
+    return transformers.AutoModel if trust_remote_code else transformers.AutoModelForTokenClassification
+
+
+def load_protocol_tokenizer(
+    protocol: StepProtocol,
+    source: str | os.PathLike,
+    *,
+    plus_token: str = "+",
+    minus_token: str = "-",
+    trust_remote_code: bool = False,
+) -> tuple[Any, TokenIds]:
+    """Load the tokenizer in ``source`` (local files only) and resolve the token ids ``protocol``
+    needs; errors name what the tokenizer lacks."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(source), local_files_only=True, trust_remote_code=trust_remote_code)
+    p = protocol
+    if not getattr(tok, "is_fast", False) and p.name != "qwen25-math-prm":
+        raise ValueError(
+            f"protocol {p.name!r} needs a fast tokenizer (character offsets); {str(source)!r} gave "
+            f"{type(tok).__name__}. Provide a tokenizer.json."
+        )
+    if p.needs_chat_template and not getattr(tok, "chat_template", None):
+        raise ValueError(
+            f"protocol {p.name!r} needs a chat template but the tokenizer in {str(source)!r} has none; "
+            "pass tokenizer= the PRM's own tokenizer directory"
+        )
+    sep = _resolve_token(tok, p.separator, "separator", p.name) if p.separator else None
+    if p.separator and p.model_kind == "token_classification" and p.separator not in tok.get_vocab():
+        raise ValueError(
+            f"the tokenizer has no separator token {p.separator!r} (protocol {p.name!r}); use the "
+            "PRM's own tokenizer"
+        )
+    plus = minus = None
+    if p.uses_candidates:
+        plus = _resolve_token(tok, plus_token, "plus token", p.name)
+        minus = _resolve_token(tok, minus_token, "minus token", p.name)
+        if plus == minus:
+            raise ValueError(f"plus_token {plus_token!r} and minus_token {minus_token!r} are one token")
+    return tok, TokenIds(separator=sep, plus=plus, minus=minus, plus_text=plus_token)
+
+
+def build_protocol_inputs(
+    protocol: StepProtocol, tokenizer: Any, ids: TokenIds, request: ScoreRequest
+) -> tuple[list[int], list[int]]:
+    """The input token ids of one request and its score positions (one per step, ascending)."""
+    input_ids, positions = protocol.build_inputs(protocol, request.question, tuple(request.steps), tokenizer, ids)
+    if len(positions) != len(request.steps):
+        raise AssertionError(f"protocol {protocol.name!r} gave {len(positions)} positions for {len(request.steps)} steps")
+    return input_ids, positions
+
+
 def _resolve_token(tokenizer: Any, token: str, role: str, protocol: str) -> int:
     """The id of ``token``: a vocabulary entry, or a string that encodes to exactly one token."""
     vocab = tokenizer.get_vocab()
@@ -271,12 +352,7 @@ class HFPRM:
         plus_token: str = "+",
         minus_token: str = "-",
     ) -> None:
-        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
-            raise ValueError(
-                f"unknown PRM protocol {protocol!r}; known protocols: {sorted(PROTOCOLS)}. The protocol "
-                "is never guessed from the model name: pass the one the checkpoint was trained with."
-            )
-        self.protocol = PROTOCOLS[protocol]
+        self.protocol = resolve_protocol(protocol)
         if not isinstance(model, (str, os.PathLike)) or not str(model):
             raise ValueError(f"model must be a local model directory, got {model!r}")
         path = Path(model).expanduser()
@@ -304,12 +380,7 @@ class HFPRM:
         if not isinstance(trust_remote_code, bool):
             raise TypeError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
         self.trust_remote_code = trust_remote_code
-        for name, value in (("plus_token", plus_token), ("minus_token", minus_token)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-        if plus_token == minus_token:
-            raise ValueError(f"plus_token and minus_token must differ, both are {plus_token!r}")
-        self.plus_token, self.minus_token = plus_token, minus_token
+        self.plus_token, self.minus_token = check_candidate_tokens(plus_token, minus_token)
         if id is None:
             id = path.resolve().name
         if not isinstance(id, str) or not id:
@@ -333,42 +404,16 @@ class HFPRM:
         return {"local_files_only": True, "trust_remote_code": self.trust_remote_code}
 
     def _auto_class(self) -> Any:
-        import transformers
-
-        if self.protocol.model_kind == "causal_lm":
-            return transformers.AutoModelForCausalLM
-        # The real Qwen2.5-Math-PRM registers its own class under AutoModel (remote code).
-        return transformers.AutoModel if self.trust_remote_code else transformers.AutoModelForTokenClassification
+        return protocol_auto_class(self.protocol, self.trust_remote_code)
 
     def _load_tokenizer(self) -> tuple[Any, TokenIds]:
-        from transformers import AutoTokenizer
-
-        source = self._tokenizer_dir or self._model_dir
-        tok = AutoTokenizer.from_pretrained(str(source), **self._common())
-        p = self.protocol
-        if not getattr(tok, "is_fast", False) and p.name != "qwen25-math-prm":
-            raise ValueError(
-                f"protocol {p.name!r} needs a fast tokenizer (character offsets); {str(source)!r} gave "
-                f"{type(tok).__name__}. Provide a tokenizer.json."
-            )
-        if p.needs_chat_template and not getattr(tok, "chat_template", None):
-            raise ValueError(
-                f"protocol {p.name!r} needs a chat template but the tokenizer in {str(source)!r} has none; "
-                "pass tokenizer= the PRM's own tokenizer directory"
-            )
-        sep = _resolve_token(tok, p.separator, "separator", p.name) if p.separator else None
-        if p.separator and p.model_kind == "token_classification" and p.separator not in tok.get_vocab():
-            raise ValueError(
-                f"the tokenizer has no separator token {p.separator!r} (protocol {p.name!r}); use the "
-                "PRM's own tokenizer"
-            )
-        plus = minus = None
-        if p.uses_candidates:
-            plus = _resolve_token(tok, self.plus_token, "plus token", p.name)
-            minus = _resolve_token(tok, self.minus_token, "minus token", p.name)
-            if plus == minus:
-                raise ValueError(f"plus_token {self.plus_token!r} and minus_token {self.minus_token!r} are one token")
-        return tok, TokenIds(separator=sep, plus=plus, minus=minus, plus_text=self.plus_token)
+        return load_protocol_tokenizer(
+            self.protocol,
+            self._tokenizer_dir or self._model_dir,
+            plus_token=self.plus_token,
+            minus_token=self.minus_token,
+            trust_remote_code=self.trust_remote_code,
+        )
 
     def load(self) -> "HFPRM":
         """Load tokenizer and model now (idempotent, thread-safe). Returns ``self``."""
@@ -423,12 +468,7 @@ class HFPRM:
         """The input ids of one request and its score positions (one per step)."""
         self.load()
         assert self._ids is not None
-        ids, positions = self.protocol.build_inputs(
-            self.protocol, request.question, tuple(request.steps), self._tokenizer, self._ids
-        )
-        if len(positions) != len(request.steps):
-            raise AssertionError(f"protocol {self.protocol.name!r} gave {len(positions)} positions for {len(request.steps)} steps")
-        return ids, positions
+        return build_protocol_inputs(self.protocol, self._tokenizer, self._ids, request)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreOutput]:
         requests = list(requests)

@@ -5,7 +5,12 @@ Works with ``vllm serve``, SGLang, llama.cpp's server and anything else that ans
 
 - **Prompts.** The completions endpoint applies no chat template: ``format_prompt`` is
   ``prompt_template.format(question=question)``; pass a template that matches your model
-  (e.g. its chat template written out, ending where the assistant's answer begins).
+  (e.g. its chat template written out, ending where the assistant's answer begins). Or pass
+  ``prompt_format``, an object whose ``format_prompt(question)`` writes the prompt: the
+  registry's ``openai:preset=NAME,...`` spec uses the preset's own format (few-shot turns
+  through the model's chat template, formatted locally with its tokenizer only), so a served
+  model gets byte-identical prompts to the in-process backends, and the preset's id, step
+  delimiter, sampling and parameter count.
 - **One HTTP request per** :class:`StepRequest`, asking for ``n`` choices with the request's
   seed. Up to ``max_concurrency`` requests are in flight; they are spread round-robin over
   ``base_urls`` (client-side balancing across several servers), and a retry moves on to the
@@ -38,7 +43,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..steps import cut_at_delimiter
 from .base import Continuation, SamplingParams, StepOutput, StepRequest
@@ -82,6 +87,8 @@ class OpenAIPolicy:
         backoff: float = 0.5,
         step_delimiter: str = "\n\n",
         prompt_template: str = "{question}",
+        prompt_format: Any = None,
+        sampling: dict | None = None,
         id: str | None = None,
     ) -> None:
         if not isinstance(model, str) or not model:
@@ -116,6 +123,9 @@ class OpenAIPolicy:
             raise ValueError(f"prompt_template must use only the {{question}} field: {e!r}") from None
         if "{question}" not in prompt_template:
             raise ValueError("prompt_template must contain {question}")
+        if prompt_format is not None and not callable(getattr(prompt_format, "format_prompt", None)):
+            raise TypeError("prompt_format must have a format_prompt(question) method (e.g. a policy of the same preset)")
+        self._default_params = SamplingParams(**{"step_delimiter": step_delimiter, **(sampling or {})})
         self.model = model
         self.base_urls: tuple[str, ...] = tuple(urls)
         self.api_key = api_key
@@ -126,16 +136,19 @@ class OpenAIPolicy:
         self.backoff = float(backoff)
         self.step_delimiter = step_delimiter
         self.prompt_template = prompt_template
+        self.prompt_format = prompt_format
         self.id = id or f"openai:{model}"
         self._rr = 0
         self._rr_lock = threading.Lock()
 
     # -- Policy protocol ---------------------------------------------------------------
     def format_prompt(self, question: str) -> str:
+        if self.prompt_format is not None:
+            return self.prompt_format.format_prompt(question)
         return self.prompt_template.format(question=question)
 
     def default_sampling_params(self) -> SamplingParams:
-        return SamplingParams(step_delimiter=self.step_delimiter)
+        return self._default_params
 
     def generate_steps(self, requests: Sequence[StepRequest]) -> list[StepOutput]:
         requests = list(requests)
@@ -184,55 +197,21 @@ class OpenAIPolicy:
         return self._parse(data, request, url)
 
     def _post(self, payload: bytes, slot: int, n: int) -> tuple[dict, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            base = self.base_urls[(slot + attempt) % len(self.base_urls)]
-            url = f"{base}/v1/completions"
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                return self._send(url, payload, headers, n), base
-            except _Retryable as e:
-                last = e.message
-        raise OpenAIBackendError(f"{last} (gave up after {self.retries + 1} attempts)")
-
-    def _send(self, url: str, payload: bytes, headers: dict, n: int) -> dict:
-        req = urllib.request.Request(url, data=payload, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            try:
-                text = e.read().decode("utf-8", "replace")
-            except Exception:  # noqa: BLE001 - the body is only for the message
-                text = ""
-            message = _error_message(text)
-            if e.code >= 500 or e.code in _RETRY_STATUS:
-                raise _Retryable(f"server at {url} answered HTTP {e.code}: {message}") from None
+        def client_error(url: str, code: int, message: str) -> Exception | None:
             if n > 1 and _looks_like_n_unsupported(message):
-                raise OpenAIBackendError(
-                    f"server at {url} does not support n > 1; it answered HTTP {e.code}: {message}. "
+                return OpenAIBackendError(
+                    f"server at {url} does not support n > 1; it answered HTTP {code}: {message}. "
                     "Use a server that samples several choices per request (vLLM, SGLang)."
-                ) from None
-            raise OpenAIBackendError(f"server at {url} rejected the request with HTTP {e.code}: {message}") from None
-        except (TimeoutError, socket.timeout):
-            raise _Retryable(f"request to {url} timed out after {self.timeout:g}s") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (TimeoutError, socket.timeout)):
-                raise _Retryable(f"request to {url} timed out after {self.timeout:g}s") from None
-            raise _Retryable(f"could not connect to {url}: {e.reason}") from None
-        except (ConnectionError, OSError) as e:  # resets, RemoteDisconnected, ...
-            raise _Retryable(f"connection to {url} failed: {e!r}") from None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise OpenAIBackendError(f"server at {url} answered with invalid JSON: {raw[:200]!r}") from None
+                )
+            return None
+
+        data, base = post_json(
+            self.base_urls, "/v1/completions", payload, slot=slot, timeout=self.timeout, retries=self.retries,
+            backoff=self.backoff, api_key=self.api_key, client_error=client_error,
+        )
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise OpenAIBackendError(f"server at {url} answered without a 'choices' list: {str(data)[:200]}")
-        return data
+            raise OpenAIBackendError(f"server at {base}/v1/completions answered without a 'choices' list: {str(data)[:200]}")
+        return data, base
 
     def _parse(self, data: dict, request: StepRequest, base: str) -> StepOutput:
         choices = data["choices"]
@@ -275,6 +254,80 @@ class OpenAIPolicy:
                     text += delim  # the server stripped the stop string: steps keep theirs
             conts.append(Continuation(text, tokens, finish))
         return StepOutput(tuple(conts), prompt)
+
+
+def post_json(
+    base_urls: Sequence[str],
+    path: str,
+    payload: bytes,
+    *,
+    slot: int,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    api_key: str | None = None,
+    error: type[Exception] = OpenAIBackendError,
+    client_error: Callable[[str, int, str], Exception | None] | None = None,
+) -> tuple[Any, str]:
+    """POST a JSON ``payload`` to ``{base}{path}`` and return ``(decoded JSON, base)``.
+
+    Attempt ``k`` goes to ``base_urls[(slot + k) % len]`` (a retry moves on to the next
+    server). Connection errors, timeouts (``timeout`` seconds per socket operation), HTTP 408,
+    429 and 5xx are retried ``retries`` times after ``backoff * 2**k`` seconds; then ``error`` is
+    raised with the last reason and the attempt count. Other 4xx fail at once: with the
+    exception ``client_error(url, status, message)`` returns, else ``error`` naming the status.
+    """
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    last = ""
+    for attempt in range(retries + 1):
+        base = base_urls[(slot + attempt) % len(base_urls)]
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            return _send_json(f"{base}{path}", payload, headers, timeout, error, client_error), base
+        except _Retryable as e:
+            last = e.message
+    raise error(f"{last} (gave up after {retries + 1} attempts)")
+
+
+def _send_json(
+    url: str,
+    payload: bytes,
+    headers: dict,
+    timeout: float,
+    error: type[Exception],
+    client_error: Callable[[str, int, str], Exception | None] | None,
+) -> Any:
+    req = urllib.request.Request(url, data=payload, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as e:
+        try:
+            text = e.read().decode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - the body is only for the message
+            text = ""
+        message = _error_message(text)
+        if e.code >= 500 or e.code in _RETRY_STATUS:
+            raise _Retryable(f"server at {url} answered HTTP {e.code}: {message}") from None
+        specific = client_error(url, e.code, message) if client_error is not None else None
+        if specific is not None:
+            raise specific from None
+        raise error(f"server at {url} rejected the request with HTTP {e.code}: {message}") from None
+    except (TimeoutError, socket.timeout):
+        raise _Retryable(f"request to {url} timed out after {timeout:g}s") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, (TimeoutError, socket.timeout)):
+            raise _Retryable(f"request to {url} timed out after {timeout:g}s") from None
+        raise _Retryable(f"could not connect to {url}: {e.reason}") from None
+    except (ConnectionError, OSError) as e:  # resets, RemoteDisconnected, ...
+        raise _Retryable(f"connection to {url} failed: {e!r}") from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise error(f"server at {url} answered with invalid JSON: {raw[:200]!r}") from None
 
 
 def _error_message(text: str) -> str:

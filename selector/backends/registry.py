@@ -5,11 +5,18 @@ parsed as YAML scalars) or, for path-taking backends, a path:
 
 - policies: ``sim[:k=v,...]`` (simulator, tests only), ``smollm2-135m`` (embedded CPU
   default; any preset YAML in ``selector/presets/``), ``hf:DIR`` (a transformers model
-  directory), ``gguf:FILE.gguf``, ``openai:model=NAME,base_urls=[URL,...]`` (OpenAI-compatible
-  completions servers), or a path to a preset YAML file;
+  directory), ``gguf:FILE.gguf``, ``openai:model=NAME,base_urls=[URL,...][,preset=NAME]`` (OpenAI-compatible
+  completions servers; with ``preset``, the preset's prompt format, id and sampling), ``vllm:preset=NAME[,k=v,...]`` or ``vllm:model=DIR[,k=v,...]`` (vLLM's
+  offline engine; a preset's id, model, prompt format and sampling, or a Hugging Face model
+  directory; further keys are :class:`~selector.backends.vllm.VLLMPolicy` arguments such as
+  ``gpu_memory_utilization=0.5``, ``dtype=bfloat16``, ``max_model_len=4096``, ``id=NAME``, and
+  any other key is passed to ``vllm.LLM``, e.g. ``enforce_eager=true``), or a path to a preset
+  YAML file (``backend: transformers`` or ``backend: vllm``);
 - PRMs: ``arith-check`` (embedded default), ``hf-prm:model=DIR,protocol=NAME`` (a transformers
   PRM with its family's step protocol: ``qwen25-math-prm``, ``math-shepherd``, ``rlhflow``),
-  ``sim[:k=v,...]``, ``none`` (majority only).
+  ``vllm-prm:model=DIR,protocol=NAME[,gpu_memory_utilization=0.4,...]`` (the same PRMs on vLLM's
+  offline pooling engine; unknown keys go to ``vllm.LLM`` as for ``vllm``) or ``vllm-prm:base_url=URL,model=NAME,protocol=NAME[,tokenizer=DIR]``
+  (a ``vllm serve`` instance's ``/pooling`` endpoint), ``sim[:k=v,...]``, ``none`` (majority only).
 """
 from __future__ import annotations
 
@@ -80,8 +87,20 @@ def _transformers_policy(**kwargs: Any) -> Policy:
     return TransformersPolicy(**kwargs)
 
 
+def _vllm_policy_class() -> Any:
+    try:
+        from .vllm import VLLMPolicy
+    except ImportError as exc:  # torch/transformers format the prompts (the `cpu` extra)
+        raise ImportError(
+            f"the vllm backend needs torch and transformers for its prompts ({exc}); vLLM's own "
+            "environment has them (scripts/install_vllm_cpu.sh on a CPU, pip install 'tts-selector[vllm]' on a GPU)"
+        ) from exc
+    return VLLMPolicy
+
+
 POLICY_BACKENDS: dict[str, Callable[..., Policy]] = {
     "transformers": _transformers_policy,
+    "vllm": lambda **cfg: _vllm_policy_class().from_preset(cfg),
     "sim": SimulatedPolicy,
 }
 
@@ -109,12 +128,56 @@ def _openai_policy(arg: str | None) -> Policy:
     kwargs = _parse_kwargs(arg)
     if "model" not in kwargs or "base_urls" not in kwargs:
         raise ValueError("openai needs model and base_urls: openai:model=NAME,base_urls=[http://127.0.0.1:8000]")
+    preset = kwargs.pop("preset", None)
+    if preset is not None:
+        path = _preset_path(str(preset))
+        if path is None:
+            raise ValueError(f"unknown preset {preset!r}; use one of {available_presets()} or a preset YAML path")
+        # The preset's prompt format, id, delimiter, sampling and size. The vLLM policy class
+        # formats prompts with the tokenizer alone (no engine, no weights), exactly as both
+        # in-process backends do, so it serves as the formatter for any server of that model.
+        fmt = _vllm_policy_class().from_preset(load_preset(path))
+        kwargs.setdefault("prompt_format", fmt)
+        kwargs.setdefault("id", fmt.id)
+        kwargs.setdefault("step_delimiter", fmt.step_delimiter)
+        kwargs.setdefault("sampling", fmt.sampling)
+        kwargs.setdefault("num_parameters", fmt.num_parameters)
     return OpenAIPolicy(**kwargs)
+
+
+def _preset_path(name: str) -> Path | None:
+    """A preset's YAML file (a name in ``selector/presets/`` or a YAML path), or None."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if path.is_file():
+        return path
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
+    return None
+
+
+def _vllm_policy(arg: str | None) -> Policy:
+    kwargs = _parse_kwargs(arg)
+    preset = kwargs.pop("preset", None)
+    if (preset is None) == ("model" not in kwargs):
+        raise ValueError(
+            "vllm needs exactly one of preset= or model=: vllm:preset=smollm2-135m[,gpu_memory_utilization=0.5] "
+            "or vllm:model=DIR[,id=NAME,gpu_memory_utilization=0.5,dtype=bfloat16,max_model_len=4096]"
+        )
+    cls = _vllm_policy_class()
+    if preset is None:
+        from .vllm import split_engine_kwargs
+
+        return cls(**split_engine_kwargs(cls, kwargs))
+    path = _preset_path(str(preset))
+    if path is None:
+        raise ValueError(f"unknown preset {preset!r}; use one of {available_presets()} or a preset YAML path")
+    return cls.from_preset(load_preset(path), **kwargs)
 
 
 POLICY_SPECS: dict[str, Callable[[str | None], Policy]] = {
     "sim": lambda arg: SimulatedPolicy(**_parse_kwargs(arg)),
     "openai": _openai_policy,
+    "vllm": _vllm_policy,
     "hf": lambda arg: _transformers_policy(model=arg),
     "gguf": _gguf_policy,
 }
@@ -130,9 +193,28 @@ def _hf_prm(arg: str | None) -> PRM:
     return HFPRM(**kwargs)
 
 
+def _vllm_prm(arg: str | None) -> PRM:
+    kwargs = _parse_kwargs(arg)
+    if "model" not in kwargs or "protocol" not in kwargs:
+        raise ValueError(
+            "vllm-prm needs model and protocol: vllm-prm:model=DIR,protocol=qwen25-math-prm|math-shepherd|rlhflow "
+            "(offline), or vllm-prm:base_url=http://HOST:PORT,model=SERVED_NAME,protocol=NAME,tokenizer=DIR (a vllm serve)"
+        )
+    try:
+        from .vllm import split_engine_kwargs
+        from .vllm_prm import VLLMPRM
+    except ImportError as exc:
+        raise ImportError(
+            f"the vllm-prm backend needs torch and transformers to build its inputs ({exc}); vLLM's own "
+            "environment has them (scripts/install_vllm_cpu.sh on a CPU, pip install 'tts-selector[vllm]' on a GPU)"
+        ) from exc
+    return VLLMPRM(**split_engine_kwargs(VLLMPRM, kwargs))
+
+
 PRM_SPECS: dict[str, Callable[[str | None], PRM | None]] = {
     "arith-check": lambda arg: ArithCheckPRM(**_parse_kwargs(arg)),
     "hf-prm": _hf_prm,
+    "vllm-prm": _vllm_prm,
     "sim": lambda arg: SimulatedPRM(**_parse_kwargs(arg)),
     "none": lambda arg: None,
 }
@@ -149,11 +231,9 @@ def make_policy(spec: str | Policy) -> Policy:
     name, _, arg = spec.partition(":")
     if name in POLICY_SPECS:
         return POLICY_SPECS[name](arg or None)
-    preset = PRESET_DIR / f"{spec}.yaml"
-    if preset.is_file():
+    preset = _preset_path(spec)
+    if preset is not None:
         return _policy_from_preset(load_preset(preset))
-    if spec.endswith((".yaml", ".yml")) and Path(spec).is_file():
-        return _policy_from_preset(load_preset(spec))
     raise ValueError(
         f"unknown policy spec {spec!r}; use one of the presets {available_presets()}, "
         f"{sorted(POLICY_SPECS)} as NAME:ARG, or a preset YAML path"

@@ -62,28 +62,34 @@ from ..files import fsync_dir
 from ..seeds import derive_seed
 from ..steps import cut_at_delimiter
 from .base import Continuation, SamplingParams, StepOutput, StepRequest
-from .hf_common import DTYPES, check_batch_size, count_parameters, count_parameters_from_config, parse_device, parse_dtype
+from .hf_common import (
+    DTYPES,
+    FALLBACK_PROMPT_FORMAT,
+    bos_to_prepend,
+    check_batch_size,
+    check_prompt_args,
+    check_sampling_args,
+    count_parameters,
+    count_parameters_from_config,
+    encode_prefix,
+    format_chat_prompt,
+    parse_device,
+    parse_dtype,
+)
 
-__all__ = ["TransformersPolicy", "default_cache_dir", "FALLBACK_PROMPT_FORMAT"]
+__all__ = ["TransformersPolicy", "default_cache_dir", "gguf_safetensors_dir", "FALLBACK_PROMPT_FORMAT"]
 
 log = logging.getLogger(__name__)
 
 _CACHE_ENV = "TTS_SELECTOR_CACHE"
 _CACHE_MARKER = "tts-selector-cache.json"
 _CACHE_FORMAT = 1
-_SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
 # Top-p first looks for the nucleus among this many most likely tokens, then widens.
 _TOP_P_FIRST_K = 256
 # Shared-prefix prefill: the shortest shared (or cache-matched) part worth reusing, and how many
 # shared prefixes the policy keeps (least recently used dropped first).
 _MIN_SHARED_TOKENS = 16
 _PREFIX_CACHE_ENTRIES = 4
-
-FALLBACK_PROMPT_FORMAT = (
-    "Used when the tokenizer has no chat template: the system prompt (if any) and a blank "
-    "line, then each worked example as 'Question: {q}\\nAnswer:\\n{a}\\n\\n', then "
-    "'Question: {question}\\nAnswer:\\n'."
-)
 
 
 def default_cache_dir() -> Path:
@@ -170,36 +176,9 @@ class TransformersPolicy:
         self.dtype = parse_dtype(dtype, " (float32 is the fast choice on CPUs without bfloat16 support)")
         self.device = parse_device(device)
 
-        if system_prompt is not None and not isinstance(system_prompt, str):
-            raise TypeError(f"system_prompt must be a string or None, got {type(system_prompt).__name__}")
-        self.system_prompt = system_prompt
-        shots = []
-        for k, shot in enumerate(few_shot):
-            if (
-                not isinstance(shot, (tuple, list))
-                or len(shot) != 2
-                or not all(isinstance(s, str) for s in shot)
-            ):
-                raise ValueError(
-                    f"few_shot[{k}] must be a (question, answer) pair of strings, got {shot!r}"
-                )
-            shots.append((shot[0], shot[1]))
-        self.few_shot: tuple[tuple[str, str], ...] = tuple(shots)
-
-        if step_delimiter is not None and (not isinstance(step_delimiter, str) or not step_delimiter):
-            raise ValueError(
-                f"step_delimiter must be a non-empty string (or None: never cut), got {step_delimiter!r}"
-            )
+        self.system_prompt, self.few_shot = check_prompt_args(system_prompt, few_shot)
         self.step_delimiter = step_delimiter
-
-        sampling = dict(sampling or {})
-        unknown = sorted(set(sampling) - set(_SAMPLING_FIELDS))
-        if unknown:
-            raise ValueError(
-                f"unknown sampling keys {unknown}; valid keys are the SamplingParams fields {list(_SAMPLING_FIELDS)}"
-            )
-        self.sampling = sampling
-        self._default_params = SamplingParams(**{"step_delimiter": step_delimiter, **sampling})
+        self.sampling, self._default_params = check_sampling_args(step_delimiter, sampling)
 
         self.max_batch_size = check_batch_size(max_batch_size)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -357,13 +336,7 @@ class TransformersPolicy:
                     tokenizer = AutoTokenizer.from_pretrained(str(cache), **common)
             else:
                 source = "gguf"
-                folder, name = str(self._gguf_path.parent), self._gguf_path.name
-                gguf_tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **common)
-                model = AutoModelForCausalLM.from_pretrained(
-                    folder, gguf_file=name, dtype=torch.float32, **common
-                )
-                self._strip_quantizer(model)
-                self._write_cache(model, gguf_tokenizer, cache)
+                model, gguf_tokenizer = self._convert_gguf(cache)
                 if tokenizer is None:
                     tokenizer = gguf_tokenizer
                 if self._torch_dtype() not in ("auto", torch.float32):
@@ -383,6 +356,38 @@ class TransformersPolicy:
         # Publish last: other threads test ``self._model`` without the lock.
         self._tokenizer = tokenizer
         self._model = model
+
+    def _convert_gguf(self, cache: Path) -> tuple[Any, Any]:
+        """De-quantize the GGUF file (float32) and write its safetensors cache to ``cache``.
+        Returns the model and the GGUF's tokenizer."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        assert self._gguf_path is not None
+        common = {"local_files_only": True, "trust_remote_code": self.trust_remote_code}
+        folder, name = str(self._gguf_path.parent), self._gguf_path.name
+        gguf_tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **common)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **common)
+        self._strip_quantizer(model)
+        self._write_cache(model, gguf_tokenizer, cache)
+        return model, gguf_tokenizer
+
+    def ensure_gguf_cache(self) -> Path:
+        """The safetensors folder of this policy's GGUF file, converting it once if needed (see
+        the module docstring). Raises if the cache cannot be written (other engines, such as
+        vLLM, read the folder and cannot fall back to the in-memory model)."""
+        cache = self.gguf_cache_path
+        if cache is None:
+            raise ValueError(f"{self!r} reads a Hugging Face directory, not a GGUF file: there is nothing to convert")
+        if not self._cache_complete(cache):
+            with self._load_lock:
+                if not self._cache_complete(cache):
+                    self._convert_gguf(cache)
+            if not self._cache_complete(cache):
+                raise RuntimeError(
+                    f"could not write the safetensors conversion of {str(self._gguf_path)!r} to {str(cache)!r} "
+                    f"(see the warning above); make that folder writable or set {_CACHE_ENV} to a writable folder"
+                )
+        return cache
 
     @staticmethod
     def _strip_quantizer(model: Any) -> None:
@@ -455,12 +460,7 @@ class TransformersPolicy:
             pad = min(eos) if eos else 0
         self._pad_id = int(pad)
         # Prepend BOS only where the tokenizer itself would (and the text lacks it).
-        bos = tokenizer.bos_token_id
-        self._bos_id = None
-        if bos is not None:
-            with_special = tokenizer("a").input_ids
-            if with_special and with_special[0] == bos and tokenizer("a", add_special_tokens=False).input_ids[:1] != [bos]:
-                self._bos_id = int(bos)
+        self._bos_id = bos_to_prepend(tokenizer)
         self._max_positions = getattr(model.config, "max_position_embeddings", None)
         # Shared-prefix prefill puts padding between the shared KV and each suffix: sound for
         # full attention (the 2D mask is applied per key position), not for sliding windows
@@ -514,29 +514,10 @@ class TransformersPolicy:
     def format_prompt(self, question: str) -> str:
         """Chat-template prompt: system prompt, few-shot turns, the question, assistant header.
 
-        Without a chat template, the plain format in :data:`FALLBACK_PROMPT_FORMAT`.
+        Without a chat template, the plain format in :data:`FALLBACK_PROMPT_FORMAT`
+        (:func:`~selector.backends.hf_common.format_chat_prompt`, shared with the vLLM policy).
         """
-        tokenizer = self.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            parts = [f"{self.system_prompt}\n\n"] if self.system_prompt else []
-            parts += [f"Question: {q}\nAnswer:\n{a}\n\n" for q, a in self.few_shot]
-            parts.append(f"Question: {question}\nAnswer:\n")
-            return "".join(parts)
-        turns: list[dict[str, str]] = []
-        for q, a in self.few_shot:
-            turns += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        turns.append({"role": "user", "content": question})
-        if self.system_prompt is None:
-            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        try:
-            return tokenizer.apply_chat_template(
-                [{"role": "system", "content": self.system_prompt}] + turns,
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-        except Exception:  # a template without a system role: fold it into the first turn
-            turns[0] = {"role": "user", "content": f"{self.system_prompt}\n\n{turns[0]['content']}"}
-            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return format_chat_prompt(self.tokenizer, question, system_prompt=self.system_prompt, few_shot=self.few_shot)
 
     def default_sampling_params(self) -> SamplingParams:
         return self._default_params
@@ -544,10 +525,7 @@ class TransformersPolicy:
     def encode(self, text: str) -> list[int]:
         """Token ids of a prefix as the model reads it (no special tokens added, except a BOS
         where the tokenizer adds one by default and the text does not start with it)."""
-        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
-        if self._bos_id is not None and (not ids or ids[0] != self._bos_id):
-            ids.insert(0, self._bos_id)
-        return ids
+        return encode_prefix(self.tokenizer, text, self._bos_id)
 
     def __repr__(self) -> str:
         state = "loaded" if self.is_loaded else "not loaded"
@@ -852,6 +830,22 @@ class TransformersPolicy:
         while pick > 0 and probs[pick] == 0:  # only if rounding put u at the very end
             pick -= 1
         return int(order[pick]) if order is not None else pick
+
+
+def gguf_safetensors_dir(
+    gguf_file: str | os.PathLike, *, cache_dir: str | None = None, trust_remote_code: bool = False
+) -> Path:
+    """The safetensors folder (config, weights, tokenizer) of a GGUF file, converting it once.
+
+    The same cache the transformers backend reads (``cache_dir``/``gguf/<sha256 of the file>``,
+    default ``$TTS_SELECTOR_CACHE`` or ``~/.cache/tts-selector``); a complete cache is returned
+    without loading anything (the file is hashed, under a second for small models). Engines that
+    cannot read GGUF files, such as vLLM, load this folder.
+    """
+    policy = TransformersPolicy(str(gguf_file), cache_dir=cache_dir, trust_remote_code=trust_remote_code)
+    if policy.gguf_cache_path is None:
+        raise ValueError(f"{str(gguf_file)!r} is not a GGUF file; pass the path of a .gguf file")
+    return policy.ensure_gguf_cache()
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -227,8 +227,15 @@ def _base_metadata(cfg: ProfileConfig, dataset_sha: str, policy: Policy | None, 
         "grader": "selector.grading (math-verify)", "grader_version": grader_version,
         "binning_scheme": cfg.binning.scheme, "difficulty": cfg.difficulty, "n_pool": cfg.pool.n,
         "config_hash": cfg.config_hash, "config_name": cfg.name, "package_version": __version__,
-        "pool_source": cfg.pool.source,
+        "pool_source": cfg.pool.source, **_family_metadata(cfg),
     }
+
+
+def _family_metadata(cfg: ProfileConfig) -> dict[str, Any]:
+    """``dataset_family`` (what catalog lookups match on) and, when it was neither stated nor
+    registered, ``dataset_family_note`` saying so."""
+    note = cfg.dataset.family_note
+    return {"dataset_family": cfg.dataset.family_name, **({"dataset_family_note": note} if note else {})}
 
 
 def _base_metadata_from_rollouts(out_dir: Path) -> dict[str, Any]:
@@ -311,7 +318,9 @@ def finish_tables(
         metadata["policy_id"], metadata["prm_id"], bar,
     )
     ledger = _ledger(rollouts, runs, policy_params, prm_params)
-    meta = dict(metadata, bin_edges=edges, bin_labels={str(k): v for k, v in bin_labels(edges).items()},
+    # The family comes from the config, not from the shards: merged shards may predate the key.
+    metadata = {k: v for k, v in metadata.items() if k != "dataset_family_note"}
+    meta = dict(metadata, **_family_metadata(cfg), bin_edges=edges, bin_labels={str(k): v for k, v in bin_labels(edges).items()},
                 ledger=ledger, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_table(prompts, out_dir / "prompts.parquet", "prompts", meta)
     write_table(evaluations, out_dir / "evaluations.parquet", "evaluations", meta)

@@ -9,16 +9,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..datasets import FAMILIES, dataset_family
 from ..search.aggregate import AGGREGATIONS
 from ..search.base import STRATEGIES
 
 BEST_OF_N_FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
+_FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 TREE_STRATEGIES = ("beam_search", "dvts")
 
 
@@ -35,12 +38,43 @@ class DatasetConfig:
     problem_field: str = "problem"
     answer_field: str = "answer"
     id_field: str | None = None
+    # The dataset family the table answers for in a catalog (e.g. "math" for a JSONL file of
+    # MATH problems); built-ins have one registered (selector/datasets.py FAMILIES). A label
+    # for lookup, not part of the table's identity (left out of config_hash).
+    family: str | None = None
 
     def check(self) -> None:
         if self.size is not None and self.size < 2:
             raise ConfigError(f"dataset.size must be >= 2 (or omitted for all), got {self.size}")
         if not 0.0 <= self.heldout < 1.0:
             raise ConfigError(f"dataset.heldout is a fraction in [0, 1), got {self.heldout}")
+        if self.family is not None:
+            if not isinstance(self.family, str) or not _FAMILY_RE.match(self.family):
+                raise ConfigError(
+                    f"dataset.family must be a short lowercase name (letters, digits, '.', '_', '-'), "
+                    f"e.g. 'math', got {self.family!r}"
+                )
+            registered = FAMILIES.get(self.name)
+            if registered is not None and registered != self.family:
+                raise ConfigError(
+                    f"dataset.family is {self.family!r} but the built-in data set {self.name!r} belongs to family "
+                    f"{registered!r}: drop dataset.family (it is known) or fix it"
+                )
+
+    @property
+    def family_name(self) -> str:
+        """The family this data set's table answers for (see :func:`selector.datasets.dataset_family`)."""
+        return dataset_family(self.name, self.family)
+
+    @property
+    def family_note(self) -> str | None:
+        """Why the family is what it is, when it was not stated nor registered (else None)."""
+        if self.family is None and self.name not in FAMILIES:
+            return (
+                f"dataset.family not set: the family defaults to the data set's name {self.family_name!r}, so only "
+                f"lookups for that name find this table; set dataset.family (e.g. 'math') to share it across data sets"
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -205,8 +239,14 @@ class ProfileConfig:
 
     @property
     def config_hash(self) -> str:
-        """sha256 of the canonical JSON of every setting (the table's identity)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=list).encode()).hexdigest()
+        """sha256 of the canonical JSON of every setting (the table's identity).
+
+        ``dataset.family`` is left out: it labels the table for catalog lookups and changes
+        none of its numbers, so stating it does not invalidate a profile in progress (and
+        tables profiled before the key existed keep their hash)."""
+        settings = self.to_dict()
+        settings["dataset"].pop("family", None)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()
 
 
 _SECTIONS = {
