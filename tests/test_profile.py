@@ -281,3 +281,17 @@ def test_arithmetic_generator_handles_large_counts():
     assert sum(p.level == 1 for p in problems) == 81  # every distinct one-digit sum, then the level retires
     with pytest.raises(ValueError, match="fewer than"):
         arithmetic_problems(100, seed=0, levels=(1,))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates_and_names_real_engine_specs(path):
+    """A config in configs/ must load (the README points users at them), and its engine specs
+    must be ones the registry knows (building them would need the models, so only the name)."""
+    from selector.backends.registry import POLICY_SPECS, PRM_SPECS, available_presets
+
+    cfg = load_config(path)
+    if cfg.pool.source == "jsonl":  # imported samples: the ids only name where they came from
+        return
+    policy_name = cfg.policy.partition(":")[0]
+    assert policy_name in POLICY_SPECS or cfg.policy in available_presets() or policy_name == "sim", cfg.policy
+    assert cfg.prm.partition(":")[0] in PRM_SPECS, cfg.prm
