@@ -7,6 +7,8 @@ gives byte-identical prompts (and token ids) on either backend.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -147,3 +149,57 @@ def encode_prefix(tokenizer: Any, text: str, bos_id: int | None) -> list[int]:
     if bos_id is not None and (not ids or ids[0] != bos_id):
         ids.insert(0, bos_id)
     return ids
+
+
+def resolve_model_source(model: Any, gguf_file: str | None, who: str) -> tuple[Path | None, Path]:
+    """(the GGUF file or None, the model directory) of a local model locator: a Hugging Face
+    directory with safetensors weights (pickle weights are never loaded), a directory plus
+    ``gguf_file``, or a ``.gguf`` file; otherwise an error naming what to pass. ``who`` names
+    the backend in the messages."""
+    if not isinstance(model, (str, os.PathLike)) or not str(model):
+        raise ValueError(f"model must be a local path (directory or .gguf file), got {model!r}")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model path {str(path)!r} does not exist. {who} loads local files only "
+            "(it never downloads): pass a Hugging Face model directory (config.json + "
+            "*.safetensors), a directory plus gguf_file=, or the path of a .gguf file."
+        )
+    if path.is_file():
+        if gguf_file is not None:
+            raise ValueError(
+                f"model={str(path)!r} is a file and gguf_file={gguf_file!r} was also given: pass "
+                "either model=<the .gguf file> or model=<its directory>, gguf_file=<its name>."
+            )
+        if not path.name.lower().endswith(".gguf"):
+            raise ValueError(
+                f"model={str(path)!r} is a file but not a .gguf file: pass a GGUF file or a model directory."
+            )
+        return path, path.parent
+    if gguf_file is not None:
+        candidate = Path(gguf_file).expanduser()
+        candidate = candidate if candidate.is_absolute() else path / candidate
+        if not candidate.is_file():
+            found = sorted(p.name for p in path.glob("*.gguf"))
+            raise FileNotFoundError(
+                f"gguf_file {gguf_file!r} not found in {str(path)!r}; GGUF files there: "
+                f"{found or 'none'}. Pass one of them as gguf_file=."
+            )
+        return candidate, path
+    if not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = (
+            f" It holds GGUF files {ggufs}: pass gguf_file=<one of them>."
+            if ggufs
+            else " Pass a Hugging Face model directory or a .gguf file."
+        )
+        raise FileNotFoundError(f"no config.json in model directory {str(path)!r}.{hint}")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"})
+        extra = f" (found pickle weights {pickles}, which are never loaded)" if pickles else ""
+        raise FileNotFoundError(
+            f"no *.safetensors weights in {str(path)!r}{extra}. Convert the weights to safetensors "
+            "(e.g. model.save_pretrained(dir) with a current transformers) or pass a GGUF file."
+        )
+    return None, path
+

@@ -75,6 +75,7 @@ from .hf_common import (
     format_chat_prompt,
     parse_device,
     parse_dtype,
+    resolve_model_source,
 )
 
 __all__ = ["TransformersPolicy", "default_cache_dir", "gguf_safetensors_dir", "FALLBACK_PROMPT_FORMAT"]
@@ -170,7 +171,7 @@ class TransformersPolicy:
         id: str | None = None,
         share_prefix: bool = True,
     ) -> None:
-        self._gguf_path, self._model_dir = self._resolve_model(model, gguf_file)
+        self._gguf_path, self._model_dir = resolve_model_source(model, gguf_file, "TransformersPolicy")
         self._tokenizer_dir = self._resolve_tokenizer(tokenizer)
 
         self.dtype = parse_dtype(dtype, " (float32 is the fast choice on CPUs without bfloat16 support)")
@@ -208,55 +209,6 @@ class TransformersPolicy:
         self._prefix_cache: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 
     # ------------------------------------------------------------------ validation
-    @staticmethod
-    def _resolve_model(model: str, gguf_file: str | None) -> tuple[Path | None, Path]:
-        if not isinstance(model, (str, os.PathLike)) or not str(model):
-            raise ValueError(f"model must be a local path (directory or .gguf file), got {model!r}")
-        path = Path(model).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"model path {str(path)!r} does not exist. TransformersPolicy loads local files only "
-                "(it never downloads): pass a Hugging Face model directory (config.json + "
-                "*.safetensors), a directory plus gguf_file=, or the path of a .gguf file."
-            )
-        if path.is_file():
-            if gguf_file is not None:
-                raise ValueError(
-                    f"model={str(path)!r} is a file and gguf_file={gguf_file!r} was also given: pass "
-                    "either model=<the .gguf file> or model=<its directory>, gguf_file=<its name>."
-                )
-            if not path.name.lower().endswith(".gguf"):
-                raise ValueError(
-                    f"model={str(path)!r} is a file but not a .gguf file: pass a GGUF file or a model directory."
-                )
-            return path, path.parent
-        if gguf_file is not None:
-            candidate = Path(gguf_file).expanduser()
-            candidate = candidate if candidate.is_absolute() else path / candidate
-            if not candidate.is_file():
-                found = sorted(p.name for p in path.glob("*.gguf"))
-                raise FileNotFoundError(
-                    f"gguf_file {gguf_file!r} not found in {str(path)!r}; GGUF files there: "
-                    f"{found or 'none'}. Pass one of them as gguf_file=."
-                )
-            return candidate, path
-        if not (path / "config.json").is_file():
-            ggufs = sorted(p.name for p in path.glob("*.gguf"))
-            hint = (
-                f" It holds GGUF files {ggufs}: pass gguf_file=<one of them>."
-                if ggufs
-                else " Pass a Hugging Face model directory or a .gguf file."
-            )
-            raise FileNotFoundError(f"no config.json in model directory {str(path)!r}.{hint}")
-        if not any(path.glob("*.safetensors")):
-            pickles = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"})
-            extra = f" (found pickle weights {pickles}, which are never loaded)" if pickles else ""
-            raise FileNotFoundError(
-                f"no *.safetensors weights in {str(path)!r}{extra}. Convert the weights to safetensors "
-                "(e.g. model.save_pretrained(dir) with a current transformers) or pass a GGUF file."
-            )
-        return None, path
-
     @staticmethod
     def _resolve_tokenizer(tokenizer: str | None) -> Path | None:
         if tokenizer is None:

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -83,6 +82,7 @@ from .hf_common import (
     encode_prefix,
     format_chat_prompt,
     parse_dtype,
+    resolve_model_source,
 )
 
 __all__ = [
@@ -200,7 +200,7 @@ class VLLMPolicy:
         id: str | None = None,
         engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        self._gguf_path, self._source_dir = _resolve_source(model, gguf_file)
+        self._gguf_path, self._source_dir = resolve_model_source(model, gguf_file, "VLLMPolicy")
         if tokenizer is not None and not Path(tokenizer).expanduser().is_dir():
             raise FileNotFoundError(
                 f"tokenizer directory {str(tokenizer)!r} does not exist; pass a local tokenizer directory "
@@ -473,36 +473,3 @@ def _finish_reason(reason: Any, stop_reason: Any, text: str, delimiter: str | No
     raise VLLMBackendError(
         f"vLLM finished a continuation with finish_reason={reason!r} (aborted or failed); see the vLLM log"
     )
-
-
-def _resolve_source(model: Any, gguf_file: str | None) -> tuple[Path | None, Path]:
-    """(the GGUF file or None, the model directory) of a local model locator, or an error
-    that says what to pass."""
-    if not isinstance(model, (str, os.PathLike)) or not str(model):
-        raise ValueError(f"model must be a local path (model directory or .gguf file), got {model!r}")
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"model path {str(path)!r} does not exist. VLLMPolicy loads local files only: pass a Hugging "
-            "Face model directory (config.json + weights), a directory plus gguf_file=, or a .gguf file."
-        )
-    if path.is_file():
-        if gguf_file is not None or not path.name.lower().endswith(".gguf"):
-            raise ValueError(
-                f"model={str(path)!r} is a file: pass a .gguf file alone, or a model directory (with gguf_file=)."
-            )
-        return path, path.parent
-    if gguf_file is not None:
-        candidate = Path(gguf_file).expanduser()
-        candidate = candidate if candidate.is_absolute() else path / candidate
-        if not candidate.is_file():
-            found = sorted(p.name for p in path.glob("*.gguf"))
-            raise FileNotFoundError(
-                f"gguf_file {gguf_file!r} not found in {str(path)!r}; GGUF files there: {found or 'none'}."
-            )
-        return candidate, path
-    if not (path / "config.json").is_file():
-        ggufs = sorted(p.name for p in path.glob("*.gguf"))
-        hint = f" It holds GGUF files {ggufs}: pass gguf_file=<one of them>." if ggufs else ""
-        raise FileNotFoundError(f"no config.json in model directory {str(path)!r}.{hint}")
-    return None, path
