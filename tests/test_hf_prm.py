@@ -279,3 +279,11 @@ def test_registry_builds_an_hf_prm_from_a_spec(tmp_path, dirs, prms):
         make_prm("hf-prm:protocol=math-shepherd")
     with pytest.raises(Exception, match="unknown protocol|choose one of|known"):
         make_prm(f"hf-prm:model={tmp_path},protocol=bogus")
+
+
+def test_a_checkpoint_missing_the_protocols_head_is_refused_not_scored_at_random(dirs):
+    # A causal-LM checkpoint has no token-classification `score` head: transformers would
+    # initialise one at random with only a warning.
+    prm = HFPRM(str(dirs["math-shepherd"]), "qwen25-math-prm")
+    with pytest.raises(ValueError, match=r"would be random.*score.*trust_remote_code=True"):
+        prm.score([ScoreRequest(QUESTION, STEPS7[:2])])

@@ -426,9 +426,21 @@ class HFPRM:
     def _load_locked(self) -> None:
         start = time.perf_counter()
         tok, ids = self._load_tokenizer()
-        model = self._auto_class().from_pretrained(
-            str(self._model_dir), dtype=DTYPES[self.dtype], use_safetensors=True, **self._common()
+        model, info = self._auto_class().from_pretrained(
+            str(self._model_dir), dtype=DTYPES[self.dtype], use_safetensors=True, output_loading_info=True,
+            **self._common()
         )
+        # A checkpoint whose class differs from what the auto class builds (e.g. Qwen2.5-Math-PRM's
+        # own `score` head) loads with freshly initialised layers and only a warning: scores would
+        # be random. Refuse instead.
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:
+            raise ValueError(
+                f"{self._model_dir}: {len(missing)} weights were not in the checkpoint and would be random "
+                f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): the checkpoint's architecture is not "
+                f"the {self._auto_class().__name__} this protocol loads. If the model ships its own modeling code "
+                "(Qwen2.5-Math-PRM does), pass trust_remote_code=True after reviewing it; otherwise check the protocol."
+            )
         model.eval()
         model.to(self.device)
         if self.protocol.uses_candidates:
