@@ -828,3 +828,21 @@ def test_fake_matches_installed_vllm():
     assert "task" in _class_names(pooling, "PoolingCompletionRequest")
     assert {"index", "data"} <= _class_names(pooling, "PoolingResponseData")
     assert '"/pooling"' in (VLLM_SRC / "entrypoints/pooling/pooling/api_router.py").read_text()
+
+
+def test_the_shipped_qwen_math_preset_builds_a_vllm_policy(tmp_path):
+    """configs/presets/qwen2.5-math-1.5b-instruct.yaml (the README's GPU and fleet examples):
+    its settings reach both backends; only the weights' location is replaced."""
+    from selector.backends.registry import load_preset
+    from selector.backends.vllm import VLLMPolicy
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")  # located, never read: no engine is built
+    preset = Path(__file__).resolve().parents[1] / "configs" / "presets" / "qwen2.5-math-1.5b-instruct.yaml"
+    cfg = load_preset(preset)
+    policy = VLLMPolicy.from_preset(cfg, model=str(tmp_path))
+    assert policy.id == "qwen2.5-math-1.5b-instruct" and not policy.is_loaded
+    assert policy.system_prompt.startswith("Please reason step by step")
+    assert policy.gpu_memory_utilization == 0.45 and policy.max_model_len == 4096
+    params = policy.default_sampling_params()
+    assert (params.step_delimiter, params.max_step_tokens, params.max_tokens) == ("\n\n", 512, 2048)
