@@ -62,6 +62,22 @@ class StepRequest(NamedTuple):
     to_completion: bool = False
 
 
+def check_step_requests(requests: Sequence[StepRequest]) -> list[StepRequest]:
+    """``requests`` as a list, or a TypeError/ValueError naming the first malformed one
+    (engines call this before spending anything on a batch)."""
+    requests = list(requests)
+    for k, req in enumerate(requests):
+        if not isinstance(req, StepRequest):
+            raise TypeError(f"requests[{k}] is a {type(req).__name__}, not a StepRequest")
+        if not isinstance(req.prefix, str):
+            raise TypeError(f"requests[{k}].prefix must be a string")
+        if isinstance(req.n, bool) or not isinstance(req.n, int) or req.n < 0:
+            raise ValueError(f"requests[{k}].n must be an int >= 0, got {req.n!r}")
+        if not isinstance(req.params, SamplingParams):
+            raise TypeError(f"requests[{k}].params must be a SamplingParams")
+    return requests
+
+
 class Continuation(NamedTuple):
     text: str
     num_tokens: int

@@ -61,7 +61,7 @@ import torch
 from ..files import fsync_dir
 from ..seeds import derive_seed
 from ..steps import cut_at_delimiter
-from .base import Continuation, SamplingParams, StepOutput, StepRequest
+from .base import Continuation, SamplingParams, StepOutput, StepRequest, check_step_requests
 from .hf_common import (
     DTYPES,
     FALLBACK_PROMPT_FORMAT,
@@ -490,16 +490,7 @@ class TransformersPolicy:
         ``prompt_tokens`` is the prefix's token count, once per request (0 when ``n == 0``:
         nothing is read). Calls are serialized; ``last_stats`` describes the latest one.
         """
-        requests = list(requests)
-        for k, req in enumerate(requests):
-            if not isinstance(req, StepRequest):
-                raise TypeError(f"requests[{k}] is a {type(req).__name__}, not a StepRequest")
-            if not isinstance(req.prefix, str):
-                raise TypeError(f"requests[{k}].prefix must be a string")
-            if isinstance(req.n, bool) or not isinstance(req.n, int) or req.n < 0:
-                raise ValueError(f"requests[{k}].n must be an int >= 0, got {req.n!r}")
-            if not isinstance(req.params, SamplingParams):
-                raise TypeError(f"requests[{k}].params must be a SamplingParams")
+        requests = check_step_requests(requests)
         if not requests:
             return []
         self.load()
