@@ -73,7 +73,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .base import Continuation, FinishReason, SamplingParams, StepOutput, StepRequest
+from .base import Continuation, FinishReason, SamplingParams, StepOutput, StepRequest, check_step_requests
 from .hf_common import (
     bos_to_prepend,
     check_prompt_args,
@@ -131,6 +131,33 @@ def vllm_dtype(dtype: Any) -> str:
     """A dtype name vLLM accepts (``auto``, ``float32``, ``float16``, ``bfloat16``)."""
     name = parse_dtype(dtype)
     return _VLLM_DTYPES.get(name, name)
+
+
+def optional_engine_args(
+    *, tokenizer: Any = None, gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
+    tensor_parallel_size: int | None = None, trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """The ``vllm.LLM`` settings both vLLM backends pass only when set (vLLM's defaults otherwise)."""
+    kwargs: dict[str, Any] = {}
+    if tokenizer is not None:
+        kwargs["tokenizer"] = str(tokenizer)
+    if gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    if tensor_parallel_size is not None:
+        kwargs["tensor_parallel_size"] = tensor_parallel_size
+    if trust_remote_code:  # only when asked: it runs the repository's code
+        kwargs["trust_remote_code"] = True
+    return kwargs
+
+
+def start_engine(vllm: Any, kwargs: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``vllm.LLM(**kwargs)`` and its load record (seconds, model path, vLLM version)."""
+    start = time.perf_counter()
+    llm = vllm.LLM(**kwargs)
+    info = {"seconds": time.perf_counter() - start, "path": kwargs["model"], "vllm": getattr(vllm, "__version__", "unknown")}
+    return llm, info
 
 
 def split_engine_kwargs(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -297,16 +324,11 @@ class VLLMPolicy:
     def engine_args(self) -> dict[str, Any]:
         """The keyword arguments :meth:`load` passes to ``vllm.LLM``."""
         kwargs: dict[str, Any] = {"model": str(self.model_dir), "dtype": self.dtype, "enable_prefix_caching": True}
-        if self._tokenizer_dir is not None:
-            kwargs["tokenizer"] = str(self._tokenizer_dir)
-        if self.gpu_memory_utilization is not None:
-            kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
-        if self.max_model_len is not None:
-            kwargs["max_model_len"] = self.max_model_len
-        if self.tensor_parallel_size is not None:
-            kwargs["tensor_parallel_size"] = self.tensor_parallel_size
-        if self.trust_remote_code:  # only when asked: it runs the repository's code
-            kwargs["trust_remote_code"] = True
+        kwargs.update(optional_engine_args(
+            tokenizer=self._tokenizer_dir, gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size,
+            trust_remote_code=self.trust_remote_code,
+        ))
         kwargs.update(self.engine_kwargs)
         return kwargs
 
@@ -318,13 +340,7 @@ class VLLMPolicy:
             self.tokenizer  # noqa: B018 - load it first, outside the engine lock
             with self._lock:
                 if self._llm is None:
-                    start = time.perf_counter()
-                    llm = vllm.LLM(**kwargs)
-                    self.load_info = {
-                        "seconds": time.perf_counter() - start,
-                        "path": kwargs["model"],
-                        "vllm": getattr(vllm, "__version__", "unknown"),
-                    }
+                    llm, self.load_info = start_engine(vllm, kwargs)
                     log.info("started vLLM %s for %s in %.1f s", self.load_info["vllm"], self.id, self.load_info["seconds"])
                     self._llm = llm
         return self
@@ -395,16 +411,7 @@ class VLLMPolicy:
     def generate_steps(self, requests: Sequence[StepRequest]) -> list[StepOutput]:
         """One :class:`StepOutput` per request, in order, from exactly one ``llm.generate`` call
         (none when no request asks for a continuation). ``prompt_tokens`` is 0 for ``n == 0``."""
-        requests = list(requests)
-        for k, req in enumerate(requests):
-            if not isinstance(req, StepRequest):
-                raise TypeError(f"requests[{k}] is a {type(req).__name__}, not a StepRequest")
-            if not isinstance(req.prefix, str):
-                raise TypeError(f"requests[{k}].prefix must be a string")
-            if isinstance(req.n, bool) or not isinstance(req.n, int) or req.n < 0:
-                raise ValueError(f"requests[{k}].n must be an int >= 0, got {req.n!r}")
-            if not isinstance(req.params, SamplingParams):
-                raise TypeError(f"requests[{k}].params must be a SamplingParams")
+        requests = check_step_requests(requests)
         active = [i for i, req in enumerate(requests) if req.n > 0]
         results = [StepOutput((), 0) for _ in requests]
         if not active:

@@ -60,7 +60,6 @@ import logging
 import os
 import shlex
 import threading
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -78,7 +77,7 @@ from .hf_prm import (
     resolve_protocol,
 )
 from .openai import post_json
-from .vllm import VLLMBackendError, check_engine_kwargs, import_vllm, vllm_dtype
+from .vllm import VLLMBackendError, check_engine_kwargs, import_vllm, optional_engine_args, start_engine, vllm_dtype
 
 __all__ = ["VLLMPRM"]
 
@@ -263,16 +262,11 @@ class VLLMPRM:
         if self._model_dir is None:
             raise ValueError("this vllm-prm reads a server (base_url); it has no offline engine")
         kwargs: dict[str, Any] = {"model": str(self._model_dir), "dtype": self.dtype}
-        if self._tokenizer_dir != self._model_dir:
-            kwargs["tokenizer"] = str(self._tokenizer_dir)
-        if self.gpu_memory_utilization is not None:
-            kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
-        if self.max_model_len is not None:
-            kwargs["max_model_len"] = self.max_model_len
-        if self.tensor_parallel_size is not None:
-            kwargs["tensor_parallel_size"] = self.tensor_parallel_size
-        if self.trust_remote_code:  # only when asked: it runs the repository's code
-            kwargs["trust_remote_code"] = True
+        kwargs.update(optional_engine_args(
+            tokenizer=self._tokenizer_dir if self._tokenizer_dir != self._model_dir else None,
+            gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
+            tensor_parallel_size=self.tensor_parallel_size, trust_remote_code=self.trust_remote_code,
+        ))
         kwargs.update(self.engine_options())
         kwargs.update(self.engine_kwargs)
         return kwargs
@@ -289,10 +283,7 @@ class VLLMPRM:
         kwargs["pooler_config"] = PoolerConfig(**_pooler_fields(PoolerConfig, kwargs["pooler_config"]))
         with self._lock:
             if self._llm is None:
-                start = time.perf_counter()
-                llm = vllm.LLM(**kwargs)
-                self.load_info = {"seconds": time.perf_counter() - start, "path": kwargs["model"],
-                                  "vllm": getattr(vllm, "__version__", "unknown")}
+                llm, self.load_info = start_engine(vllm, kwargs)
                 log.info("started vLLM PRM %s (%s) in %.1f s", self.id, self.protocol.name, self.load_info["seconds"])
                 self._llm = llm
         return self
