@@ -18,6 +18,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="override the policy's sampling temperature")
 
 
+def _add_routing_args(p: argparse.ArgumentParser, estimator_prefix: str = "") -> None:
+    """The arguments of routed commands: the difficulty estimator and, with a catalog, what to pick a table for."""
+    p.add_argument("--estimator", default="prompt:tfidf", help=f"{estimator_prefix}prompt:<features> | pilot:<k>")
+    p.add_argument("--dataset", default=None, help="with a catalog: the data set (e.g. math500) or family (e.g. math) to pick a table for")
+    p.add_argument("--policy-params", dest="policy_params", type=float, default=None,
+                   help="the policy's parameter count (e.g. 1.5e9), for engines that cannot count their own")
+
+
 def _build_strategy(args: argparse.Namespace):
     from .search import make_strategy
 
@@ -209,10 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", default=None,
                    help="route with this table directory, or a catalog of them (e.g. tables/), instead of --strategy")
     p.add_argument("--budget", type=int, default=None, help="with --tables: the budget N to route at")
-    p.add_argument("--estimator", default="prompt:tfidf", help="with --tables: prompt:<features> | pilot:<k>")
-    p.add_argument("--dataset", default=None, help="with a catalog: the data set (e.g. math500) or family (e.g. math) to pick a table for")
-    p.add_argument("--policy-params", dest="policy_params", type=float, default=None,
-                   help="the policy's parameter count (e.g. 1.5e9), for engines that cannot count their own")
+    _add_routing_args(p, "with --tables: ")
     _add_engine_args(p)
     p.set_defaults(func=_cmd_solve)
 
@@ -220,11 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--tables", required=True, help="table directory, or a catalog of them (e.g. tables/)")
     p.add_argument("--budget", type=int, required=True, help="budget N (generations per round)")
-    p.add_argument("--estimator", default="prompt:tfidf", help="prompt:<features> | pilot:<k>")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--dataset", default=None, help="with a catalog: the data set (e.g. math500) or family (e.g. math) to pick a table for")
-    p.add_argument("--policy-params", dest="policy_params", type=float, default=None,
-                   help="the policy's parameter count (e.g. 1.5e9), for engines that cannot count their own")
+    _add_routing_args(p)
     _add_engine_args(p)
     p.set_defaults(func=_cmd_route)
 
