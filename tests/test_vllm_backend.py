@@ -22,7 +22,7 @@ import shlex
 import sys
 import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ from selector.backends import make_policy, make_prm
 from selector.backends.base import PRM, Policy, SamplingParams, ScoreOutput, ScoreRequest, StepRequest
 from selector.backends.hf_prm import HFPRM, PROTOCOLS
 from selector.search.runner import run_search
-from test_hf_prm import QUESTION, STEPS7, _reference_scores, make_tokenizer, save_model
+from test_hf_prm import QUESTION, STEPS7, _reference_scores, dirs, make_tokenizer, save_model  # noqa: F401  (dirs: fixture)
+from test_openai_backend import Handler
 
 VLLM_SRC = next(iter(sorted((Path(__file__).resolve().parents[1] / ".venv-vllm" / "lib").glob("python3*/site-packages/vllm"))), None)
 EOS_ID = 2  # "<s>" doubles as the fake model's EOS token id
@@ -262,12 +263,9 @@ def plain_policy_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prm_dirs(tmp_path_factory) -> dict[str, Path]:
-    tok = make_tokenizer()
-    root = tmp_path_factory.mktemp("vllm-prms")
-    causal = save_model(root / "causal", tok, "causal_lm")
-    tokcls = save_model(root / "tokcls", tok, "token_classification")
-    return {"qwen25-math-prm": tokcls, "math-shepherd": causal, "rlhflow": causal}
+def prm_dirs(dirs) -> dict[str, Path]:  # noqa: F811  (the imported fixture)
+    """hf-prm's tiny PRM directories (test_hf_prm's fixture), one per protocol."""
+    return dirs
 
 
 @pytest.fixture(scope="module")
@@ -651,19 +649,8 @@ class PoolingState:
         self.drop_column = False
 
 
-class PoolingHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, code: int, payload: dict) -> None:
-        raw = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+class PoolingHandler(Handler):
+    """The openai tests' fake-server handler (quiet log, JSON replies) answering ``/pooling``."""
 
     def do_POST(self) -> None:  # noqa: N802
         st: PoolingState = self.server.state  # type: ignore[attr-defined]
