@@ -38,8 +38,6 @@ from selector.search import make_strategy  # noqa: E402
 from selector.search.runner import run_search  # noqa: E402
 
 PRESET = "smollm2-135m"
-# See tests/test_vllm_cpu.py for why chunked prefill is off on the CPU.
-VLLM_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--seed", "0", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192"]
 
 
 def questions(count: int) -> list[str]:
@@ -92,10 +90,10 @@ def transformers_engines(args, models):
 
 
 def run_vllm_serve(args, qs):
-    from selector.backends.vllm_launch import VLLMServer
+    from selector.backends.vllm_launch import CPU_GENERATION_SETTINGS, VLLMServer, serve_flags
 
     model_dir = make_policy(PRESET).ensure_gguf_cache()
-    with VLLMServer(model_dir, served_model_name="smollm2", args=VLLM_ARGS) as server:
+    with VLLMServer(model_dir, served_model_name="smollm2", args=[*serve_flags(CPU_GENERATION_SETTINGS), "--seed", "0"]) as server:
         print(f"vllm serve up in {server.startup_seconds:.0f} s at {server.base_url}", file=sys.stderr)
         policy = make_policy(f"openai:model=smollm2,base_urls=[{server.base_url}],preset={PRESET},max_concurrency=64")
         return measure(policy, make_prm("arith-check"), qs, args.n, args.m, args.max_steps, args.seed)
@@ -121,8 +119,9 @@ def run_vllm_offline(args, qs):
 
 def worker(args) -> None:
     qs = questions(args.questions)
-    policy = make_policy(f"vllm:preset={PRESET},dtype=float32,enforce_eager=true,max_model_len=2048,"
-        "enable_chunked_prefill=false,max_num_batched_tokens=8192")
+    from selector.backends.vllm_launch import CPU_GENERATION_SETTINGS, spec_args
+
+    policy = make_policy(f"vllm:preset={PRESET},{spec_args(CPU_GENERATION_SETTINGS)}")
     print(json.dumps(measure(policy, make_prm("arith-check"), qs, args.n, args.m, args.max_steps, args.seed)))
 
 

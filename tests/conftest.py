@@ -13,3 +13,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (the project expects ../shared/data beside it)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The interpreter of vLLM's environment (scripts/install_vllm_cpu.sh builds .venv-vllm/);
+    skips, with the reason, when none imports vllm. Checked on first use rather than at
+    collection: importing vllm takes seconds, which every test run would pay."""
+    from selector.backends.vllm_launch import find_vllm_python, vllm_unavailable_reason
+
+    python = find_vllm_python()
+    reason = vllm_unavailable_reason(python)
+    if reason is not None:
+        pytest.skip(f"vLLM integration skipped: {reason}")
+    return python

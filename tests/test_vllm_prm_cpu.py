@@ -41,18 +41,15 @@ import torch
 
 from selector.backends.base import ScoreOutput, ScoreRequest
 from selector.backends.hf_prm import PROTOCOLS
-from selector.backends.vllm_launch import VLLMServer, cpu_env, find_vllm_python, vllm_unavailable_reason
+from selector.backends.vllm_launch import VLLMServer, cpu_env
 from test_hf_prm import QUESTION, STEPS7, make_tokenizer
-
-VLLM_PYTHON = find_vllm_python()
-VLLM_MISSING = vllm_unavailable_reason(VLLM_PYTHON)
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         importlib.util.find_spec("transformers") is None, reason="hf-prm needs the 'cpu' extra (transformers)"
     ),
-    pytest.mark.skipif(VLLM_MISSING is not None, reason=f"vLLM integration skipped: {VLLM_MISSING}"),
+    pytest.mark.usefixtures("vllm_python"),  # skips, with the reason, without vLLM
 ]
 
 ALL = sorted(PROTOCOLS)
@@ -225,7 +222,7 @@ def _outputs(rows: list) -> list[ScoreOutput]:
 
 # ---------------------------------------------------------------------------- offline
 @pytest.fixture(scope="module")
-def offline(dirs) -> dict[str, dict]:
+def offline(dirs, vllm_python) -> dict[str, dict]:
     """Each protocol scored by the offline engine, in one run of vLLM's interpreter."""
     jobs = [
         {"spec": f"vllm-prm:{_spec(prm_kwargs(dirs, p))},protocol={p},{ENGINE_SPEC}", "solutions": SOLUTIONS}
@@ -234,7 +231,7 @@ def offline(dirs) -> dict[str, dict]:
     env = cpu_env()
     env["VLLM_LOGGING_STREAM"] = "ext://sys.stderr"  # stdout carries the JSON
     proc = subprocess.run(
-        [str(VLLM_PYTHON), "-c", OFFLINE_SCRIPT], input=json.dumps(jobs), capture_output=True, text=True,
+        [str(vllm_python), "-c", OFFLINE_SCRIPT], input=json.dumps(jobs), capture_output=True, text=True,
         env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

