@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from .errors import TTSError
 from .datasets import dataset_family
 from .tables import TableDir, TableError, read_table
 
@@ -44,7 +45,7 @@ KINDS = ("exact", "nearest_size", "prior")
 _FIX_PROFILE = "profile one with `tts-selector profile CONFIG --out {catalog}/<name>`"
 
 
-class CatalogLookupError(LookupError, ValueError):
+class CatalogLookupError(TTSError, LookupError, ValueError):
     """No table in the catalog answers for the request (a ValueError too, so the CLI reports it)."""
 
 

@@ -202,6 +202,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-selector", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("solve", help="solve one question with a search strategy")
@@ -285,9 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(argv) if argv is not None else sys.argv[1:]
     args.policy_given = any(a == "--policy" or a.startswith("--policy=") for a in raw)
     args.prm_given = any(a == "--prm" or a.startswith("--prm=") for a in raw)
+    from .errors import TTSError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:  # includes ConfigError, TableError
+    except (TTSError, ValueError, FileNotFoundError, ModuleNotFoundError) as exc:  # includes ConfigError, TableError
+        if args.debug:
+            raise
         print(f"tts-selector: error: {exc}", file=sys.stderr)
         return 2
 

@@ -78,6 +78,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import TTSError
 from .files import fsync_dir
 
 __all__ = [
@@ -149,7 +150,7 @@ _FIX_REBUILD = "re-run `tts-selector profile` to rebuild it"
 _FIX_UPGRADE = "upgrade tts-selector (pip install -U tts-selector)"
 
 
-class TableError(ValueError):
+class TableError(TTSError, ValueError):
     """A table file is missing, unreadable, or does not match this version's contract."""
 
 

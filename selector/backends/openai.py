@@ -45,13 +45,14 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
+from ..errors import EngineError
 from ..steps import cut_at_delimiter
 from .base import Continuation, SamplingParams, StepOutput, StepRequest
 
 _RETRY_STATUS = frozenset({408, 429})  # plus every 5xx
 
 
-class OpenAIBackendError(RuntimeError):
+class OpenAIBackendError(EngineError):
     """A completions server failed, refused a request, or answered something unusable."""
 
 

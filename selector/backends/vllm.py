@@ -73,6 +73,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..errors import EngineError
 from .base import Continuation, FinishReason, SamplingParams, StepOutput, StepRequest, check_step_requests
 from .hf_common import (
     bos_to_prepend,
@@ -110,7 +111,7 @@ _OWN_ENGINE_KEYS = frozenset({
 })
 
 
-class VLLMBackendError(RuntimeError):
+class VLLMBackendError(EngineError):
     """vLLM answered something this backend cannot use (an aborted request, a missing output)."""
 
 

@@ -9,11 +9,12 @@ from typing import Any
 
 import joblib
 
+from ..errors import TTSError
 from ..datasets import file_sha256
 from ..tables import atomic_write_bytes
 
 
-class EstimatorIntegrityError(ValueError):
+class EstimatorIntegrityError(TTSError, ValueError):
     """An estimator file whose hash does not match the recorded one (refused unread)."""
 
 

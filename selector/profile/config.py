@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import TTSError
 from ..datasets import FAMILIES, dataset_family
 from ..search.aggregate import AGGREGATIONS
 from ..search.base import STRATEGIES
@@ -25,7 +26,7 @@ _FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 TREE_STRATEGIES = ("beam_search", "dvts")
 
 
-class ConfigError(ValueError):
+class ConfigError(TTSError, ValueError):
     """A profile config that cannot be used; the message names the key and the fix."""
 
 
