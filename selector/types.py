@@ -15,11 +15,21 @@ class Cost:
     Units: ``generations`` counts sampled continuations (one step, or one whole solution for
     the best-of-N family); token fields count tokens; FLOPs use the usual inference
     approximation ``2 x parameters x tokens`` (policy, PRM and auxiliary models such as a
-    difficulty estimator's embedder, separately); ``seconds`` is wall-clock time.
+    difficulty estimator's embedder, separately) over the tokens actually *computed*;
+    ``seconds`` is wall-clock time.
+
+    ``policy_prompt_tokens`` counts every prompt (prefix) token the policy read, once per
+    request; ``policy_cached_tokens`` the part of them an engine served from its prefix cache
+    (vLLM's ``num_cached_tokens``, the transformers backend's KV reuse, a server's
+    ``usage.prompt_tokens_details.cached_tokens``), which costs no prefill FLOPs.
+    ``cache_unreported_requests`` counts requests whose engine did not say what it served
+    from a cache: their prompt tokens are all counted as computed (an upper bound).
     """
 
     generations: int = 0
     policy_prompt_tokens: int = 0
+    policy_cached_tokens: int = 0
+    cache_unreported_requests: int = 0
     policy_generated_tokens: int = 0
     prm_tokens: int = 0
     policy_flops: float = 0.0
@@ -29,8 +39,13 @@ class Cost:
 
     @property
     def policy_tokens(self) -> int:
-        """Prompt plus generated tokens the policy processed."""
+        """Prompt plus generated tokens the policy processed (cached prompt tokens included)."""
         return self.policy_prompt_tokens + self.policy_generated_tokens
+
+    @property
+    def policy_computed_tokens(self) -> int:
+        """Tokens the policy actually computed: prompt tokens not served from a cache, plus generated."""
+        return self.policy_prompt_tokens - self.policy_cached_tokens + self.policy_generated_tokens
 
     @property
     def flops(self) -> float:
@@ -52,6 +67,7 @@ class Cost:
         """Flat JSON-ready view, with the derived totals ``policy_tokens`` and ``flops``."""
         out: dict[str, float] = asdict(self)
         out["policy_tokens"] = self.policy_tokens
+        out["policy_computed_tokens"] = self.policy_computed_tokens
         out["flops"] = self.flops
         return out
 

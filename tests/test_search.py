@@ -180,7 +180,23 @@ def test_max_steps_bounds_rounds():
     policy = ScriptedPolicy(p_finish=0.0)  # never finishes by itself
     r = run_search([("q", BeamSearch(n=4, m=2, max_steps=5))], policy, HashPRM())[0]
     assert r.rounds == (4, 4, 4, 4, 4)
-    assert r.candidates == () and r.answer is None
+
+
+@pytest.mark.parametrize("strategy", [BeamSearch(n=8, m=2, max_steps=4), DVTS(n=8, m=2, max_steps=4)])
+def test_last_round_completes_every_spent_path(strategy):
+    # A policy whose steps never finish a solution within max_steps: the old code spent 32
+    # generations and returned no candidate. The last allowed round now samples each live
+    # path to the end, so the search returns candidates and an answer within its budget.
+    policy = RecordingPolicy(ScriptedPolicy(p_finish=0.0))
+    r = run_search([("q", strategy)], policy, HashPRM())[0]
+    assert len(r.rounds) == 4 and all(g <= 8 for g in r.rounds)
+    assert r.cost.generations == sum(r.rounds)
+    assert r.candidates and r.answer is not None
+    assert all(c.finished and len(c.steps) == 4 for c in r.candidates)  # 3 steps + the completion
+    last = policy.calls[-1]
+    assert all(req.to_completion for req in last) and not any(req.to_completion for call in policy.calls[:-1] for req in call)
+    # Completions extend their node: the candidate keeps the steps before the last round.
+    assert all(req.prefix.count("step") == 3 for req in last)
 
 
 # --- ledger, determinism, batching --------------------------------------------------------
@@ -190,7 +206,11 @@ def test_cost_ledger_adds_up():
     r = solve(QUESTIONS[1], BeamSearch(n=8, m=4), policy=policy, prm=prm)
     c = r.cost
     assert c.generations == sum(r.rounds)
-    assert c.policy_flops == 2 * policy.num_parameters * (c.policy_prompt_tokens + c.policy_generated_tokens)
+    # FLOPs count computed tokens: the simulator serves every non-root prefix from its cache.
+    assert 0 < c.policy_cached_tokens < c.policy_prompt_tokens and c.cache_unreported_requests == 0
+    assert c.policy_flops == 2 * policy.num_parameters * (
+        c.policy_prompt_tokens - c.policy_cached_tokens + c.policy_generated_tokens)
+    assert c.policy_computed_tokens == c.policy_tokens - c.policy_cached_tokens
     assert c.prm_flops == 2 * prm.num_parameters * c.prm_tokens
     assert c.flops == c.policy_flops + c.prm_flops
     assert c.seconds > 0

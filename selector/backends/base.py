@@ -86,10 +86,15 @@ class Continuation(NamedTuple):
 
 class StepOutput(NamedTuple):
     """The continuations of one request and the prompt tokens it read (counted once per
-    request: the ``n`` continuations share the prefix, as with vLLM's prefix caching)."""
+    request: the ``n`` continuations share the prefix, as with vLLM's prefix caching).
+
+    ``cached_tokens``: how many of ``prompt_tokens`` the engine served from a prefix cache
+    instead of computing them; ``None`` when the engine does not say (then all count as
+    computed)."""
 
     continuations: tuple[Continuation, ...]
     prompt_tokens: int
+    cached_tokens: int | None = None
 
 
 class ScoreRequest(NamedTuple):

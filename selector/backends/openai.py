@@ -254,7 +254,12 @@ class OpenAIPolicy:
                 if finish == "delimiter" and not text.endswith(delim):
                     text += delim  # the server stripped the stop string: steps keep theirs
             conts.append(Continuation(text, tokens, finish))
-        return StepOutput(tuple(conts), prompt)
+        # Prefix-cache use, where the server reports it (vLLM with --enable-prompt-tokens-details,
+        # OpenAI); None otherwise, and the ledger then counts the whole prompt as computed.
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        cached = min(cached, prompt) if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None
+        return StepOutput(tuple(conts), prompt, cached)
 
 
 def post_json(

@@ -168,7 +168,10 @@ class SimulatedPolicy:
                 else:
                     conts.append(Continuation(text, ntok, "eos" if last else "delimiter"))
         prompt_tokens = 16 + sum(_step_tokens(solution))
-        return StepOutput(tuple(conts), prompt_tokens)
+        # An ideal prefix cache, as vLLM's within one search: a prefix that extends a path was
+        # prefilled (prompt) or generated (its steps) in earlier rounds, so only a root request
+        # computes its prompt. Stateless, so a request costs the same in any batch or process.
+        return StepOutput(tuple(conts), prompt_tokens, prompt_tokens if solution else 0)
 
     def _step(self, problem: SimProblem, depth: int, ok: bool, key: tuple, delimiter: str):
         """Sample step number ``depth + 1`` of a path; returns (text, tokens, is_last, ok)."""

@@ -543,10 +543,17 @@ class TransformersPolicy:
         outputs: list[list[Continuation | None]] = [[None] * r.n for r in requests]
         for row in rows:
             outputs[row.request][row.index] = row.result
-        result = [
-            StepOutput(continuations=tuple(outputs[i]), prompt_tokens=len(prefix_ids[i]) if req.n else 0)
-            for i, req in enumerate(requests)
-        ]
+        # What this call did not compute, of the prompt tokens it was asked to read: prefixes
+        # shared by several requests (prefilled once) and KV reused from the prefix cache. The
+        # reuse is per chunk, not per request, so it is apportioned by prompt length.
+        prompt_total = sum(len(prefix_ids[i]) for i, req in enumerate(requests) if req.n)
+        reused = max(0, prompt_total - stats["prefill_tokens"])
+        result = []
+        for i, req in enumerate(requests):
+            tokens = len(prefix_ids[i]) if req.n else 0
+            cached = min(tokens, round(reused * tokens / prompt_total)) if prompt_total else 0
+            result.append(StepOutput(continuations=tuple(outputs[i]), prompt_tokens=tokens, cached_tokens=cached))
+        stats["cached_prompt_tokens"] = sum(out.cached_tokens for out in result)
         stats["generated_tokens"] = sum(c.num_tokens for out in result for c in out.continuations)
         stats["prompt_tokens"] = sum(out.prompt_tokens for out in result)
         stats["seconds"] = time.perf_counter() - start

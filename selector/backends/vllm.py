@@ -460,7 +460,9 @@ class VLLMPolicy:
             for c in completions
         )
         ids = out.prompt_token_ids
-        return StepOutput(conts, len(ids) if ids is not None else len(prompt_ids))
+        cached = getattr(out, "num_cached_tokens", None)  # None: this vLLM does not report it
+        return StepOutput(conts, len(ids) if ids is not None else len(prompt_ids),
+                          None if cached is None else int(cached))
 
 
 def _finish_reason(reason: Any, stop_reason: Any, text: str, delimiter: str | None) -> FinishReason:

@@ -4,7 +4,10 @@ Round 1 samples ``n`` first steps. Every later round keeps the top ``n / m`` unf
 partial solutions by aggregated PRM score and expands each with ``m`` continuations, so no
 round spends more than ``n`` generations. A path that reaches EOS or a final answer leaves
 the frontier as a finished candidate. The search stops after ``max_steps`` rounds, when
-``n`` candidates are finished, or when nothing is left to expand. At most ``n`` candidates
+``n`` candidates are finished, or when nothing is left to expand. The last allowed round
+(round ``max_steps``) samples each expansion to the end of the solution (EOS, a final answer
+or ``max_tokens``), as search-and-learn does, so no path that was paid for is dropped
+unfinished: every generation of that round yields a candidate. At most ``n`` candidates
 are returned (the best ``n`` finished ones by aggregated score), never more: a popular
 implementation returns every finished beam and can exceed its budget's candidate count.
 """
@@ -49,15 +52,22 @@ class BeamSearch(_TreeSearch):
     def search(self, ctx: SearchContext) -> SearchGenerator:
         keep = self.n // self.m
         finished: list[Node] = []
-        children = (yield [Expansion(ROOT, self.n, ctx.seed_for("beam", 0, 0))])[0]
+        children = (yield [Expansion(ROOT, self.n, ctx.seed_for("beam", 0, 0), to_completion=self.max_steps == 1)])[0]
         rounds = 1
         while True:
             finished.extend(c for c in children if c.finished)
             live = [c for c in children if not c.finished]
-            if len(finished) >= self.n or not live or rounds >= self.max_steps:
+            if rounds >= self.max_steps:
+                # The last round completed every path; one cut by the token cap is still a candidate.
+                finished.extend(live)
+                break
+            if len(finished) >= self.n or not live:
                 break
             beams = top_k(live, keep, self.aggregation)
-            expanded = yield [Expansion(b, self.m, ctx.seed_for("beam", rounds, i)) for i, b in enumerate(beams)]
+            last = rounds + 1 >= self.max_steps
+            expanded = yield [
+                Expansion(b, self.m, ctx.seed_for("beam", rounds, i), to_completion=last) for i, b in enumerate(beams)
+            ]
             children = [c for group in expanded for c in group]
             rounds += 1
         return top_k(finished, self.n, self.aggregation)

@@ -49,6 +49,8 @@ class _Job:
     rounds: list[int]
     generations: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0
+    cache_unreported: int = 0
     generated_tokens: int = 0
     prm_tokens: int = 0
     seconds: float = 0.0
@@ -134,11 +136,15 @@ def run_search(
                 raise RuntimeError(f"policy {policy.id!r} returned {len(conts)} continuations, asked {exp.n}")
             job.generations += exp.n
             job.prompt_tokens += out.prompt_tokens
+            if out.cached_tokens is None:
+                job.cache_unreported += 1
+            else:
+                job.cached_tokens += min(int(out.cached_tokens), out.prompt_tokens)
             job.generated_tokens += sum(c.num_tokens for c in conts)
             base, base_tokens, to_completion = exp.node.steps, exp.node.tokens, exp.to_completion
             # Comprehensions, not a per-child loop: this is the hot path of tree search.
-            if to_completion:
-                group = [tuple(split_steps(c.text, delimiter)) for c in conts]
+            if to_completion:  # whole rest of the solution after the node's steps (none at the root)
+                group = [base + tuple(split_steps(c.text, delimiter)) for c in conts]
             else:
                 group = [base + (c.text,) if c.text else base for c in conts]
             new_steps += sum(map(len, group)) - len(base) * len(group)
@@ -244,9 +250,12 @@ def _finish(job: _Job, policy: Policy, prm: PRM | None, overhead: float) -> Sear
     cost = Cost(
         generations=job.generations,
         policy_prompt_tokens=job.prompt_tokens,
+        policy_cached_tokens=job.cached_tokens,
+        cache_unreported_requests=job.cache_unreported,
         policy_generated_tokens=job.generated_tokens,
         prm_tokens=job.prm_tokens,
-        policy_flops=2.0 * policy.num_parameters * (job.prompt_tokens + job.generated_tokens),
+        # FLOPs of what was computed: prompt tokens served from a prefix cache cost no prefill.
+        policy_flops=2.0 * policy.num_parameters * (job.prompt_tokens - job.cached_tokens + job.generated_tokens),
         prm_flops=2.0 * prm_params * job.prm_tokens,
         seconds=job.seconds + overhead,
     )
