@@ -139,7 +139,7 @@ def selection_frame(spec: PriorSpec) -> pd.DataFrame:
     for rule in spec.rules:
         for b, strategy in sorted(rule.strategy_by_bin.items()):
             rows.append({
-                "policy": "*", "prm": "*", "bin": b, "budget": None, "strategy": strategy, "n": None, "m": None,
+                "estimator": "prior", "policy": "*", "prm": "*", "bin": b, "budget": None, "strategy": strategy, "n": None, "m": None,
                 "aggregation": None, "accuracy": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n_prompts": 0,
                 "mean_flops": math.nan,
                 "policy_params_min": rule.min_params,

@@ -157,6 +157,8 @@ BUILTIN_FILES: dict[str, tuple[str, JsonlFormat]] = {
     "aime24": ("aime24.jsonl", JsonlFormat("problem", "answer", "id", None)),
 }
 GENERATED = {"arithmetic"}
+# Built-ins whose problems carry a difficulty label (``Problem.level``).
+LEVELLED = frozenset({"math500", "arithmetic"})
 
 # The dataset family of each built-in: tables profiled on data sets of one family answer for
 # each other in a table catalog (selector/catalog.py). A table records its family in its

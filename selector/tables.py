@@ -87,19 +87,23 @@ __all__ = [
     "write_table",
 ]
 
-SCHEMA_VERSION = 1
-"""Version of the on-disk format this module writes and the newest it reads."""
+SCHEMA_VERSION = 2
+"""Version of the on-disk format this module writes and the only one it reads.
+
+2: difficulty from disjoint samples (rollouts' ``role``), one selection per deployable
+router (selection's ``estimator``), cache-aware costs. Version-1 tables were binned on the
+samples their best-of-N cells were scored on, so they are refused, not read."""
 
 METADATA_KEY = b"tts_selector"
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "prompts": ("prompt_id", "text_sha256", "split", "oracle_pass1", "predicted_pass1", "bin"),
+    "prompts": ("prompt_id", "text_sha256", "split", "oracle_pass1", "predicted_pass1", "difficulty_score", "bin"),
     "results": (
         "bin", "budget", "strategy", "n", "m", "aggregation", "accuracy", "ci_low", "ci_high",
         "n_prompts", "mean_generations", "mean_tokens", "mean_flops",
     ),
     "selection": (
-        "policy", "prm", "bin", "budget", "strategy", "n", "m", "aggregation", "accuracy",
+        "estimator", "policy", "prm", "bin", "budget", "strategy", "n", "m", "aggregation", "accuracy",
         "ci_low", "ci_high", "n_prompts", "mean_flops",
     ),
     "evaluations": (
@@ -107,7 +111,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
         "generations", "tokens", "flops",
     ),
     "rollouts": (
-        "prompt_id", "sample_id", "steps", "step_scores", "answer", "answer_key", "correct",
+        "prompt_id", "sample_id", "role", "steps", "step_scores", "answer", "answer_key", "correct",
         "tokens",
     ),
     # The profiler's checkpoint of real beam-search / DVTS runs (state/), one row per
@@ -124,7 +128,7 @@ _COMMON_TYPES: dict[str, pa.DataType] = {
     "predicted_pass1": _F64, "bin": _I64, "budget": _I64, "strategy": _STR, "n": _I64, "m": _I64,
     "aggregation": _STR, "accuracy": _F64, "ci_low": _F64, "ci_high": _F64, "n_prompts": _I64,
     "mean_generations": _F64, "mean_tokens": _F64, "mean_flops": _F64, "policy": _STR, "prm": _STR,
-    "accuracy_std": _F64,
+    "accuracy_std": _F64, "estimator": _STR, "difficulty_score": _F64, "role": _STR,
 }
 # Arrow types enforced on write, so every file of a kind has one schema whatever pandas dtypes
 # the writer happened to hold (float64 m from NaN, null-typed all-None columns, large_string).
@@ -278,6 +282,12 @@ def _parse_metadata(path: Path, schema: pa.Schema) -> dict:
         raise TableError(
             f"{path}: written by schema version {version}, this tts-selector reads up to "
             f"{SCHEMA_VERSION}: {_FIX_UPGRADE}"
+        )
+    if version < SCHEMA_VERSION:
+        raise TableError(
+            f"{path}: written by schema version {version}, before tables binned prompts on samples no strategy is "
+            f"scored on; its cells are biased and this tts-selector reads only version {SCHEMA_VERSION}: regenerate it "
+            f"with `tts-selector profile CONFIG --out NEW_DIR` (add pool.difficulty_samples to the config)"
         )
     return meta
 
@@ -485,9 +495,20 @@ class TableDir:
         """The results table."""
         return self._get("results")
 
-    def selection(self) -> pd.DataFrame:
-        """The selection table."""
-        return self._get("selection")
+    def selection(self, estimator: str | None = None) -> pd.DataFrame:
+        """The selection rows for the router with difficulty estimator ``estimator`` (e.g.
+        ``prompt:tfidf``, ``pilot:4``): cells chosen and scored on the bins that estimator
+        assigns. ``None``: the table's default (its own bins, metadata ``default_selection``).
+        An estimator with no rows gives an empty frame (see :meth:`selection_estimators`)."""
+        df = self._get("selection")
+        key = estimator if estimator is not None else self.metadata.get("default_selection")
+        if key is None:  # a published prior: one set of rules for any estimate
+            return df
+        return df[df["estimator"] == key].reset_index(drop=True)
+
+    def selection_estimators(self) -> list[str]:
+        """The estimators this table has a selection for."""
+        return sorted(self._get("selection")["estimator"].unique())
 
     def evaluations(self) -> pd.DataFrame:
         """The evaluations table."""

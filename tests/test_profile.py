@@ -42,13 +42,13 @@ def sim_config(tmp_path: Path, *, prompts: int = 24, latency: float = 0.0, **ove
         "policy": f"sim:latency={latency}" if latency else "sim",
         "prm": "sim:separation=2.0,noise=1.0,bias=1.0",
         "dataset": {"name": "questions.jsonl", "id_field": "id", "heldout": 0.25},
-        "pool": {"n": 8},
+        "pool": {"n": 8, "difficulty_samples": 4},
         "grid": {"strategies": ["majority", "best_of_n", "weighted_best_of_n", "beam_search", "dvts"],
                  "budgets": [1, 2, 4, 8], "tree_budgets": [4, 8], "beam_widths": [4], "aggregations": ["last", "min"],
                  "max_steps": 8},
         "binning": {"scheme": "quantile", "k": 3},
         "evaluate": {"subsamples": 50, "seeds": [0]},
-        "select": {"folds": 2, "bootstrap": 100},
+        "select": {"folds": 2, "bootstrap": 100, "pilots": [2, 4]},
         "shard_size": 4,
     }
     for key, value in overrides.items():
@@ -137,6 +137,23 @@ def test_profile_writes_consistent_tables(tmp_path):
     meta = t.metadata
     assert meta["n_pool"] == 8 and meta["policy_id"] == "sim-policy" and len(meta["bin_edges"]) <= 2
     assert summary.complete and "selection" in summary.render()
+    # one selection per deployable router: the table's own bins and each pilot's
+    assert t.selection_estimators() == ["bins:predicted", "pilot:2", "pilot:4"]
+    assert meta["default_selection"] == "bins:predicted" and set(meta["pilots"]) == {"pilot:2", "pilot:4"}
+    # bins come from the 4 difficulty samples, which no strategy is scored on
+    rollouts = t.rollouts()
+    assert (rollouts.groupby("prompt_id").size() == 12).all()
+    assert set(rollouts.loc[rollouts["sample_id"] < 4, "role"]) == {"difficulty"}
+    assert set(rollouts.loc[rollouts["sample_id"] >= 4, "role"]) == {"evaluation"}
+    from selector.profile.difficulty import final_scores
+
+    diff = rollouts[rollouts["role"] == "difficulty"].sort_values("sample_id").groupby("prompt_id")
+    want = diff["step_scores"].apply(lambda s: float(np.mean(final_scores(s))))
+    got = prompts.set_index("prompt_id")["predicted_pass1"]
+    assert np.allclose(got.loc[want.index], want)
+    # the pilot:4 selection is the table's own bins (a 4-sample pilot computes the same mean)
+    pd.testing.assert_frame_equal(t.selection("pilot:4").drop(columns="estimator"),
+                                  t.selection().drop(columns="estimator"))
 
 
 def test_best_of_n_family_costs_no_generations_beyond_the_pool(tmp_path):
@@ -144,8 +161,8 @@ def test_best_of_n_family_costs_no_generations_beyond_the_pool(tmp_path):
     policy = RecordingPolicy(SimulatedPolicy())
     summary = run_profile(cfg, tmp_path / "out", policy=policy, prm=SimulatedPRM(), progress=False)
     asked = sum(r.n for call in policy.calls for r in call)
-    assert asked == 24 * 8  # exactly the pool: N_pool samples per prompt, nothing more
-    assert summary.ledger["pool"]["generations"] == 24 * 8
+    assert asked == 24 * (4 + 8)  # exactly the pool: difficulty + evaluation samples per prompt, nothing more
+    assert summary.ledger["pool"]["generations"] == 24 * 12
     assert summary.ledger["best_of_n_family (from pool)"]["generations"] == 0
     assert summary.ledger["beam_search/dvts (live)"]["generations"] == 0
 
@@ -220,6 +237,9 @@ def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
     ({"binning": {"scheme": "absolute", "thresholds": [0.5, 0.1]}}, "increasing"),
     ({"select": {"folds": 1}}, "folds must be >= 2"),
     ({"difficulty": "guess"}, "oracle"),
+    ({"pool": {"n": 8, "difficulty_samples": 0}}, "pool.difficulty_samples"),
+    ({"select": {"pilots": [5]}}, r"select.pilots \[5\]"),
+    ({"select": {"rule": "fastest"}}, "select.rule"),
     ({"grid": {"tree_budgets": [6]}}, "not a multiple"),
     ({"bogus": 1}, r"unknown key\(s\) \['bogus'\]"),
 ])

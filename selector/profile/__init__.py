@@ -24,10 +24,10 @@ from .. import __version__
 from ..backends.base import PRM, Policy
 from ..binning import assign_bins, bin_edges, bin_labels
 from ..datasets import JsonlFormat, Problem, load_dataset
-from ..search.aggregate import aggregate
 from ..tables import atomic_write_text, read_rollouts, write_table
 from ..types import Cost
 from .config import ConfigError, ProfileConfig, _build, load_config
+from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, prompt_difficulty, table_estimator
 from .evaluate import best_of_n_family_rows, read_tree_runs, run_tree_shards, tree_rows
 from .pool import generate_pool, import_pool, plan_shards, select_shards
 from .select import select_tables
@@ -100,7 +100,7 @@ def _progress(enabled: bool):
 
 def _load_problems(cfg: ProfileConfig) -> tuple[list[Problem], str]:
     d = cfg.dataset
-    fmt = JsonlFormat(d.problem_field, d.answer_field, d.id_field)
+    fmt = JsonlFormat(d.problem_field, d.answer_field, d.id_field, d.level_field)
     return load_dataset(cfg.resolve(d.name), size=d.size, seed=d.seed, fmt=fmt)
 
 
@@ -282,52 +282,68 @@ def finish_tables(
             "--shard slices, then `tts-selector merge`"
         )
     splits = _splits(problems, cfg.dataset.heldout, cfg.dataset.seed)
+    ids = [p.id for p in problems]
+    profile_ids = [pid for pid in ids if splits[pid] == "profile"]
 
-    # Stage 2: difficulty.
-    per_prompt = rollouts.groupby("prompt_id")
-    oracle = per_prompt["correct"].mean()
-    predicted = per_prompt["step_scores"].apply(lambda s: float(np.mean([aggregate(x, "last") if len(x) else 0.0 for x in s])))
-    source = oracle if cfg.difficulty == "oracle" else predicted
-    profile_ids = [p.id for p in problems if splits[p.id] == "profile"]
-    edges = bin_edges(source.loc[profile_ids].to_numpy(), cfg.binning.scheme, cfg.binning.k, cfg.binning.thresholds)
-    pool_sizes = per_prompt.size()
-    bins = pd.Series(assign_bins(source.loc[[p.id for p in problems]].to_numpy(), edges), index=[p.id for p in problems])
+    # Stage 2: difficulty, from the difficulty samples only (see profile/difficulty.py).
+    k = cfg.pool.difficulty_samples
+    difficulty = prompt_difficulty(cfg, problems, rollouts)
+    edges = bin_edges(difficulty.loc[profile_ids, "difficulty_score"].to_numpy(), cfg.binning.scheme, cfg.binning.k,
+                      cfg.binning.thresholds)
+    bins = pd.Series(assign_bins(difficulty["difficulty_score"].to_numpy(), edges), index=ids)
+    pool_sizes = rollouts.groupby("prompt_id").size()
     prompts = pd.DataFrame({
-        "prompt_id": [p.id for p in problems],
+        "prompt_id": ids,
         "text_sha256": [hashlib.sha256(p.problem.encode()).hexdigest() for p in problems],
         "text": [p.problem for p in problems], "reference": [p.answer for p in problems],
         "level": pd.array([p.level for p in problems], dtype="Int64"),
-        "split": [splits[p.id] for p in problems],
-        "oracle_pass1": [float(oracle[p.id]) for p in problems],
-        "predicted_pass1": [float(predicted[p.id]) for p in problems],
-        "bin": [int(bins[p.id]) for p in problems],
-        "pool_size": [int(pool_sizes[p.id]) for p in problems],
+        "split": [splits[pid] for pid in ids],
+        "oracle_pass1": difficulty["oracle_pass1"].to_numpy(dtype=float),
+        "predicted_pass1": difficulty["predicted_pass1"].to_numpy(dtype=float),
+        "difficulty_score": difficulty["difficulty_score"].to_numpy(dtype=float),
+        "difficulty_scores": [list(map(float, x)) for x in difficulty["difficulty_scores"]],
+        "bin": bins.to_numpy(dtype=int),
+        "pool_size": [int(pool_sizes[pid]) for pid in ids],
     })
 
-    # Stage 3: evaluations (all prompts; selection below only sees the profiling split).
+    # Stage 3: evaluations (all prompts; selection below only sees the profiling split). The
+    # best-of-N family is scored on the evaluation samples only.
     runs = read_tree_runs(out_dir)
     policy_params, prm_params = int(metadata.get("policy_params", 0)), int(metadata.get("prm_params", 0))
+    scored = rollouts[rollouts["sample_id"] >= k]
     evaluations = pd.concat(
-        [best_of_n_family_rows(cfg, rollouts, policy_params, prm_params, bar), tree_rows(runs)], ignore_index=True
+        [best_of_n_family_rows(cfg, scored, policy_params, prm_params, bar), tree_rows(runs, policy_params)],
+        ignore_index=True,
     )
 
-    # Stage 4: selection, cross-fitted inside each bin.
-    profile_bins = bins.loc[profile_ids]
-    results, selection = select_tables(
-        evaluations[evaluations["prompt_id"].isin(set(profile_ids))], profile_bins, cfg.select,
-        metadata["policy_id"], metadata["prm_id"], bar,
-    )
+    # Stage 4: selection, cross-fitted inside each bin, once per router that can be deployed
+    # on this table's prompts: the table's own bins and each k-sample pilot's bins.
+    profile_evals = evaluations[evaluations["prompt_id"].isin(set(profile_ids))]
+    own = table_estimator(cfg.difficulty)
+    results, selection = select_tables(profile_evals, bins.loc[profile_ids], cfg.select, metadata["policy_id"],
+                                       metadata["prm_id"], bar, estimator=own)
+    selections, pilots = [selection], {}
+    for pk in (cfg.select.pilots if k else ()):
+        pbins, pedges = pilot_bins(cfg, difficulty, pk, profile_ids)
+        selections.append(select_tables(profile_evals, pbins.loc[profile_ids], cfg.select, metadata["policy_id"],
+                                        metadata["prm_id"], None, estimator=pilot_name(pk))[1])
+        pilots[pilot_name(pk)] = {"k": int(pk), "edges": pedges}
+    selection = pd.concat(selections, ignore_index=True)
     ledger = _ledger(rollouts, runs, policy_params, prm_params)
     # The family comes from the config, not from the shards: merged shards may predate the key.
-    metadata = {k: v for k, v in metadata.items() if k != "dataset_family_note"}
-    meta = dict(metadata, **_family_metadata(cfg), bin_edges=edges, bin_labels={str(k): v for k, v in bin_labels(edges).items()},
-                ledger=ledger, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    metadata = {key: v for key, v in metadata.items() if key != "dataset_family_note"}
+    meta = dict(metadata, **_family_metadata(cfg), bin_edges=edges, bin_labels={str(b): v for b, v in bin_labels(edges).items()},
+                ledger=ledger, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                difficulty_samples=k, difficulty_source=DESCRIPTIONS[cfg.difficulty].format(k=k),
+                default_selection=own, pilots=pilots, declared_router=cfg.evaluate.router,
+                select_rule={"rule": cfg.select.rule, "tolerance": cfg.select.tolerance,
+                             "confidence": cfg.select.confidence})
     write_table(prompts, out_dir / "prompts.parquet", "prompts", meta)
     write_table(evaluations, out_dir / "evaluations.parquet", "evaluations", meta)
     write_table(results, out_dir / "results.parquet", "results", meta)
     write_table(selection, out_dir / "selection.parquet", "selection", meta)
-    hist = np.histogram(oracle.loc[profile_ids].to_numpy(), bins=10, range=(0.0, 1.0))[0].tolist()
+    hist = np.histogram(difficulty.loc[profile_ids, "oracle_pass1"].to_numpy(), bins=10, range=(0.0, 1.0))[0].tolist()
     return ProfileSummary(
-        out_dir, True, ledger=ledger, bin_sizes=profile_bins.value_counts().sort_index().to_dict(),
-        bin_edges=edges, selection=selection, pass1_histogram=hist,
+        out_dir, True, ledger=ledger, bin_sizes=bins.loc[profile_ids].value_counts().sort_index().to_dict(),
+        bin_edges=edges, selection=selection[selection["estimator"] == own], pass1_histogram=hist,
     )

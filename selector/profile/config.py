@@ -17,13 +17,17 @@ from typing import Any
 import yaml
 
 from ..errors import TTSError
-from ..datasets import FAMILIES, dataset_family
+from ..datasets import FAMILIES, LEVELLED, dataset_family
 from ..search.aggregate import AGGREGATIONS
 from ..search.base import STRATEGIES
 
 BEST_OF_N_FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
 _FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 TREE_STRATEGIES = ("beam_search", "dvts")
+SELECT_RULES = ("cheapest", "best")
+# Where a prompt's bin comes from: PRM-predicted pass@1 (mean final-step score) or graded
+# pass@1 of its difficulty samples, or the data set's own difficulty label.
+DIFFICULTY_SOURCES = ("predicted", "oracle", "level")
 
 
 class ConfigError(TTSError, ValueError):
@@ -39,6 +43,7 @@ class DatasetConfig:
     problem_field: str = "problem"
     answer_field: str = "answer"
     id_field: str | None = None
+    level_field: str | None = None  # a JSONL field with a difficulty label (e.g. MATH's "Level 3"), for difficulty: level
     # The dataset family the table answers for in a catalog (e.g. "math" for a JSONL file of
     # MATH problems); built-ins have one registered (selector/datasets.py FAMILIES). A label
     # for lookup, not part of the table's identity (left out of config_hash).
@@ -84,6 +89,11 @@ class PoolConfig:
     import them from a ``jsonl`` file of existing samples with scores (best-of-N family only)."""
 
     n: int
+    # Samples per prompt that only decide its difficulty (its bin) and are never scored as a
+    # strategy's samples; the best-of-N family is scored on the other ``n``. Drawn with the
+    # same seed derivation, so a prompt holds ``difficulty_samples + n`` i.i.d. solutions,
+    # the first ``difficulty_samples`` of them (by sample_id) for difficulty.
+    difficulty_samples: int = 0
     source: str = "generate"
     path: str | None = None
     completions_field: str = "completions"
@@ -94,6 +104,8 @@ class PoolConfig:
     def check(self) -> None:
         if self.n < 1:
             raise ConfigError(f"pool.n (N_pool) must be >= 1, got {self.n}")
+        if self.difficulty_samples < 0:
+            raise ConfigError(f"pool.difficulty_samples must be >= 0, got {self.difficulty_samples}")
         if self.source not in ("generate", "jsonl"):
             raise ConfigError(f"pool.source must be 'generate' or 'jsonl', got {self.source!r}")
         if self.source == "jsonl" and not self.path:
@@ -168,6 +180,9 @@ class BinningConfig:
 class EvaluateConfig:
     subsamples: int = 200  # random subsets per (prompt, budget); exact when C(N_pool, n) is smaller
     seeds: tuple[int, ...] = (0,)  # seeds of the real beam-search / DVTS runs
+    # The one router `tts-selector evaluate` reports its headline for (margin, efficiency),
+    # declared before the held-out split is looked at.
+    router: str = "prompt:tfidf"
 
     def check(self) -> None:
         if self.subsamples < 1:
@@ -182,8 +197,20 @@ class SelectConfig:
     bootstrap: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    # "cheapest": the cheapest configuration (computed FLOPs) whose paired deficit to the most
+    # accurate one is not significantly above ``tolerance`` (see select.choose); "best": the
+    # most accurate one.
+    rule: str = "cheapest"
+    tolerance: float = 0.0
+    # Pilot sizes k for which a selection is written on the bins a k-sample pilot assigns
+    # (``pilot:<k>`` routers); each k <= pool.difficulty_samples.
+    pilots: tuple[int, ...] = (4,)
 
     def check(self) -> None:
+        if self.rule not in SELECT_RULES:
+            raise ConfigError(f"select.rule must be one of {list(SELECT_RULES)}, got {self.rule!r}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ConfigError(f"select.tolerance is an accuracy deficit in [0, 1), got {self.tolerance}")
         if self.folds < 2:
             raise ConfigError(f"select.folds must be >= 2 (choose on K-1 folds, score on the held-out one), got {self.folds}")
         if self.bootstrap < 10:
@@ -202,7 +229,7 @@ class ProfileConfig:
     sampling: dict[str, Any] = field(default_factory=dict)
     grid: GridConfig = GridConfig()
     binning: BinningConfig = BinningConfig()
-    difficulty: str = "oracle"
+    difficulty: str = "predicted"
     evaluate: EvaluateConfig = EvaluateConfig()
     select: SelectConfig = SelectConfig()
     policy_params: int | None = None  # parameter counts for imported pools (no engine to ask)
@@ -219,8 +246,29 @@ class ProfileConfig:
         self.binning.check()
         self.evaluate.check()
         self.select.check()
-        if self.difficulty not in ("oracle", "predicted"):
-            raise ConfigError(f"difficulty must be 'oracle' (graded pass@1) or 'predicted' (mean final PRM score), got {self.difficulty!r}")
+        if self.difficulty not in DIFFICULTY_SOURCES:
+            raise ConfigError(
+                f"difficulty must be 'predicted' (mean final PRM score), 'oracle' (graded pass@1) or 'level' (the data "
+                f"set's difficulty label), got {self.difficulty!r}"
+            )
+        k = self.pool.difficulty_samples
+        if self.difficulty != "level" and k < 1:
+            raise ConfigError(
+                f"difficulty {self.difficulty!r} is computed from samples no strategy is scored on: set "
+                f"pool.difficulty_samples (e.g. 8) so bins and strategy scores share no sample, or use "
+                f"difficulty: level with dataset.level_field"
+            )
+        if self.difficulty == "level" and self.dataset.level_field is None and self.dataset.name not in LEVELLED:
+            raise ConfigError(
+                f"difficulty 'level' bins by the data set's difficulty label: set dataset.level_field (e.g. 'level'), "
+                f"or use a built-in data set with levels ({sorted(LEVELLED)})"
+            )
+        too_big = [p for p in self.select.pilots if p > k or p < 1]
+        if too_big and k:
+            raise ConfigError(
+                f"select.pilots {too_big} must be between 1 and pool.difficulty_samples={k}: a pilot's bin is "
+                f"read from the difficulty samples"
+            )
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.pool.source == "generate" and self.prm == "none" and self.grid.strategies != ("majority",):

@@ -32,8 +32,11 @@ from .pool import Shard
 
 EVAL_COLUMNS = [
     "prompt_id", "strategy", "n", "m", "aggregation", "budget", "accuracy", "accuracy_std",
-    "generations", "policy_tokens", "prm_tokens", "tokens", "flops",
+    "generations", "policy_tokens", "policy_cached_tokens", "prm_tokens", "tokens", "flops", "flops_no_cache",
 ]
+"""Evaluation columns. ``flops`` counts the tokens an engine computes (prompt tokens served from
+a prefix cache excluded: ``policy_cached_tokens``); ``flops_no_cache`` the same work with every
+prompt token computed. Selection compares ``flops``."""
 
 
 def subsets(pool_size: int, n: int, count: int, seed: int) -> np.ndarray:
@@ -122,9 +125,11 @@ def best_of_n_family_rows(
                         "budget": n, "accuracy": float(hits.mean()), "accuracy_std": float(hits.std()),
                         # From the pool: these samples were already paid for in stage 1, so the
                         # family adds no generations; the cost columns say what a live run would spend.
-                        "generations": float(n), "policy_tokens": policy_tokens, "prm_tokens": prm_tokens,
-                        "tokens": policy_tokens + prm_tokens,
+                        # One request of n samples: the prompt is prefilled once, nothing is cached.
+                        "generations": float(n), "policy_tokens": policy_tokens, "policy_cached_tokens": 0.0,
+                        "prm_tokens": prm_tokens, "tokens": policy_tokens + prm_tokens,
                         "flops": 2.0 * policy_params * policy_tokens + 2.0 * prm_params * prm_tokens,
+                        "flops_no_cache": 2.0 * policy_params * policy_tokens + 2.0 * prm_params * prm_tokens,
                     })
         if bar is not None:
             bar.update(1)
@@ -180,7 +185,8 @@ def run_tree_shards(
                     "prompt_id": problem.id, "strategy": config.name, "n": config.n, "m": config.m,
                     "aggregation": config.aggregation, "seed": seed,
                     "correct": bool(is_equivalent(r.answer, problem.answer)),
-                    "generations": c.generations, "policy_tokens": c.policy_tokens, "prm_tokens": c.prm_tokens,
+                    "generations": c.generations, "policy_tokens": c.policy_tokens,
+                    "policy_cached_tokens": c.policy_cached_tokens, "prm_tokens": c.prm_tokens,
                     "policy_flops": c.policy_flops, "prm_flops": c.prm_flops, "seconds": c.seconds,
                 })
         write_table(pd.DataFrame(rows), tree_checkpoint(table_dir, shard.index), "tree_runs", metadata)
@@ -196,8 +202,9 @@ def read_tree_runs(table_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def tree_rows(runs: pd.DataFrame) -> pd.DataFrame:
-    """Average the raw tree runs over seeds into evaluation rows."""
+def tree_rows(runs: pd.DataFrame, policy_params: int = 0) -> pd.DataFrame:
+    """Average the raw tree runs over seeds into evaluation rows (``policy_params``: the
+    policy's parameter count, to price the cached prompt tokens for ``flops_no_cache``)."""
     if runs.empty:
         return pd.DataFrame(columns=EVAL_COLUMNS)
     keys = ["prompt_id", "strategy", "n", "m", "aggregation"]
@@ -205,9 +212,11 @@ def tree_rows(runs: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(
         accuracy=("correct", "mean"), accuracy_std=("correct", lambda x: float(np.std(x))),
         generations=("generations", "mean"), policy_tokens=("policy_tokens", "mean"),
+        policy_cached_tokens=("policy_cached_tokens", "mean"),
         prm_tokens=("prm_tokens", "mean"), policy_flops=("policy_flops", "mean"), prm_flops=("prm_flops", "mean"),
     ).reset_index()
     out["budget"] = out["n"]
     out["tokens"] = out["policy_tokens"] + out["prm_tokens"]
     out["flops"] = out["policy_flops"] + out["prm_flops"]
+    out["flops_no_cache"] = out["flops"] + 2.0 * policy_params * out["policy_cached_tokens"]
     return out[EVAL_COLUMNS]

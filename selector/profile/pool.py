@@ -1,5 +1,10 @@
 """Stage 1, the pool: N_pool rollouts per prompt, every step scored, final answers graded.
 
+Each prompt gets ``pool.difficulty_samples + pool.n`` i.i.d. whole solutions; the first
+``difficulty_samples`` (role ``difficulty``) only decide the prompt's bin, the other ``n``
+(role ``evaluation``) are the samples the best-of-N family is scored on, so no sample both
+bins a prompt and scores a strategy on it.
+
 Rollouts are written as a Parquet dataset, one shard of ``shard_size`` prompts at a time, each
 file atomically; a shard whose file exists is never generated again, so a killed profile
 resumes where it stopped. Samples are whole solutions drawn with the best-of-N family's own
@@ -62,7 +67,7 @@ def generate_pool(
     """Generate and write every shard in ``shards`` that has no file yet."""
     done = done_shard_indices(table_dir)
     todo = [s for s in shards if s.index not in done]
-    sampler = BestOfN(n=cfg.pool.n)
+    sampler = BestOfN(n=cfg.pool.difficulty_samples + cfg.pool.n)
     sampling = policy.default_sampling_params()
     if cfg.sampling:
         sampling = sampling.replace(**cfg.sampling)
@@ -74,7 +79,8 @@ def generate_pool(
         )
         rows = []
         for problem, result in zip(shard.problems, results):
-            rows.extend(_rollout_rows(problem, result.candidates, result.cost.policy_prompt_tokens))
+            rows.extend(_rollout_rows(problem, result.candidates, result.cost.policy_prompt_tokens,
+                                      cfg.pool.difficulty_samples))
         meta = dict(metadata, shard_seconds=time.perf_counter() - t0)
         write_rollout_shard(pd.DataFrame(rows), table_dir, shard.index, meta)
         if bar is not None:
@@ -83,11 +89,18 @@ def generate_pool(
         bar.close()
 
 
-def _rollout_rows(problem: Problem, candidates, prompt_tokens: int) -> list[dict]:
+def sample_role(sample_id: int, difficulty_samples: int) -> str:
+    """``"difficulty"`` for the first ``difficulty_samples`` samples of a prompt (they decide its
+    bin only), else ``"evaluation"`` (scored as strategies' samples)."""
+    return "difficulty" if sample_id < difficulty_samples else "evaluation"
+
+
+def _rollout_rows(problem: Problem, candidates, prompt_tokens: int, difficulty_samples: int) -> list[dict]:
     return [
         {
             "prompt_id": problem.id,
             "sample_id": j,
+            "role": sample_role(j, difficulty_samples),
             "steps": list(c.steps),
             "step_scores": [float(x) for x in c.step_scores],
             "answer": c.answer,
@@ -131,12 +144,13 @@ def import_pool(
             if key not in record:
                 raise ValueError(f"{path}:{lineno}: no field {key!r}; set pool.completions_field / pool.scores_field")
         texts, scores = record[pc.completions_field], record[pc.scores_field]
-        if len(texts) < pc.n or len(scores) != len(texts):
+        need = pc.difficulty_samples + pc.n
+        if len(texts) < need or len(scores) != len(texts):
             raise ValueError(
-                f"{path}:{lineno}: {len(texts)} completions and {len(scores)} scores; pool.n={pc.n} needs at least "
-                f"{pc.n} of each, paired"
+                f"{path}:{lineno}: {len(texts)} completions and {len(scores)} scores; pool.difficulty_samples + pool.n "
+                f"= {need} needs at least {need} of each, paired"
             )
-        texts, scores = texts[: pc.n], scores[: pc.n]
+        texts, scores = texts[:need], scores[:need]
         answers = [extract_answer(t) for t in texts]
         keys = group_keys(answers)
         problem = by_id[pid]
@@ -154,7 +168,7 @@ def import_pool(
                 labelled += 1
                 agree += correct == bool(record[pc.correct_field][j])
             rows.append({
-                "prompt_id": pid, "sample_id": j, "steps": steps, "step_scores": step_scores,
+                "prompt_id": pid, "sample_id": j, "role": sample_role(j, pc.difficulty_samples), "steps": steps, "step_scores": step_scores,
                 "answer": answer, "answer_key": key, "correct": correct,
                 # Imported samples carry no token counts: their costs are unknown, recorded as 0.
                 "tokens": 0, "prm_tokens": 0, "prompt_tokens": 0, "finished": True,

@@ -2,8 +2,9 @@
 
 ``results`` gives each configuration's mean accuracy over the bin's prompts with a percentile
 bootstrap confidence interval (resampling prompts). ``selection`` picks a configuration per
-cell with the rule "among configurations whose accuracy lies within the best one's
-interval, the cheapest in FLOPs" and reports its accuracy **held out**: by K-fold
+cell with the rule of :func:`choose` (default: the cheapest in computed FLOPs among those not
+significantly worse than the most accurate, by a paired bootstrap over the bin's prompts)
+and reports its accuracy **held out**: by K-fold
 cross-fitting inside the bin, the rule chooses on K-1 folds and is scored on the remaining
 fold; the held-out per-prompt outcomes give the reported accuracy and its bootstrap interval
 (Snell et al. used 2 folds). The configuration written to the table is the rule's choice on
@@ -35,10 +36,14 @@ def _config_order(c: tuple) -> tuple:
     return (strategy, n, m or 0, aggregation or "")
 
 
+COST_COLUMNS = ("generations", "tokens", "flops", "flops_no_cache", "policy_cached_tokens")
+
+
 def _costs(cost: pd.DataFrame, j: int) -> dict[str, float]:
+    """Mean costs of configuration ``j``: ``mean_flops`` counts computed tokens (what selection
+    compares), ``mean_flops_no_cache`` what the same work costs with no prefix cache."""
     row = cost.iloc[j]
-    return {"mean_generations": float(row["generations"]), "mean_tokens": float(row["tokens"]),
-            "mean_flops": float(row["flops"])}
+    return {f"mean_{c}": float(row[c]) for c in COST_COLUMNS if c in row.index}
 
 
 def _bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -53,23 +58,37 @@ def _interval(means: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def choose(acc: np.ndarray, flops: np.ndarray, sel: SelectConfig, rng: np.random.Generator) -> int:
-    """Index of the configuration the rule picks from a (prompts x configs) accuracy matrix."""
+    """Index of the configuration the rule picks from a (prompts x configs) accuracy matrix.
+
+    ``rule: best``: the most accurate (first in grid order on ties). ``rule: cheapest``: the
+    cheapest in ``flops`` among the configurations that are not significantly worse than the
+    most accurate one beyond ``tolerance``, judged *paired* on the same prompts: the lower
+    end of the percentile bootstrap interval (over prompts, ``confidence``) of the mean
+    per-prompt deficit ``acc[:, best] - acc[:, j]`` must be at most ``tolerance``. A
+    configuration worse on every prompt has a deficit interval away from 0 and is never
+    taken, however wide the spread of accuracies across prompts.
+    """
     means = acc.mean(axis=0)
     best = int(np.argmax(means))
-    low, _ = _interval(_bootstrap_means(acc[:, best], sel.bootstrap, rng), sel.confidence)
-    near = np.nonzero(means >= low - 1e-12)[0]
+    if sel.rule == "best":
+        return best
+    deficit = acc[:, [best]] - acc  # (prompts, configs), paired by prompt
+    low = np.quantile(_bootstrap_means(deficit, sel.bootstrap, rng), (1.0 - sel.confidence) / 2.0, axis=0)
+    near = np.nonzero(low <= sel.tolerance + 1e-12)[0]
     # cheapest; then more accurate; then grid order (stable)
     return int(min(near, key=lambda j: (flops[j], -means[j], j)))
 
 
 def select_tables(
     evaluations: pd.DataFrame, bins: pd.Series, sel: SelectConfig, policy: str, prm: str,
-    progress: Callable | None = None,
+    progress: Callable | None = None, estimator: str = "",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Build ``results`` and ``selection`` from evaluation rows of the profiling split.
 
-    ``bins`` maps prompt_id -> bin. Configurations are compared only among rows with the same
-    budget, across all strategies.
+    ``bins`` maps prompt_id -> bin: the bins that ``estimator`` (a router's difficulty
+    estimator, written into every selection row) assigns, out of fold, so that a cell's
+    accuracy is that of the prompts the router will send there. Configurations are compared
+    only among rows with the same budget, across all strategies.
     """
     ev = evaluations.merge(bins.rename("bin"), left_on="prompt_id", right_index=True)
     # One hashable key per configuration (m and aggregation may be missing).
@@ -86,7 +105,7 @@ def select_tables(
         ids = sorted(acc_table.columns, key=lambda k: _config_order(config_of[k]))
         acc = acc_table[ids].to_numpy(dtype=float)
         prompts = np.array(acc_table.index)
-        cost = cell.groupby("config")[["generations", "tokens", "flops"]].mean().loc[ids]
+        cost = cell.groupby("config")[[c for c in COST_COLUMNS if c in cell.columns]].mean().loc[ids]
         flops = cost["flops"].to_numpy()
         configs = [config_of[k] for k in ids]
         rng = np.random.default_rng([sel.seed, int(b), int(budget)])
@@ -115,7 +134,7 @@ def select_tables(
             accuracy, crossfit, agree = float(acc[:, chosen].mean()), False, 0
         c = configs[chosen]
         selection.append({
-            "policy": policy, "prm": prm, "bin": int(b), "budget": int(budget), **dict(zip(CONFIG_KEYS, c)),
+            "estimator": estimator, "policy": policy, "prm": prm, "bin": int(b), "budget": int(budget), **dict(zip(CONFIG_KEYS, c)),
             "accuracy": accuracy, "ci_low": low, "ci_high": high, "n_prompts": len(prompts),
             "insample_accuracy": float(acc[:, chosen].mean()),
             **_costs(cost, chosen), "cross_fitted": crossfit,

@@ -1,0 +1,103 @@
+"""Stage 2: each prompt's difficulty, from samples that no strategy is scored on.
+
+A prompt's pool holds ``pool.difficulty_samples`` (K) difficulty samples and ``pool.n``
+evaluation samples (``pool.sample_role``). Difficulty is read from the K difficulty samples
+only, so a prompt's bin is independent of the samples the best-of-N family is scored on
+(scoring a bin's strategies on the samples that put the prompt in that bin biases every cell:
+a prompt lands in the hardest bin *because* its scored samples were wrong). Sources
+(``difficulty`` in the config):
+
+- ``predicted`` (default; Snell et al.'s model-predicted difficulty): the mean final-step PRM
+  score of the K samples, which is exactly what a ``pilot:K`` router computes at run time;
+- ``oracle``: the graded pass@1 of the K samples (not reproducible by a router: its cells
+  are a reference, not a deployable choice);
+- ``level``: the data set's own difficulty label (e.g. MATH's level 1-5), for imported pools
+  too small to split; it is mapped to ``(max_level - level) / (max_level - min_level)`` so
+  that, like pass@1, higher means easier, and binned by the config's scheme.
+
+``pilot:<k>`` routers bin by the mean final-step score of ``k`` pilot samples; the table's
+cells for such a router are selected on the bins of the first ``k`` difficulty samples, with
+edges from the profiling prompts' own pilot scores (:func:`pilot_bins`), so the accuracy a
+cell reports is that of the prompts a k-sample pilot sends there.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..binning import assign_bins, bin_edges
+from ..datasets import Problem
+from ..search.aggregate import aggregate
+from .config import ProfileConfig
+
+DESCRIPTIONS = {
+    "predicted": "PRM-predicted pass@1 (mean final-step score) of {k} difficulty samples per prompt",
+    "oracle": "graded pass@1 of {k} difficulty samples per prompt",
+    "level": "the data set's difficulty label (level; higher level = harder)",
+}
+
+
+def table_estimator(difficulty: str) -> str:
+    """Name of the selection keyed by the table's own bins (e.g. ``bins:predicted``)."""
+    return f"bins:{difficulty}"
+
+
+def pilot_name(k: int) -> str:
+    return f"pilot:{k}"
+
+
+def final_scores(step_scores: pd.Series) -> list[float]:
+    """The final-step PRM score of each sample (0 for an empty solution)."""
+    return [aggregate(x, "last") if len(x) else 0.0 for x in step_scores]
+
+
+def prompt_difficulty(cfg: ProfileConfig, problems: Sequence[Problem], rollouts: pd.DataFrame) -> pd.DataFrame:
+    """Per prompt (index prompt_id): ``oracle_pass1``, ``predicted_pass1`` and the final-step
+    ``difficulty_scores`` of its difficulty samples (in sample order), and ``difficulty_score``,
+    the value it is binned by (higher = easier).
+
+    With no difficulty samples (``difficulty: level``), pass@1 columns are read from the
+    evaluation samples and are informational only: nothing is binned by them.
+    """
+    k = cfg.pool.difficulty_samples
+    ordered = rollouts.sort_values(["prompt_id", "sample_id"])
+    source = ordered[ordered["sample_id"] < k] if k else ordered
+    groups = source.groupby("prompt_id", sort=False)
+    out = pd.DataFrame({
+        "oracle_pass1": groups["correct"].mean(),
+        "predicted_pass1": groups["step_scores"].apply(lambda s: float(np.mean(final_scores(s)))),
+        "difficulty_scores": groups["step_scores"].apply(final_scores) if k else pd.Series(dtype=object),
+    })
+    ids = [p.id for p in problems]
+    out = out.reindex(ids)
+    if not k:
+        out["difficulty_scores"] = [[] for _ in ids]
+    if cfg.difficulty == "level":
+        levels = pd.Series([p.level for p in problems], index=ids, dtype="float")
+        if levels.isna().any():
+            missing = levels[levels.isna()].index[:3].tolist()
+            raise ValueError(
+                f"difficulty 'level': {int(levels.isna().sum())} problems have no level (e.g. {missing}); set "
+                f"dataset.level_field to the field holding it, or use difficulty: predicted with pool.difficulty_samples"
+            )
+        span = max(levels.max() - levels.min(), 1.0)
+        out["difficulty_score"] = (levels.max() - levels) / span
+    else:
+        out["difficulty_score"] = out["oracle_pass1" if cfg.difficulty == "oracle" else "predicted_pass1"]
+    return out
+
+
+def pilot_scores(difficulty: pd.DataFrame, k: int) -> pd.Series:
+    """Mean final-step score of each prompt's first ``k`` difficulty samples: a pilot's estimate."""
+    return difficulty["difficulty_scores"].apply(lambda s: float(np.mean(s[:k])) if len(s) else np.nan)
+
+
+def pilot_bins(cfg: ProfileConfig, difficulty: pd.DataFrame, k: int, profile_ids: list[str]) -> tuple[pd.Series, list[float]]:
+    """Bins a ``k``-sample pilot assigns to every prompt, and their edges (fitted, with the
+    config's binning scheme, on the profiling prompts' pilot scores)."""
+    scores = pilot_scores(difficulty, k)
+    b = cfg.binning
+    edges = bin_edges(scores.loc[profile_ids].to_numpy(), b.scheme, b.k, b.thresholds)
+    return pd.Series(assign_bins(scores.to_numpy(), edges), index=scores.index), edges
