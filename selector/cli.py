@@ -177,15 +177,18 @@ def _cmd_train_estimator(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_router
 
-    report = evaluate_router(args.tables, split=args.split, estimators=args.estimators, bootstrap=args.bootstrap)
-    print(report.render())
+    report = evaluate_router(args.tables, split=args.split, estimators=args.estimators, bootstrap=args.bootstrap,
+                             router=args.router)
     out = Path(args.out) if args.out else Path(args.tables) / f"evaluation-{args.split}.json"
     from .tables import atomic_write_text
 
     atomic_write_text(out, report.to_json())
-    print(f"written {out}")
-    if args.json:
+    if args.json:  # stdout is the one JSON object, nothing else (`evaluate --json | jq`)
         print(report.to_json())
+        print(f"written {out}", file=sys.stderr)
+        return 0
+    print(report.render())
+    print(f"written {out}")
     return 0
 
 
@@ -257,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="router estimators to compare (default: every trained prompt estimator and pilot:4)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--out", default=None, help="JSON report path (default <tables>/evaluation-<split>.json)")
-    p.add_argument("--json", action="store_true", help="also print the JSON report")
+    p.add_argument("--router", default=None,
+                   help="the declared router of the headline figures (default: the table's declared_router)")
+    p.add_argument("--json", action="store_true", help="print the JSON report (only) to stdout")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("merge", help="join --shard output directories of one config and finish the tables")

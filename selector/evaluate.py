@@ -3,22 +3,36 @@
 Every held-out prompt was pooled and evaluated by the profiler like the others (its
 ``evaluations.parquet`` rows hold the expected accuracy and cost of every configuration at
 every budget), but the selection never used it. So a routing policy is scored on it without
-new generation: estimate the prompt's bin, take the table's choice for (bin, budget), and read
-that prompt's accuracy and cost for that choice. Compared at each budget (equal compute per
-round), estimation included:
+new generation: estimate the prompt's bin, take the table's choice for (bin, budget) *from the
+selection made on that estimator's own bins*, and read that prompt's accuracy and cost for
+that choice. Compared at each budget, estimation included:
 
-- the router with each estimator (prompt-only estimators add their FLOPs; a ``pilot:k``
-  estimator's pilot is read from the prompt's pool, costs k scored samples, and counts
-  inside a best-of-N-family budget);
-- the router with oracle bins (the prompt's own pass@1: an upper bound);
+- the router with each estimator: prompt-only estimators add their FLOPs; a ``pilot:k``
+  router's bin is read from the prompt's first ``k`` difficulty samples (never its evaluation
+  samples) and it pays what a pilot spends: ``k`` generations, the prompt once (one request of
+  ``k`` samples), the ``k`` samples' tokens and their ``k`` PRM scorings, whatever strategy
+  follows (the router does not reuse pilot samples);
+- the router on the table's own bins (``bins:<difficulty>``): a reference;
 - each router also ``allocated``: per-prompt budgets with mean <= the column's budget, chosen
-  from the table's accuracy curves (spend where it helps, not on hopeless or easy prompts);
-- every fixed configuration, plain majority vote among them.
+  from the table's accuracy curves (exploratory: no headline figure uses it);
+- every fixed configuration.
 
-Accuracy is the mean over prompts with a paired bootstrap CI. "At equal compute" compares each
-router row with the best fixed configuration whose mean FLOPs are no higher. The efficiency
-figure (Snell et al. report about 4x) is best-of-N's top accuracy at the largest budget
-divided into the compute the router needs to reach it.
+Every accuracy is a mean over prompts with a percentile bootstrap CI (resampling prompts, the
+same resamples for every method, so differences are paired). Headline figures are for **one
+pre-declared router**: the table's ``declared_router`` (``evaluate.router`` in the profile
+config, fixed before the held-out split is looked at), at the table's budgets:
+
+- ``versus_fixed``: at each budget, its margin over the most accurate fixed configuration
+  whose mean FLOPs are no higher (equal compute), with a paired bootstrap CI ``margin_ci``.
+  That fixed configuration is picked on the held-out prompts themselves, which favours the
+  baseline: the margin is conservative. Rows for the other routers are given too;
+- ``efficiency``: best-of-N's accuracy at the largest budget (``best_of_n`` with the grid's
+  first aggregation, declared, not picked) divided into the compute the router needs to reach
+  it (its cheapest budget at least as accurate), with a bootstrap CI ``ratio_ci`` (a resample
+  where the router never reaches the target counts as ratio 0);
+- ``calibration[estimator]``: the mean expected accuracy the router reports (its cells'
+  accuracy) against the mean realized accuracy of the same decisions, pooled over budgets,
+  with the bootstrap CI of the realized mean (``ci``) and of the gap (``gap_ci``).
 """
 from __future__ import annotations
 
@@ -30,37 +44,19 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .estimators import PilotEstimator
+from .binning import assign_bins
 from .router import SelectionCells, load_table_estimator
-from .search.aggregate import aggregate
 from .tables import TableDir
-
-
-def _route(name, ids, bins, extra, k, allocated, budgets, cells, lookup, one_sample) -> "Method":
-    """Per-prompt outcomes of routing each prompt by its bin: at budget B for every prompt, or
-    (``allocated``) at per-prompt budgets with mean <= B chosen from the table's curves."""
-    m = Method(name)
-    for b in budgets:
-        per_prompt = cells.allocate(bins, b) if allocated else [b] * len(ids)
-        acc, fl, gen = np.empty(len(ids)), np.empty(len(ids)), np.empty(len(ids))
-        for i, (pid, bin_, pb) in enumerate(zip(ids, bins, per_prompt)):
-            row, _ = cells.cell(int(bin_), pb)
-            a, f, g = lookup[(pid, _config_key(row), int(row.budget))]
-            pilot_extra = 0
-            if k:  # the pilot counts inside a best-of-N-family budget; otherwise it is extra
-                pilot_extra = max(0, k - int(row.n)) if pd.isna(row.m) else k
-            acc[i], gen[i] = a, g + pilot_extra
-            fl[i] = f + extra[i] + pilot_extra * one_sample[i]
-        m.accuracy[b], m.flops[b], m.generations[b] = acc, fl, gen
-    return m
 
 
 @dataclass
 class Method:
     name: str
+    estimator: str | None = None  # routers: the estimator whose selection it uses
     accuracy: dict[int, np.ndarray] = field(default_factory=dict)  # budget -> per-prompt accuracy
     flops: dict[int, np.ndarray] = field(default_factory=dict)
     generations: dict[int, np.ndarray] = field(default_factory=dict)
+    reported: dict[int, np.ndarray] = field(default_factory=dict)  # routers: the cell's expected accuracy
 
 
 @dataclass
@@ -72,6 +68,8 @@ class EvalReport:
     rows: list[dict[str, Any]]
     efficiency: dict[str, Any]
     versus_fixed: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declared_router: str = ""
 
     def render(self) -> str:
         lines = [f"{self.table}: {self.n_prompts} {self.split} prompts; accuracy [95% CI] / mean FLOPs per prompt"]
@@ -84,39 +82,56 @@ class EvalReport:
                 cells.append("-".ljust(30) if r is None else
                              f"{r['accuracy']:.3f} [{r['ci_low']:.2f},{r['ci_high']:.2f}] {r['mean_flops']:.2g}".ljust(30))
             lines.append(f"{name[:33]:<34}" + "".join(cells))
-        if self.versus_fixed:
-            lines.append("at equal compute: each router row against the best fixed strategy using no more FLOPs")
-            for v in self.versus_fixed:
+        declared = [v for v in self.versus_fixed if v["method"] == self.declared_router]
+        if declared:
+            lines.append(f"declared router {self.declared_router} against the best fixed strategy using no more FLOPs "
+                         f"(margin [95% paired bootstrap CI]):")
+            for v in declared:
                 best = f"{v['best_fixed']} N={v['best_fixed_budget']} {v['best_fixed_accuracy']:.3f}" if v["best_fixed"] else "none that cheap"
-                lines.append(f"  {v['method'][:33]:<34}N={v['budget']:<4}{v['accuracy']:.3f} at {v['mean_flops']:.2g} FLOPs"
-                             f" vs {best}: {'+' if v['margin'] >= 0 else ''}{v['margin']:.3f}")
+                lo, hi = v["margin_ci"]
+                lines.append(f"  N={v['budget']:<4}{v['accuracy']:.3f} at {v['mean_flops']:.2g} FLOPs vs {best}: "
+                             f"{v['margin']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         e = self.efficiency
         if e.get("router_budget") is not None:
+            lo, hi = e["ratio_ci"]
             lines.append(
-                f"best-of-N's top accuracy {e['target_accuracy']:.3f} ({e['reference']}, {e['reference_flops']:.3g} FLOPs) "
-                f"is reached by {e['router']} at N={e['router_budget']} with {e['router_flops']:.3g} FLOPs: "
-                f"{e['ratio']:.2f}x less compute")
-        else:
-            lines.append(f"the router ({e.get('router')}) does not reach best-of-N's top accuracy "
+                f"best-of-N's accuracy {e['target_accuracy']:.3f} ({e['reference']} at N={e['reference_budget']}, "
+                f"{e['reference_flops']:.3g} FLOPs) is reached by {e['router']} at N={e['router_budget']} with "
+                f"{e['router_flops']:.3g} FLOPs: {e['ratio']:.2f}x less compute [95% CI {lo:.2f}, {hi:.2f}]")
+        elif e:
+            lines.append(f"the declared router ({e.get('router')}) does not reach best-of-N's accuracy "
                          f"{e.get('target_accuracy', float('nan')):.3f} within the table's budgets")
+        for name, c in self.calibration.items():
+            lo, hi = c["gap_ci"]
+            lines.append(f"calibration {name}: reported {c['reported']:.3f}, realized {c['realized']:.3f} "
+                         f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}], gap {c['gap']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "split": self.split, "n_prompts": self.n_prompts, "budgets": self.budgets,
+                "declared_router": self.declared_router, "rows": self.rows, "versus_fixed": self.versus_fixed,
+                "efficiency": self.efficiency, "calibration": self.calibration}
+
     def to_json(self) -> str:
-        return json.dumps({"table": self.table, "split": self.split, "n_prompts": self.n_prompts, "budgets": self.budgets,
-                           "rows": self.rows, "efficiency": self.efficiency, "versus_fixed": self.versus_fixed},
-                          indent=2, default=float)
+        return json.dumps(self.to_dict(), indent=2, default=float)
 
 
 def evaluate_router(
     table_dir: str | Path, *, split: str = "heldout", estimators: Sequence[str] | None = None,
-    bootstrap: int = 1000, seed: int = 0,
+    bootstrap: int = 1000, seed: int = 0, router: str | None = None,
 ) -> EvalReport:
-    """Score routing policies and fixed configurations on ``split`` prompts (see module docstring)."""
+    """Score routing policies and fixed configurations on ``split`` prompts (see module docstring).
+
+    ``estimators``: the routers to score (default: every trained prompt estimator and every
+    profiled pilot); ``router``: the declared router of the headline (default: the table's
+    ``declared_router``)."""
     table = TableDir(table_dir)
     prompts = table.prompts()
     target = prompts[prompts["split"] == split].reset_index(drop=True)
     if target.empty:
         raise ValueError(f"{table_dir}: no {split!r} prompts; profile with dataset.heldout > 0 to reserve some")
+    meta = table.metadata
+    declared = router or meta.get("declared_router", "prompt:tfidf")
     ev = table.evaluations()
     ev = ev[ev["prompt_id"].isin(set(target["prompt_id"]))].copy()
     ev["config"] = [_config_key(r) for r in ev.itertuples(index=False)]
@@ -125,7 +140,6 @@ def evaluate_router(
     ids = target["prompt_id"].tolist()
     lookup = {(pid, cfg, int(b)): (acc, fl, g) for pid, cfg, b, acc, fl, g in
               ev[["prompt_id", "config", "budget", "accuracy", "flops", "generations"]].itertuples(index=False)}
-    cells = SelectionCells(table.selection())
     methods: list[Method] = []
 
     # Fixed configurations (every one evaluated on all target prompts at that budget).
@@ -139,25 +153,30 @@ def evaluate_router(
                 g["accuracy"].to_numpy(), g["flops"].to_numpy(), g["generations"].to_numpy())
         methods.append(m)
 
-    # Routers.
-    bins_by_estimator: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}  # name -> (bins, extra flops, pilot k)
-    bins_by_estimator["router (oracle bins)"] = (target["bin"].to_numpy(), np.zeros(len(ids)), 0)
-    available = list(table.metadata.get("estimators", {}))
-    for name in (estimators if estimators is not None else available + ["pilot:4"]):
+    # Routers: (estimator name) -> (bins, extra FLOPs, extra generations) per target prompt.
+    own = meta.get("default_selection")
+    routed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    if own:
+        routed[own] = (target["bin"].to_numpy(), np.zeros(len(ids)), np.zeros(len(ids)))
+    pilots = meta.get("pilots", {})
+    names = list(estimators) if estimators is not None else list(meta.get("estimators", {})) + sorted(pilots)
+    if declared not in names and (declared in meta.get("estimators", {}) or declared in pilots):
+        names.append(declared)
+    for name in names:
         if name.startswith("pilot:"):
-            k = int(name.split(":")[1])
-            bins_by_estimator[f"router ({name})"] = (*_pilot_bins(table, target, k), k)
+            if name not in pilots:
+                raise ValueError(f"{table_dir}: no {name} profiled (have {sorted(pilots)})")
+            routed[name] = _pilot_routing(table, target, int(pilots[name]["k"]), pilots[name]["edges"])
         else:
             est, _ = load_table_estimator(table, name)
-            estimates = est.estimate_batch(target["text"].tolist(), int(table.metadata.get("policy_params", 0)))
-            bins_by_estimator[f"router ({name})"] = (
-                np.array([e.bin for e in estimates]), np.array([e.cost.flops for e in estimates]), 0)
-    one_sample = _one_sample_flops(lookup, ids)
-    for name, (bins, extra, k) in list(bins_by_estimator.items()):
+            estimates = est.estimate_batch(target["text"].tolist(), int(meta.get("policy_params", 0)))
+            routed[name] = (np.array([e.bin for e in estimates]), np.array([e.cost.flops for e in estimates]),
+                            np.zeros(len(ids)))
+    for name, (bins, extra_flops, extra_gen) in routed.items():
+        cells = SelectionCells(table.selection(name))
         for allocated in (False, True):
-            methods.append(_route(f"{name[:-1]}, allocated)" if allocated else name, ids, bins, extra, k, allocated,
-                                  budgets, cells, lookup, one_sample))
-
+            label = f"router ({name}, allocated)" if allocated else f"router ({name})"
+            methods.append(_route(label, name, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup))
 
     rng = np.random.default_rng(seed)
     boot = rng.integers(0, len(ids), size=(bootstrap, len(ids)))
@@ -170,26 +189,133 @@ def evaluate_router(
             rows.append({"method": m.name, "budget": b, "accuracy": float(m.accuracy[b].mean()),
                          "ci_low": float(np.quantile(means, 0.025)), "ci_high": float(np.quantile(means, 0.975)),
                          "mean_generations": float(m.generations[b].mean()), "mean_flops": float(m.flops[b].mean())})
-    return EvalReport(str(table_dir), split, len(ids), budgets, _order(rows), _efficiency(rows, budgets),
-                      _versus_fixed(rows))
+    by_name = {m.name: m for m in methods}
+    declared_label = f"router ({declared})"
+    reference = _reference(meta, by_name, budgets)
+    return EvalReport(
+        str(table_dir), split, len(ids), budgets, _order(rows),
+        _efficiency(by_name.get(declared_label), reference, budgets, boot) if reference else {},
+        _versus_fixed(methods, budgets, boot), _calibration(methods, boot), declared_label,
+    )
 
 
-def _versus_fixed(rows: list[dict]) -> list[dict[str, Any]]:
-    """For every deployable router row: the best fixed configuration whose mean FLOPs are no
-    higher (equal compute), and the router's accuracy margin over it (NaN-free: margin is
-    against 0 when no fixed strategy is that cheap)."""
-    fixed = [r for r in rows if r["method"].startswith("fixed ")]
+def _route(name, estimator, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup) -> Method:
+    """Per-prompt outcomes of routing each prompt by its bin: at budget B for every prompt, or
+    (``allocated``) at per-prompt budgets with mean <= B chosen from the table's curves."""
+    m = Method(name, estimator)
+    for b in budgets:
+        per_prompt = cells.allocate(bins, b) if allocated else [b] * len(ids)
+        acc, fl, gen, rep = (np.empty(len(ids)) for _ in range(4))
+        for i, (pid, bin_, pb) in enumerate(zip(ids, bins, per_prompt)):
+            row, _ = cells.cell(int(bin_), pb)
+            a, f, g = lookup[(pid, _config_key(row), int(row.budget))]
+            acc[i], rep[i] = a, float(row.accuracy)
+            gen[i], fl[i] = g + extra_gen[i], f + extra_flops[i]
+        m.accuracy[b], m.flops[b], m.generations[b], m.reported[b] = acc, fl, gen, rep
+    return m
+
+
+def _pilot_routing(table: TableDir, target: pd.DataFrame, k: int, edges: list[float]) -> tuple[np.ndarray, ...]:
+    """Bins a ``k``-sample pilot gives (from each prompt's first ``k`` difficulty samples) and what
+    it spends: ``k`` generations; one request, so the prompt once plus the samples' tokens; and
+    the samples' PRM scorings, whatever strategy follows."""
+    meta = table.metadata
+    scores = np.array([float(np.mean(s[:k])) for s in target["difficulty_scores"]])
+    bins = assign_bins(scores, edges)
+    rollouts = table.rollouts(["prompt_id", "sample_id", "tokens", "prm_tokens", "prompt_tokens"])
+    first = rollouts[rollouts["sample_id"] < k].groupby("prompt_id")
+    spent = pd.DataFrame({"tokens": first["tokens"].sum(), "prm": first["prm_tokens"].sum(),
+                          "prompt": first["prompt_tokens"].first()}).reindex(target["prompt_id"])
+    flops = (2.0 * int(meta.get("policy_params", 0)) * (spent["prompt"] + spent["tokens"])
+             + 2.0 * int(meta.get("prm_params", 0)) * spent["prm"])
+    return bins, flops.to_numpy(dtype=float), np.full(len(target), float(k))
+
+
+def _boot_means(values: np.ndarray, boot: np.ndarray) -> np.ndarray:
+    return values[boot].mean(axis=1)
+
+
+def _ci(samples: np.ndarray) -> list[float]:
+    return [float(np.quantile(samples, 0.025)), float(np.quantile(samples, 0.975))]
+
+
+def _versus_fixed(methods: list[Method], budgets: list[int], boot: np.ndarray) -> list[dict[str, Any]]:
+    """For every router at every budget: the most accurate fixed configuration whose mean FLOPs
+    are no higher (equal compute), the margin over it and its paired bootstrap CI (a margin
+    against 0 when no fixed configuration is that cheap)."""
+    fixed = [(m, b) for m in methods if m.estimator is None for b in m.accuracy]
     out = []
-    for r in rows:
-        if not r["method"].startswith("router (") or "oracle" in r["method"]:
+    for m in methods:
+        if m.estimator is None:
             continue
-        cheaper = [f for f in fixed if f["mean_flops"] <= r["mean_flops"] * (1 + 1e-9)]
-        best = max(cheaper, key=lambda f: f["accuracy"]) if cheaper else None
-        out.append({"method": r["method"], "budget": r["budget"], "accuracy": r["accuracy"], "mean_flops": r["mean_flops"],
-                    "best_fixed": best["method"].replace("fixed ", "") if best else None,
-                    "best_fixed_budget": best["budget"] if best else None,
-                    "best_fixed_accuracy": best["accuracy"] if best else None,
-                    "margin": r["accuracy"] - (best["accuracy"] if best else 0.0)})
+        for b in budgets:
+            acc, flops = m.accuracy[b], float(m.flops[b].mean())
+            cheaper = [(f, fb) for f, fb in fixed if f.flops[fb].mean() <= flops * (1 + 1e-9)]
+            best = max(cheaper, key=lambda x: x[0].accuracy[x[1]].mean()) if cheaper else None
+            base = best[0].accuracy[best[1]] if best else np.zeros_like(acc)
+            out.append({
+                "method": m.name, "budget": b, "accuracy": float(acc.mean()), "mean_flops": flops,
+                "best_fixed": best[0].name.replace("fixed ", "") if best else None,
+                "best_fixed_budget": best[1] if best else None,
+                "best_fixed_accuracy": float(base.mean()) if best else None,
+                "margin": float(acc.mean() - base.mean()), "margin_ci": _ci(_boot_means(acc - base, boot)),
+            })
+    return out
+
+
+def _reference(meta: dict, by_name: dict[str, Method], budgets: list[int]) -> tuple[Method, int] | None:
+    """Best-of-N at the largest budget, with the grid's first aggregation (declared, not picked)."""
+    aggregations = meta.get("aggregations") or ["last"]
+    top = max(budgets)
+    for name in [f"fixed best_of_n/{aggregations[0]}"] + sorted(n for n in by_name if n.startswith("fixed best_of_n/")):
+        m = by_name.get(name)
+        if m is not None and top in m.accuracy:
+            return m, top
+    return None
+
+
+def _efficiency(router: Method | None, reference: tuple[Method, int], budgets: list[int], boot: np.ndarray) -> dict[str, Any]:
+    ref, top = reference
+    out: dict[str, Any] = {"reference": ref.name.replace("fixed ", ""), "reference_budget": top,
+                           "target_accuracy": float(ref.accuracy[top].mean()),
+                           "reference_flops": float(ref.flops[top].mean()),
+                           "router": router.name if router else None, "router_budget": None}
+    if router is None:
+        out["note"] = "the declared router was not evaluated (no such estimator in this table)"
+        return out
+
+    def ratio(rows: np.ndarray | slice) -> tuple[float, int | None, float]:
+        target = ref.accuracy[top][rows].mean()
+        reach = [(router.flops[b][rows].mean(), b) for b in budgets if router.accuracy[b][rows].mean() >= target - 1e-12]
+        if not reach:
+            return 0.0, None, float("nan")
+        flops, b = min(reach)
+        return (float(ref.flops[top][rows].mean() / flops) if flops > 0 else float("inf")), b, float(flops)
+
+    point, budget, flops = ratio(slice(None))
+    samples = np.array([ratio(rows)[0] for rows in boot])
+    out.update(ratio_ci=_ci(samples), reached_share=float(np.mean(samples > 0)))
+    if budget is not None:
+        out.update(router_budget=budget, router_flops=flops, ratio=point)
+    return out
+
+
+def _calibration(methods: list[Method], boot: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per router estimator (at fixed budgets): mean reported expected accuracy vs realized."""
+    out = {}
+    for m in methods:
+        if m.estimator is None or "allocated" in m.name or not m.reported:
+            continue
+        budgets = sorted(m.reported)
+        realized = np.mean([m.accuracy[b] for b in budgets], axis=0)  # per prompt, averaged over budgets
+        reported = np.mean([m.reported[b] for b in budgets], axis=0)
+        out[m.estimator] = {
+            "reported": float(reported.mean()), "realized": float(realized.mean()),
+            "ci": _ci(_boot_means(realized, boot)), "gap": float(realized.mean() - reported.mean()),
+            "gap_ci": _ci(_boot_means(realized - reported, boot)),
+            "by_budget": {str(b): {"reported": float(m.reported[b].mean()), "realized": float(m.accuracy[b].mean())}
+                          for b in budgets},
+        }
     return out
 
 
@@ -206,52 +332,9 @@ def _config_key(row: Any) -> str:
     return f"{row.strategy}/{int(row.n)}{m}{agg}"
 
 
-def _one_sample_flops(lookup: dict, ids: list[str]) -> np.ndarray:
-    """Cost of one scored sample per prompt (best_of_n at n=1), for pricing pilots."""
-    cost: dict[str, float] = {}
-    for (pid, cfg, b), (_, fl, _) in lookup.items():
-        if b == 1 and cfg.startswith("best_of_n/1"):
-            cost.setdefault(pid, fl)
-    return np.array([cost.get(pid, 0.0) for pid in ids])
-
-
-def _pilot_bins(table: TableDir, target: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bins a k-sample pilot would give, read from each prompt's first k pooled samples."""
-    prompts = table.prompts()
-    profile = prompts[prompts["split"] == "profile"]
-    pilot = PilotEstimator(k=k).fit(profile["predicted_pass1"], profile["bin"], profile["oracle_pass1"])
-    rollouts = table.rollouts(["prompt_id", "sample_id", "step_scores"])
-    first = rollouts[rollouts["sample_id"] < k]
-    scores = first.groupby("prompt_id")["step_scores"].apply(lambda s: float(np.mean([aggregate(x, "last") for x in s])))
-    _, proba = pilot.from_scores(scores.reindex(target["prompt_id"]).to_numpy())
-    return pilot.classes_[np.argmax(proba, axis=1)], np.zeros(len(target))
-
-
 def _order(rows: list[dict]) -> list[dict]:
     def key(r):
         name = r["method"]
         group = 0 if name.startswith("router") else 1
         return (group, name, r["budget"])
     return sorted(rows, key=key)
-
-
-def _efficiency(rows: list[dict], budgets: list[int]) -> dict[str, Any]:
-    top = max(budgets)
-    bon = [r for r in rows if r["method"].startswith("fixed best_of_n") and r["budget"] == top]
-    if not bon:
-        return {}
-    ref = max(bon, key=lambda r: r["accuracy"])
-    routers = sorted({r["method"] for r in rows if r["method"].startswith("router (") and "oracle" not in r["method"]})
-    best = None
-    for name in routers:
-        hits = [r for r in rows if r["method"] == name and r["accuracy"] >= ref["accuracy"] - 1e-12]
-        if hits:
-            cheapest = min(hits, key=lambda r: r["mean_flops"])
-            if best is None or cheapest["mean_flops"] < best["mean_flops"]:
-                best = cheapest
-    out = {"reference": ref["method"].replace("fixed ", ""), "target_accuracy": ref["accuracy"],
-           "reference_flops": ref["mean_flops"], "router": routers[0] if routers else None, "router_budget": None}
-    if best is not None:
-        out.update(router=best["method"], router_budget=best["budget"], router_flops=best["mean_flops"],
-                   ratio=ref["mean_flops"] / best["mean_flops"] if best["mean_flops"] else float("inf"))
-    return out

@@ -16,7 +16,8 @@ With a published-prior table (``prior: true``, e.g. ``tables/prior__liu2025__mat
 policy-id check is replaced by a size-range check: the rows for the policy's parameter count
 are used, and a prompt's estimated pass@1 is binned with the prior's absolute thresholds (the
 prior has no prompts to fit an estimator on). ``pilot:<k>`` then needs no fitting: the pilot's
-mean final-step PRM score is the pass@1 estimate (:class:`ThresholdPilot`); an estimator object
+mean final-step PRM score, calibrated to pass@1 on a profiled table of the catalog with the same
+PRM when there is one and said to be uncalibrated otherwise, is the pass@1 estimate; an estimator object
 works as long as its estimates carry ``pass1``. When every bin of the size range has the same
 strategy no estimate is made at all, and the decision says so. Values the prior leaves null are
 filled with the search package's defaults: ``n`` = the budget, beam width ``m`` = 4 (lowered to
@@ -287,27 +288,6 @@ class PriorCells:
         )
 
 
-class ThresholdPilot(PilotEstimator):
-    """``pilot:<k>`` for a published prior: there are no profiled prompts to fit on, so the
-    pilot's mean final-step PRM score is taken as the pass@1 estimate as is and binned by the
-    prior's absolute thresholds ``edges`` (this trusts the PRM's score to be calibrated as a
-    probability of being right). The pilot rollouts are reused by best-of-N as usual."""
-
-    def __init__(self, k: int = 4, edges: tuple[float, ...] = (0.1, 0.5)):
-        super().__init__(k=k)
-        self.edges = edges
-
-    @property
-    def classes_(self) -> np.ndarray:  # bins 1 (easiest) .. len(edges) + 1
-        return np.arange(1, len(self.edges) + 2)
-
-    def from_scores(self, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pass1 = np.clip(np.asarray(predicted, dtype=float), 0.0, 1.0)
-        proba = np.zeros((len(pass1), len(self.classes_)))
-        proba[np.arange(len(pass1)), assign_bins(pass1, self.edges) - 1] = 1.0
-        return pass1, proba
-
-
 class _NoEstimator:
     """Stands in for an estimator when every bin routes alike: makes no estimate, spends nothing."""
 
@@ -349,8 +329,9 @@ class Router:
         was profiled with.
 
         ``estimator``: ``"prompt:<features>"`` (trained with ``train-estimator``, loaded only if
-        its sha256 matches the table's record), ``"pilot:<k>"`` (fitted on the table's
-        predicted pass@1; uncalibrated with a published prior, see :class:`ThresholdPilot`), or
+        its sha256 matches the table's record), ``"pilot:<k>"`` (binned by the
+        table's pilot edges, calibrated on its profiling prompts; see :func:`load_prior_estimator`
+        for a published prior), or
         an estimator object with ``estimate_batch``.
 
         A catalog (``tables/``) needs ``policy`` (spec or engine), ``prm`` and ``dataset`` (a data
@@ -401,12 +382,15 @@ class Router:
                     f"route with the same {kind}, or profile a table for {have!r}"
                 )
         est, name = load_table_estimator(table, estimator)
+        cells, note = table_cells(table, name)
         grid = config.get("grid", {})
         tree = {"max_steps": grid.get("max_steps", 40), "answer_rule": grid.get("answer_rule", "weighted")}
         if sampling is None and config.get("sampling"):
             sampling = policy_engine.default_sampling_params().replace(**config["sampling"])
         source = f"table {table.path}" + (f": {choice.summary}" if choice is not None else "")
-        return cls(table, policy_engine, prm_engine, est, name, tree, sampling, source=source, choice=choice)
+        if note:
+            source += f" ({note})"
+        return cls(table, policy_engine, prm_engine, est, name, tree, sampling, cells=cells, source=source, choice=choice)
 
     @classmethod
     def _load_prior(
@@ -428,7 +412,7 @@ class Router:
             raise ValueError(f"{table.path} is keyed by policy size, but policy {policy_engine.id!r} reports no parameter "
                              "count: pass policy_params= (parameters, e.g. 1.5e9) or --policy-params")
         cells = PriorCells(table.selection(), size, table.metadata, table.path)
-        est, name = load_prior_estimator(cells, estimator, table.path)
+        est, name = load_prior_estimator(cells, estimator, table.path, calibration_table(choice, prm_engine))
         source = f"published prior {table.path}" + (f": {choice.reason}" if choice is not None else "")
         # No tree settings: beam search / DVTS run with their class defaults (see module docstring).
         return cls(table, policy_engine, prm_engine, est, name, {}, sampling, cells=cells, source=source, choice=choice)
@@ -495,9 +479,11 @@ class Router:
             decisions = [self._decide(e, budget) for e in estimates]
         else:
             decisions = [self._decide(e, b) for e, b in zip(estimates, self.allocate(estimates, average_budget))]
+        # Pilot samples are not reused as the strategy's samples: they decided the bin, and the
+        # table's cells were scored on samples independent of the bin (see estimators/pilot.py).
         results = run_search(
             [(p, d.strategy) for p, d in zip(prompts, decisions)], self.policy, self.prm,
-            sampling=self.sampling, seed=seed, progress=progress, pilots=[e.pilot for e in estimates],
+            sampling=self.sampling, seed=seed, progress=progress,
         )
         return [
             RoutedResult(r.answer, d, r.candidates, e.cost + r.cost, e.cost, r)
@@ -509,10 +495,16 @@ class Router:
         return self._cells.allocate([e.bin for e in estimates], average_budget)
 
 
-def load_prior_estimator(cells: PriorCells, estimator: str | Any, where: str | Path = "prior") -> tuple[Any, str]:
+def load_prior_estimator(cells: PriorCells, estimator: str | Any, where: str | Path = "prior",
+                         calibration: TableDir | None = None) -> tuple[Any, str]:
     """The estimator for a published prior and its name: none when every bin of the size range
-    routes alike, ``pilot:<k>`` as a :class:`ThresholdPilot`, or an object as is (its estimates'
-    ``pass1`` is binned by the prior's thresholds)."""
+    routes alike, ``pilot:<k>`` binned by the prior's absolute pass@1 thresholds, or an object as
+    is (its estimates' ``pass1`` is binned by the prior's thresholds).
+
+    The prior's thresholds are on true pass@1, and a raw PRM mean is not that: with
+    ``calibration`` (a profiled table with the same PRM, e.g. from the same catalog) the pilot's
+    mean score is mapped to pass@1 by that table's isotonic calibration; without one the mean is
+    taken as pass@1 as is and the estimator's name says it is uncalibrated."""
     if cells.uniform:
         strategy = _STRATEGY_WORDS.get(next(iter(cells.rows.values())).strategy)
         reason = (f"none: every difficulty bin of the prior's size range for a {format_params(cells.policy_params)} "
@@ -523,12 +515,73 @@ def load_prior_estimator(cells: PriorCells, estimator: str | Any, where: str | P
     kind, _, arg = estimator.partition(":")
     if kind == "pilot":
         k = int(arg or 4)
-        return ThresholdPilot(k=k, edges=tuple(cells.edges)), f"pilot:{k} (mean final-step PRM score as pass@1)"
+        if calibration is not None:
+            scores, oracle = _pilot_training(calibration, k)
+            est = _PassOnePilot(k=k, edges=tuple(cells.edges)).fit(scores, oracle)
+            return est, f"pilot:{k} (PRM mean calibrated to pass@1 on {calibration.path})"
+        est = _PassOnePilot(k=k, edges=tuple(cells.edges)).fit([], None)
+        return est, f"pilot:{k} (uncalibrated: mean final-step PRM score taken as pass@1)"
     raise ValueError(
         f"{where}: a published prior has no profiled prompts, so no trained estimator {estimator!r}: use 'pilot:<k>' "
         f"(e.g. --estimator pilot:4: the pilot's mean final-step PRM score is the pass@1 estimate, binned by the "
         f"prior's thresholds {cells.edges}) or pass an estimator object whose estimates carry pass1"
     )
+
+
+class _PassOnePilot(PilotEstimator):
+    """A pilot for a published prior: bins its (calibrated) pass@1, not its raw mean score, by
+    the prior's thresholds on pass@1."""
+
+    def from_scores(self, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pass1, _ = super().from_scores(predicted)
+        proba = np.zeros((len(pass1), len(self.classes_)))
+        proba[np.arange(len(pass1)), assign_bins(pass1, self.edges) - 1] = 1.0
+        return pass1, proba
+
+
+def calibration_table(choice: CatalogChoice | None, prm: PRM | None) -> TableDir | None:
+    """A profiled table of the catalog with the same PRM and difficulty samples, to calibrate a
+    pilot's PRM mean to pass@1 (None when the router was not loaded from a catalog or none fits)."""
+    if choice is None or prm is None:
+        return None
+    for entry in TableCatalog(choice.path.parent).entries():
+        if not entry.prior and entry.prm_id == prm.id:
+            table = TableDir(entry.path)
+            if table.metadata.get("difficulty_samples"):
+                return table
+    return None
+
+
+def _pilot_training(table: TableDir, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the first ``k`` difficulty-sample scores and graded pass@1 of a table's profiling
+    prompts: what a ``k``-sample pilot sees, and what it should predict."""
+    prompts = table.prompts()
+    prompts = prompts[prompts["split"] == "profile"]
+    have = int(table.metadata.get("difficulty_samples", 0))
+    if k > have:
+        raise ValueError(f"{table.path}: a pilot:{k} needs {k} difficulty samples per prompt, the table has {have}")
+    scores = np.array([float(np.mean(s[:k])) for s in prompts["difficulty_scores"]])
+    return scores, prompts["oracle_pass1"].to_numpy(dtype=float)
+
+
+def table_cells(table: TableDir, estimator_name: str) -> tuple[SelectionCells, str | None]:
+    """The selection cells a router with ``estimator_name`` uses: the ones chosen and scored on
+    that estimator's own bins, so a cell's expected accuracy is what this router will see. An
+    estimator object with no cells of its own gets the table's default cells, with a note."""
+    rows = table.selection(estimator_name)
+    if not rows.empty:
+        return SelectionCells(rows), None
+    if estimator_name.startswith(("prompt:", "pilot:")):
+        have = table.selection_estimators()
+        raise ValueError(
+            f"{table.path}: no selection for estimator {estimator_name!r} (have {have}); "
+            + (f"train it with `tts-selector train-estimator {table.path} --features {estimator_name.split(':')[1]}`"
+               if estimator_name.startswith("prompt:") else "profile with that pilot size in select.pilots")
+        )
+    default = table.metadata.get("default_selection")
+    return SelectionCells(table.selection()), (
+        f"estimator {estimator_name} has no cells of its own: expected accuracies are those of the table's "
+        f"{default} bins, not of this estimator's")
 
 
 def load_table_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, str]:
@@ -547,9 +600,12 @@ def load_table_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, st
         entry = entries[estimator]
         return load_estimator(Path(table.path) / entry["file"], entry["sha256"]), estimator
     if kind == "pilot":
-        prompts = table.prompts()
-        prompts = prompts[prompts["split"] == "profile"]
         k = int(arg or 4)
-        est = PilotEstimator(k=k).fit(prompts["predicted_pass1"], prompts["bin"], prompts["oracle_pass1"])
-        return est, estimator
+        pilots = table.metadata.get("pilots", {})
+        if f"pilot:{k}" not in pilots:
+            raise ValueError(f"{table.path}: no pilot:{k} profiled (have {sorted(pilots)}); use one of those, or "
+                             f"profile with {k} in select.pilots")
+        scores, oracle = _pilot_training(table, k)
+        est = PilotEstimator(k=k, edges=tuple(pilots[f"pilot:{k}"]["edges"])).fit(scores, oracle)
+        return est, f"pilot:{k}"
     raise ValueError(f"unknown estimator {estimator!r}: use 'prompt:<features>' or 'pilot:<k>'")

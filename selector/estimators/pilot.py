@@ -1,13 +1,17 @@
-"""``PilotEstimator``: a few real rollouts decide the bin; the rollouts are then reused.
+"""``PilotEstimator``: a few real rollouts decide the bin.
 
 It draws ``k`` whole solutions with the policy, scores them with the PRM, and takes the mean
-final-step score as the model-predicted pass@1 (Snell et al.'s predicted difficulty, the
-``predicted_pass1`` the profiler stores for every prompt). ``fit`` learns, on a table's
-profiled prompts, how that predicted pass@1 maps to the table's bins (a one-feature
-multinomial logistic regression) and to oracle pass@1 (isotonic regression), so the pilot
-works whatever the table's difficulty source was. The pilot rollouts are returned in the
-estimate: a best-of-N-family strategy counts them as its first ``k`` samples, so a routed
-solve with budget ``N`` spends ``N`` generations in all, not ``N + k``.
+final-step score as the model-predicted pass@1 (Snell et al.'s predicted difficulty). The bin
+is that score thresholded by ``edges``: the edges the profiler fitted on the profiling prompts'
+own k-sample pilot scores (table metadata ``pilots``), so the router bins exactly as the
+table's ``pilot:<k>`` cells were selected and scored. ``fit`` learns, on those prompts, how a
+mean of ``k`` scores (as noisy as the router will see it) maps to graded pass@1 (isotonic
+regression), for the estimate's ``pass1``.
+
+The pilot rollouts are returned in the estimate for inspection; the router does not count them
+as samples of the chosen strategy, since samples that decided a prompt's bin would then also
+score it (and the table's cells were measured without such reuse). Their cost is the
+estimate's: ``k`` generations, the prompt once, ``k`` PRM scorings.
 """
 from __future__ import annotations
 
@@ -16,46 +20,63 @@ from typing import ClassVar, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
 from ..backends.base import PRM, Policy, SamplingParams
+from ..binning import assign_bins
 from ..search.aggregate import aggregate
 from ..search.best_of_n import BestOfN
 from ..search.runner import run_search
+from ..seeds import derive_seed
 from .base import Estimate, proba_dict
 
 
 class PilotEstimator(BaseEstimator):
-    """Estimate difficulty from ``k`` pilot rollouts (see module docstring)."""
+    """Estimate difficulty from ``k`` pilot rollouts (see module docstring).
+
+    ``edges``: inner bin edges on the pilot's mean final-step score (ascending; bin 1 =
+    highest scores). ``fit(pilot_scores, oracle_pass1)`` calibrates ``pass1``; without it
+    (or with ``oracle_pass1=None``) the mean score is taken as pass@1 as is (uncalibrated).
+    """
 
     needs_engines: ClassVar[bool] = True  # estimate_batch takes the policy and PRM
 
-    def __init__(self, k: int = 4, C: float = 10.0):
+    def __init__(self, k: int = 4, edges: Sequence[float] = ()):
         self.k = k
-        self.C = C
+        self.edges = edges
 
-    def fit(self, predicted_pass1: Sequence[float], bins: Sequence[int], oracle_pass1: Sequence[float] | None = None) -> "PilotEstimator":
-        x = np.asarray(predicted_pass1, dtype=float).reshape(-1, 1)
-        bins = np.asarray(bins, dtype=int)
+    @property
+    def classes_(self) -> np.ndarray:  # bins 1 (easiest) .. len(edges) + 1
+        return np.arange(1, len(self.edges) + 2)
+
+    @property
+    def calibrated(self) -> bool:
+        return getattr(self, "calibration_", None) is not None
+
+    def fit(self, pilot_scores: Sequence[float], oracle_pass1: Sequence[float] | None = None) -> "PilotEstimator":
         if self.k < 1:
             raise ValueError(f"PilotEstimator needs k >= 1 pilot rollouts, got {self.k}")
-        self.classes_ = np.unique(bins)
-        self.classifier_ = LogisticRegression(C=self.C, max_iter=5000).fit(x, bins) if len(self.classes_) > 1 else None
-        y = np.asarray(oracle_pass1 if oracle_pass1 is not None else predicted_pass1, dtype=float)
-        self.calibration_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x.ravel(), y)
+        self.calibration_ = None
+        if oracle_pass1 is not None:
+            x = np.asarray(pilot_scores, dtype=float)
+            self.calibration_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+                x, np.asarray(oracle_pass1, dtype=float))
         return self
 
     def from_scores(self, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(calibrated pass@1, bin probabilities) for predicted pass@1 values."""
-        x = np.asarray(predicted, dtype=float).reshape(-1, 1)
-        proba = self.classifier_.predict_proba(x) if self.classifier_ is not None else np.ones((len(x), 1))
-        return self.calibration_.predict(x.ravel()), proba
+        """(pass@1, one-hot bin probabilities) for mean pilot scores."""
+        x = np.clip(np.asarray(predicted, dtype=float), 0.0, 1.0)
+        pass1 = self.calibration_.predict(x) if self.calibrated else x
+        proba = np.zeros((len(x), len(self.classes_)))
+        proba[np.arange(len(x)), assign_bins(x, self.edges) - 1] = 1.0
+        return pass1, proba
 
     def estimate_batch(
         self, prompts: Sequence[str], policy: Policy, prm: PRM, *, sampling: SamplingParams | None = None, seed: int = 0,
     ) -> list[Estimate]:
         """Draw the pilots for all prompts in one batched search and estimate each prompt."""
-        results = run_search([(p, BestOfN(n=self.k)) for p in prompts], policy, prm, sampling=sampling, seed=seed)
+        # Its own seed: the chosen strategy, run with ``seed``, must not redraw these very samples.
+        results = run_search([(p, BestOfN(n=self.k)) for p in prompts], policy, prm, sampling=sampling,
+                             seed=derive_seed(seed, "pilot"))
         predicted = np.array([
             np.mean([aggregate(c.step_scores, "last") for c in r.candidates]) if r.candidates else 0.0 for r in results
         ])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.model_selection import StratifiedKFold
 
@@ -34,6 +35,7 @@ class CVReport:
     folds: int
     metrics: dict[str, float] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
+    oof_bins: list[int] = field(default_factory=list, repr=False)  # out-of-fold predicted bin per prompt
 
     def render(self) -> str:
         names = ["bin_accuracy", "within_one_bin", "spearman_rho", "auroc_easiest_vs_hardest"]
@@ -83,15 +85,22 @@ def cross_validate(
     if bar is not None:
         bar.close()
     return CVReport(features, target, len(prompts), len(splits),
-                    _metrics(bins, pred_bins, pass1, pred_pass1), _metrics(bins, base_bins, pass1, base_pass1))
+                    _metrics(bins, pred_bins, pass1, pred_pass1), _metrics(bins, base_bins, pass1, base_pass1),
+                    [int(b) for b in pred_bins])
 
 
 def train_on_table(
     table_dir: str | Path, *, features: str = "tfidf", folds: int = 5, seed: int = 0, progress: Callable | None = None,
 ) -> tuple[CVReport, Path, str]:
-    """Cross-validate on the table's profiling prompts (oracle pass@1 and bins as targets), fit
-    on all of them, save ``estimator-<features>.joblib`` next to the table and record its
-    sha256 and metrics in ``selection.parquet``'s metadata under ``estimators``."""
+    """Cross-validate on the table's profiling prompts (the table's bins and oracle pass@1 as
+    targets), fit on all of them, save ``estimator-<features>.joblib`` next to the table and
+    record its sha256 and metrics in ``selection.parquet``'s metadata under ``estimators``.
+
+    The router with this estimator sends a prompt to the bin *it* predicts, not to the table's
+    bin, so the table gets a selection of its own for it (``estimator`` = ``prompt:<features>``):
+    cells chosen and scored, from the per-prompt ``evaluations.parquet`` (no new generation), on
+    the estimator's out-of-fold bins of the profiling prompts. A cell's expected accuracy is
+    then that of the prompts this router will send there."""
     table = TableDir(table_dir)
     prompts = table.prompts()
     prompts = prompts[prompts["split"] == "profile"]
@@ -108,8 +117,26 @@ def train_on_table(
         "cv_metrics": report.metrics, "baseline_metrics": report.baseline, "folds": report.folds,
         "n_prompts": report.n_prompts, "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    name = f"prompt:{features}"
+    own = _estimator_selection(table, prompts["prompt_id"].tolist(), report.oof_bins, name, meta)
+    df = pd.concat([df[df["estimator"] != name], own], ignore_index=True)
     write_table(df, selection_path, "selection", dict(meta, **{ESTIMATORS_KEY: entries}))
     return report, path, sha
+
+
+def _estimator_selection(table: TableDir, prompt_ids: list[str], bins: list[int], name: str, meta: dict) -> pd.DataFrame:
+    """The selection rows of estimator ``name`` from its out-of-fold ``bins`` of the profiling prompts."""
+    from ..profile import manifest_config
+    from ..profile.config import SelectConfig, _build
+    from ..profile.select import select_tables
+
+    raw = manifest_config(table.path).get("select", {})
+    sel = _build(SelectConfig, raw, f"{table.path} manifest select") if raw else SelectConfig()
+    ev = table.evaluations()
+    ev = ev[ev["prompt_id"].isin(set(prompt_ids))]
+    _, rows = select_tables(ev, pd.Series(bins, index=prompt_ids), sel, meta["policy_id"], meta["prm_id"],
+                            estimator=name)
+    return rows
 
 
 def train_on_dataset_levels(dataset: str, *, features: str = "tfidf", folds: int = 5, seed: int = 0,

@@ -336,6 +336,7 @@ def finish_tables(
                 ledger=ledger, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 difficulty_samples=k, difficulty_source=DESCRIPTIONS[cfg.difficulty].format(k=k),
                 default_selection=own, pilots=pilots, declared_router=cfg.evaluate.router,
+                aggregations=list(cfg.grid.aggregations),
                 select_rule={"rule": cfg.select.rule, "tolerance": cfg.select.tolerance,
                              "confidence": cfg.select.confidence})
     write_table(prompts, out_dir / "prompts.parquet", "prompts", meta)

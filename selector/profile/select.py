@@ -92,7 +92,8 @@ def select_tables(
     """
     ev = evaluations.merge(bins.rename("bin"), left_on="prompt_id", right_index=True)
     # One hashable key per configuration (m and aggregation may be missing).
-    tuples = list(zip(ev["strategy"], ev["n"].astype(int), ev["m"].map(_opt_int), ev["aggregation"].map(_opt_str)))
+    tuples = list(zip(ev["strategy"], ev["n"].astype(int), ev["m"].astype(object).map(_opt_int),
+                      ev["aggregation"].astype(object).map(_opt_str)))
     ev["config"] = ["|".join(map(str, t)) for t in tuples]
     config_of = dict(zip(ev["config"], tuples))
     results, selection = [], []
