@@ -370,6 +370,20 @@ def test_sampling_params_per_request_and_n_zero(fake_vllm, policy_dir):
         policy.generate_steps(["hi"])
 
 
+def test_cached_prompt_tokens_are_reported_and_excluded_from_flops(fake_vllm, policy_dir):
+    # The fake engine reports half of each prompt as served from its prefix cache
+    # (RequestOutput.num_cached_tokens); the ledger keeps them and FLOPs leave them out.
+    policy = make_vllm_policy(policy_dir)
+    p = SamplingParams(max_step_tokens=3, max_tokens=9, step_delimiter="\n\n")
+    outs = policy.generate_steps([StepRequest(policy.format_prompt("what is x"), 2, p, 5)])
+    assert outs[0].cached_tokens == outs[0].prompt_tokens // 2 > 0
+    r = run_search([("what is 2+2", BeamSearch(n=4, m=2, max_steps=3))], policy, HashPRM(), sampling=p)[0]
+    c = r.cost
+    assert 0 < c.policy_cached_tokens < c.policy_prompt_tokens and c.cache_unreported_requests == 0
+    assert c.policy_flops == 2.0 * policy.num_parameters * (
+        c.policy_prompt_tokens - c.policy_cached_tokens + c.policy_generated_tokens)
+
+
 def test_continuation_j_depends_on_seed_and_j_only(fake_vllm, policy_dir):
     policy = make_vllm_policy(policy_dir)
     p = SamplingParams(max_step_tokens=50, max_tokens=50)
