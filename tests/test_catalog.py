@@ -63,7 +63,8 @@ def write_fake_table(path: Path, *, policy: str, params: int, prm_id: str, famil
             "binning_scheme": "quantile", "bin_edges": [0.5], "config_hash": f"h-{path.name}"}
     if family is not None:
         meta["dataset_family"] = family
-    rows = [{"policy": policy, "prm": prm_id, "bin": b, "budget": n, "strategy": "best_of_n", "n": n, "m": None,
+    meta["default_selection"] = "bins:predicted"
+    rows = [{"estimator": "bins:predicted", "policy": policy, "prm": prm_id, "bin": b, "budget": n, "strategy": "best_of_n", "n": n, "m": None,
              "aggregation": "last", "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n_prompts": 10, "mean_flops": 1e9}
             for b in (1, 2) for n in budgets]
     write_table(pd.DataFrame(rows), path / "selection.parquet", "selection", meta)

@@ -84,7 +84,7 @@ def test_tampered_estimator_is_refused_before_unpickling(tmp_path, monkeypatch):
 def test_pilot_rollouts_count_inside_the_budget(strategy):
     k = 4
     qs = make_questions([0.2, 0.5, 0.8])
-    pilot = PilotEstimator(k=k).fit([0.9, 0.7, 0.5, 0.3, 0.1, 0.05], [1, 1, 2, 2, 3, 3])
+    pilot = PilotEstimator(k=k, edges=(0.3, 0.7)).fit([0.9, 0.7, 0.5, 0.3, 0.1, 0.05], [0.9, 0.8, 0.5, 0.4, 0.1, 0.0])
     policy, prm = RecordingPolicy(SimulatedPolicy()), SimulatedPRM()
     for q in qs:
         before = sum(r.n for call in policy.calls for r in call)
@@ -99,7 +99,7 @@ def test_pilot_rollouts_count_inside_the_budget(strategy):
 
 
 def test_pilot_estimate_tracks_difficulty_and_cascade_counts_both_costs():
-    pilot = PilotEstimator(k=8).fit([0.95, 0.9, 0.6, 0.5, 0.2, 0.1], [1, 1, 2, 2, 3, 3])
+    pilot = PilotEstimator(k=8, edges=(0.3, 0.7)).fit([0.95, 0.9, 0.6, 0.5, 0.2, 0.1], [1.0, 0.9, 0.6, 0.4, 0.2, 0.0])
     policy, prm = SimulatedPolicy(), SimulatedPRM(separation=3.0, noise=0.3)
     easy, hard = make_questions([0.02, 0.98], prefix="pilot")
     e_easy, e_hard = pilot.estimate_batch([easy, hard], policy, prm)

@@ -50,6 +50,7 @@ class ProfileSummary:
     pass1_histogram: list[int] = field(default_factory=list)
     grading_agreement: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    bin_labels: dict[int, str] = field(default_factory=dict)
 
     def render(self) -> str:
         lines = [f"table directory: {self.out_dir}"]
@@ -66,7 +67,7 @@ class ProfileSummary:
         if self.pass1_histogram:
             lines.append("pass@1 histogram (10 buckets of 0.1, profiling split): " + " ".join(map(str, self.pass1_histogram)))
         if self.bin_sizes:
-            labels = bin_labels(self.bin_edges)
+            labels = self.bin_labels or bin_labels(self.bin_edges)
             total = sum(self.bin_sizes.values())
             lines.append("bins (1 = easiest): " + ", ".join(
                 f"{b}: {n} prompts ({n / total:.0%}, {labels[b]})" for b, n in sorted(self.bin_sizes.items())))
@@ -268,6 +269,15 @@ def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_
     return {"pool": pool.to_dict(), "best_of_n_family (from pool)": Cost().to_dict(), "beam_search/dvts (live)": tree.to_dict()}
 
 
+def _level_labels(prompts: pd.DataFrame) -> dict[int, str]:
+    """'level 3' or 'levels 1-2' per bin, for bins of the data set's difficulty label."""
+    out = {}
+    for b, levels in prompts.groupby("bin")["level"]:
+        lo, hi = int(levels.min()), int(levels.max())
+        out[int(b)] = f"level {lo}" if lo == hi else f"levels {lo}-{hi}"
+    return out
+
+
 def finish_tables(
     cfg: ProfileConfig, out_dir: Path, problems: list[Problem], metadata: dict[str, Any], progress: bool = True
 ) -> ProfileSummary:
@@ -332,7 +342,8 @@ def finish_tables(
     ledger = _ledger(rollouts, runs, policy_params, prm_params)
     # The family comes from the config, not from the shards: merged shards may predate the key.
     metadata = {key: v for key, v in metadata.items() if key != "dataset_family_note"}
-    meta = dict(metadata, **_family_metadata(cfg), bin_edges=edges, bin_labels={str(b): v for b, v in bin_labels(edges).items()},
+    labels = bin_labels(edges) if cfg.difficulty != "level" else _level_labels(prompts[prompts["split"] == "profile"])
+    meta = dict(metadata, **_family_metadata(cfg), bin_edges=edges, bin_labels={str(b): v for b, v in labels.items()},
                 ledger=ledger, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 difficulty_samples=k, difficulty_source=DESCRIPTIONS[cfg.difficulty].format(k=k),
                 default_selection=own, pilots=pilots, declared_router=cfg.evaluate.router,
@@ -346,5 +357,5 @@ def finish_tables(
     hist = np.histogram(difficulty.loc[profile_ids, "oracle_pass1"].to_numpy(), bins=10, range=(0.0, 1.0))[0].tolist()
     return ProfileSummary(
         out_dir, True, ledger=ledger, bin_sizes=bins.loc[profile_ids].value_counts().sort_index().to_dict(),
-        bin_edges=edges, selection=selection[selection["estimator"] == own], pass1_histogram=hist,
+        bin_edges=edges, selection=selection[selection["estimator"] == own], pass1_histogram=hist, bin_labels=labels,
     )
