@@ -482,7 +482,8 @@ def is_equivalent(prediction: str | None, reference: str | None) -> bool:
     timing out or failing there are compared by normalized string instead (see the module
     docstring). Never raises, never hangs, the same in every thread.
     """
-    return equivalent_many([(prediction, reference)])[0]
+    hit = _EQUIV.get((prediction, reference))
+    return hit if hit is not None else equivalent_many([(prediction, reference)])[0]
 
 
 def grade(text: str, reference: str) -> bool:
@@ -584,7 +585,8 @@ def answer_key(answer: str | None) -> str | None:
     take the string path (cached, so a key never depends on the calling thread). None or
     blank -> None.
     """
-    return answer_keys([answer])[0]
+    hit = _KEYS.get(answer, _MISSING)
+    return hit if hit is not _MISSING else answer_keys([answer])[0]
 
 
 def group_keys(answers: Sequence[str | None]) -> list[str | None]:
@@ -622,6 +624,9 @@ def group_keys(answers: Sequence[str | None]) -> list[str | None]:
 
 
 def clear_caches() -> None:
-    """Empty every cache in this module (for tests and benchmarks); workers keep theirs."""
+    """Empty every cache in this module (for tests and benchmarks), the workers' too: idle
+    workers are stopped, and new ones are forked from a parent that never parses."""
     _KEYS.clear()
     _EQUIV.clear()
+    if _POOL is not None:
+        _POOL.close()

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..backends.base import PRM, Policy
 from ..datasets import Problem
-from ..grading import extract_answer, group_keys, is_equivalent
+from ..grading import equivalent_many, extract_answer, group_keys, is_equivalent, timeout_count
 from ..search.best_of_n import BestOfN
 from ..search.runner import run_search
 from ..steps import split_steps
@@ -68,14 +68,15 @@ def generate_pool(
         sampling = sampling.replace(**cfg.sampling)
     bar = progress(total=len(shards), initial=len(shards) - len(todo), desc="pool", unit="shard") if progress else None
     for shard in todo:
-        t0 = time.perf_counter()
+        t0, timeouts = time.perf_counter(), timeout_count()
         results = run_search(
             [(p.problem, sampler) for p in shard.problems], policy, prm, sampling=sampling, seed=cfg.seed
         )
         rows = []
         for problem, result in zip(shard.problems, results):
             rows.extend(_rollout_rows(problem, result.candidates, result.cost.policy_prompt_tokens))
-        meta = dict(metadata, shard_seconds=time.perf_counter() - t0)
+        # Answers the grader could not finish in time, graded by normalized string instead.
+        meta = dict(metadata, shard_seconds=time.perf_counter() - t0, grader_timeouts=timeout_count() - timeouts)
         write_rollout_shard(pd.DataFrame(rows), table_dir, shard.index, meta)
         if bar is not None:
             bar.update(1)
@@ -84,6 +85,7 @@ def generate_pool(
 
 
 def _rollout_rows(problem: Problem, candidates, prompt_tokens: int) -> list[dict]:
+    correct = equivalent_many([(c.answer, problem.answer) for c in candidates])  # one grader call
     return [
         {
             "prompt_id": problem.id,
@@ -92,7 +94,7 @@ def _rollout_rows(problem: Problem, candidates, prompt_tokens: int) -> list[dict
             "step_scores": [float(x) for x in c.step_scores],
             "answer": c.answer,
             "answer_key": c.answer_key,
-            "correct": bool(is_equivalent(c.answer, problem.answer)),
+            "correct": correct[j],
             "tokens": int(c.tokens),
             "prm_tokens": int(c.prm_tokens),
             "prompt_tokens": int(prompt_tokens),  # the prompt's, read once for all its samples
