@@ -481,8 +481,9 @@ def test_profile_records_grader_timeouts_per_shard(tmp_path, short_deadline: flo
         grid={"strategies": ["majority"], "budgets": [1, 2], "tree_budgets": [], "beam_widths": [], "aggregations": ["last"]},
     ))
     t0 = time.perf_counter()
-    run_profile(cfg, tmp_path / "out", policy=policy, prm=HashPRM(), progress=False)
+    summary = run_profile(cfg, tmp_path / "out", policy=policy, prm=HashPRM(), progress=False)
     # One timeout per distinct (answer, reference) pair, each cut at the deadline.
     assert time.perf_counter() - t0 < 4 * (short_deadline + 1) + 30
     counts = [read_metadata(p)["grader_timeouts"] for p in rollout_shards(tmp_path / "out")]
     assert len(counts) == 2 and all(c >= 1 for c in counts), counts
+    assert summary.complete and read_metadata(tmp_path / "out" / "selection.parquet")["grader_timeouts"] == sum(counts)

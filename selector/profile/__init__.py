@@ -245,7 +245,15 @@ def _base_metadata_from_rollouts(out_dir: Path) -> dict[str, Any]:
     if not shards:
         raise ConfigError(f"{out_dir}: no rollout shards to merge")
     meta = read_metadata(shards[0])
-    return {k: v for k, v in meta.items() if k not in ("kind", "schema_version", "shard_seconds", "created_at")}
+    return {k: v for k, v in meta.items() if k not in ("kind", "schema_version", "shard_seconds", "grader_timeouts", "created_at")}
+
+
+def _grader_timeouts(out_dir: Path) -> int:
+    """Pool answers graded by the string fallback because the grader ran out of time (sum over
+    the rollout shards' metadata)."""
+    from ..tables import read_metadata, rollout_shards
+
+    return sum(int(read_metadata(p).get("grader_timeouts", 0)) for p in rollout_shards(out_dir))
 
 
 def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_params: int) -> dict[str, dict[str, float]]:
@@ -321,7 +329,8 @@ def finish_tables(
     # The family comes from the config, not from the shards: merged shards may predate the key.
     metadata = {k: v for k, v in metadata.items() if k != "dataset_family_note"}
     meta = dict(metadata, **_family_metadata(cfg), bin_edges=edges, bin_labels={str(k): v for k, v in bin_labels(edges).items()},
-                ledger=ledger, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                ledger=ledger, grader_timeouts=_grader_timeouts(out_dir),
+                created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_table(prompts, out_dir / "prompts.parquet", "prompts", meta)
     write_table(evaluations, out_dir / "evaluations.parquet", "evaluations", meta)
     write_table(results, out_dir / "results.parquet", "results", meta)

@@ -122,6 +122,7 @@ def import_pool(
     records = [(lineno, json.loads(line)) for lineno, line in enumerate(path.open(), 1) if line.strip()]
     transform = _sigmoid if pc.score_transform == "sigmoid" else float
     agree = labelled = 0
+    timeouts = timeout_count()
     rows_by_prompt: dict[str, list[dict]] = {}
     done = done_shard_indices(table_dir)
     wanted = {p.id for s in shards if s.index not in done for p in s.problems}
@@ -167,9 +168,12 @@ def import_pool(
         raise ValueError(f"{path}: no samples for {len(missing)} prompts of the data set (e.g. {sorted(missing)[:3]})")
     todo = [s for s in shards if s.index not in done]
     bar = progress(total=len(todo), desc="import pool", unit="shard") if progress else None
+    timeouts = timeout_count() - timeouts  # all recorded on the first shard written: the sum is right
     for shard in todo:
         rows = [row for p in shard.problems for row in rows_by_prompt[p.id]]
-        write_rollout_shard(pd.DataFrame(rows), table_dir, shard.index, dict(metadata, shard_seconds=0.0))
+        meta = dict(metadata, shard_seconds=0.0, grader_timeouts=timeouts)
+        write_rollout_shard(pd.DataFrame(rows), table_dir, shard.index, meta)
+        timeouts = 0
         if bar is not None:
             bar.update(1)
     if bar is not None:
