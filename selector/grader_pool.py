@@ -15,13 +15,15 @@ the same from every thread of the parent.
 - :meth:`GraderPool.run` sends a whole batch in one message; the worker answers item by item,
   and each item has its own deadline (``timeout_s`` seconds, also covering the wait for a free
   worker). After a timeout the rest of the batch goes to a fresh worker.
-- A worker's address space is capped (:data:`WORKER_MEMORY_BYTES`) so a huge number fails
-  with ``MemoryError`` instead of swapping the machine.
+- A worker's address space may grow by at most :data:`WORKER_MEMORY_BYTES` beyond what it
+  inherited, so a huge number fails with ``MemoryError`` instead of swapping the machine.
+  Workers ignore Ctrl-C (the parent's interrupt ends them with the parent).
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -31,7 +33,7 @@ DEFAULT_TIMEOUT_S = 5.0
 #: Seconds a new worker may take to start (the first one also starts the forkserver, which
 #: imports math-verify and sympy); not part of any item's deadline.
 STARTUP_TIMEOUT_S = 60.0
-#: Address-space cap of a worker process (bytes).
+#: How far a worker's address space may grow beyond the size it was forked with (bytes).
 WORKER_MEMORY_BYTES = 4 << 30
 
 TIMEOUT = "timeout"  # result status: the item ran past its deadline (worker killed)
@@ -45,11 +47,16 @@ def _serve(conn: Any, ops_module: str, memory: int) -> None:
     keep = conn.fileno()
     os.closerange(3, keep)
     os.closerange(keep + 1, 1 << 16)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    except (ImportError, ValueError, OSError):  # pragma: no cover - platform without rlimits
+        # Relative to what the fork inherited: a parent holding a model (or a CUDA context's
+        # reserved ranges) may already exceed any fixed cap.
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (current + memory, resource.RLIM_INFINITY))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - no /proc or no rlimits
         pass
     import importlib
 
