@@ -138,7 +138,9 @@ class GraderPool:
                     if not self._idle:
                         return None
         try:
-            return _Worker(self._context(), self.ops_module)
+            worker = _Worker(self._context(), self.ops_module)
+            self.broken = None
+            return worker
         except Exception as e:  # noqa: BLE001 - no workers: callers fall back
             with self._cond:
                 self._count -= 1

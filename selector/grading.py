@@ -32,7 +32,7 @@ import re
 import threading
 from typing import Any, Sequence
 
-from .grader_pool import OK, GraderPool
+from .grader_pool import CRASHED, FAILED, OK, GraderPool
 
 #: Answers longer than this are never handed to math-verify without a timeout (worker threads)
 #: and never parsed for :func:`answer_key`. Real final answers are far shorter (MATH-500 max: 55).
@@ -374,7 +374,35 @@ def _pool() -> GraderPool:
 
 
 def _run(op: str, items: list[tuple]) -> list[tuple[str, Any]]:
-    return _pool().run(op, items, timeout_s=GRADE_TIMEOUT_S)
+    pool = _pool()
+    out = pool.run(op, items, timeout_s=GRADE_TIMEOUT_S)
+    if pool.broken is None:
+        return out
+    # No worker process can start here (e.g. inside a daemonic multiprocessing worker): grade
+    # in-process, bounded by the _is_safe pre-checks only, rather than string-compare all.
+    if not _WARNED_BROKEN:
+        _warn_broken(pool.broken)
+    fn = WORKER_OPS[op]
+    fixed = []
+    for (status, value), args in zip(out, items):
+        if status == CRASHED:
+            try:
+                status, value = OK, fn(*args)
+            except Exception as e:  # noqa: BLE001 - one answer's failure is its fallback
+                status, value = FAILED, repr(e)
+        fixed.append((status, value))
+    return fixed
+
+
+_WARNED_BROKEN = False
+
+
+def _warn_broken(reason: str) -> None:
+    global _WARNED_BROKEN
+    _WARNED_BROKEN = True
+    logging.getLogger(__name__).warning(
+        "grader worker processes cannot start (%s); grading in-process, bounded by size limits only", reason
+    )
 
 
 def timeout_count() -> int:

@@ -487,3 +487,23 @@ def test_profile_records_grader_timeouts_per_shard(tmp_path, short_deadline: flo
     counts = [read_metadata(p)["grader_timeouts"] for p in rollout_shards(tmp_path / "out")]
     assert len(counts) == 2 and all(c >= 1 for c in counts), counts
     assert summary.complete and read_metadata(tmp_path / "out" / "selection.parquet")["grader_timeouts"] == sum(counts)
+
+
+def test_grading_inside_a_daemonic_process_still_uses_sympy() -> None:
+    # A daemonic multiprocessing worker may not start processes: grading goes in-process.
+    script = """
+import multiprocessing as mp
+def work(q):
+    from selector.grading import answer_key, is_equivalent
+    q.put((is_equivalent("1/2", "0.5"), answer_key("2^{10}"), answer_key("2^99999^99999")))
+if __name__ == "__main__":
+    q = mp.get_context("fork").Queue()
+    p = mp.get_context("fork").Process(target=work, args=(q,), daemon=True)
+    p.start(); print(q.get(timeout=100)); p.join()
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(True, '1024', '2^99999^99999')"
+    assert "cannot start" in proc.stderr
