@@ -6,13 +6,23 @@
 * :func:`answer_key` / :func:`group_keys` give equal strings to equivalent answers so that
   voting counts them together.
 
-Threads. math-verify bounds its work with ``signal.alarm``, which only works in the main
-thread. There we pass its timeouts. In any other thread we pass ``None`` (no timeout) and
-bound the work ourselves: an answer that fails :func:`_is_safe` (longer than
-:data:`MAX_UNTIMED_CHARS`, or shaped like a huge power/factorial that sympy would try to
-evaluate) is treated as unparseable and compared by normalized string instead. Keys from
-:func:`answer_key` apply that bound in every thread, so a key never depends on the calling
-thread. All caches are ``functools.lru_cache`` (thread-safe).
+Deadlines. Model output is untrusted: 23 characters such as ``(99999^{99999})^{99999}`` make
+sympy compute for hours in C code that ignores signals. So no sympy work runs in the calling
+process. Every parse, verify and key computation runs in a :class:`~selector.grader_pool.GraderPool`
+worker process with a deadline (:data:`GRADE_TIMEOUT_S` seconds per answer), killed and
+replaced when it runs over, the same in every thread. Before that, :func:`_is_safe` refuses
+(cheaply, by string scanning) answers whose size or exponents would make sympy evaluate a
+huge number: longer than :data:`MAX_UNTIMED_CHARS`, power towers, exponents whose product
+exceeds :data:`MAX_EXPONENT`, large factorials, binomials, sums or products, deep nesting.
+
+Fallback. A refused answer, or one whose worker timed out or failed, is compared by
+normalized string (:func:`_normalize_str`: formatting such as ``\\text``, ``\\left``, spaces,
+``$``, ``%`` and redundant braces dropped), and keyed by that string. Timeouts and crashed
+workers are counted (:func:`timeout_count`); the profiler records them as ``grader_timeouts``.
+Fallback results are cached like any other, so an answer's key never depends on the thread
+or on timing after its first computation. Plain integers are graded in-process (exact).
+
+Extraction is linear in the text: braces are matched in one pass per text.
 """
 from __future__ import annotations
 
@@ -22,13 +32,20 @@ import re
 import threading
 from typing import Any, Sequence
 
+from .grader_pool import CRASHED, FAILED, OK, GraderPool
+
 #: Answers longer than this are never handed to math-verify without a timeout (worker threads)
 #: and never parsed for :func:`answer_key`. Real final answers are far shorter (MATH-500 max: 55).
 MAX_UNTIMED_CHARS = 200
 
-#: math-verify timeouts (seconds) used in the main thread.
-PARSE_TIMEOUT_S = 5
-VERIFY_TIMEOUT_S = 5
+#: Seconds one answer's parse/verify/key work may take in a grader worker before the worker is
+#: killed and the answer falls back to normalized-string comparison.
+GRADE_TIMEOUT_S = 5.0
+#: The largest product of the numeric exponents in one answer that sympy is asked to evaluate
+#: (``2^{99999}`` passes; ``(99999^{99999})^{99999}`` and ``2^{1000}^{1000}`` do not).
+MAX_EXPONENT = 10**5
+#: Deeper brace/parenthesis nesting than this is refused before parsing.
+MAX_NESTING = 30
 
 _CACHE_SIZE = 1 << 16
 
@@ -61,8 +78,28 @@ def _group_end(text: str, open_idx: int) -> int | None:
     return None
 
 
-def _box_at(text: str, start: int, macro: str) -> str | None:
-    """Content of the box whose macro begins at ``start``; None if it is not a complete box."""
+def _brace_ends(text: str) -> dict[int, int]:
+    """For every ``{`` in ``text`` that is closed: its index -> the index just past its ``}``.
+
+    One pass with a stack (escaped ``\\{``/``\\}`` skipped, as in :func:`_group_end`), so
+    callers that look up many groups of one text stay linear in its length.
+    """
+    ends: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE_TOKENS.finditer(text):
+        tok = m.group()
+        if tok == "{":
+            stack.append(m.start())
+        elif tok == "}" and stack:
+            ends[stack.pop()] = m.end()
+    return ends
+
+
+def _box_at(text: str, start: int, macro: str, ends: dict[int, int]) -> str | None:
+    """Content of the box whose macro begins at ``start``; None if it is not a complete box.
+
+    ``ends`` is :func:`_brace_ends` of ``text``.
+    """
     i = start + len(macro)
     if i < len(text) and text[i].isalpha():
         return None  # a different macro, e.g. ``\boxedsymbol``
@@ -70,7 +107,7 @@ def _box_at(text: str, start: int, macro: str) -> str | None:
     while j < len(text) and text[j].isspace():
         j += 1
     if j < len(text) and text[j] == "{":
-        end = _group_end(text, j)
+        end = ends.get(j)
         return None if end is None else text[j + 1 : end - 1].strip()
     # Brace-less ``\boxed 5``: models mean the whole token, not TeX's single character, so take
     # the run of non-space characters, minus trailing punctuation (Hendrycks-style).
@@ -89,10 +126,13 @@ def _last_box(text: str) -> str | None:
         while i != -1:
             starts.append((i, macro))
             i = text.find(macro, i + 1)
+    if not starts:
+        return None
+    ends = _brace_ends(text)
     # Last-opened first: for nested boxes the innermost wins; an unclosed (truncated) trailing
     # box is skipped in favour of the previous complete one.
     for start, macro in sorted(starts, reverse=True):
-        content = _box_at(text, start, macro)
+        content = _box_at(text, start, macro, ends)
         if content is not None:
             return content
     return None
@@ -167,8 +207,8 @@ def has_final_answer(text: str) -> bool:
 
 
 class _DropTimeoutDisabled(logging.Filter):
-    """Drops math-verify's "Timeout is disabled" warning: in worker threads we disable its
-    timeouts on purpose and bound the work with :func:`_is_safe` instead."""
+    """Drops math-verify's "Timeout is disabled" warning: grader workers disable its signal
+    timeouts on purpose and are bounded by being killed instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Timeout is disabled")
@@ -176,10 +216,6 @@ class _DropTimeoutDisabled(logging.Filter):
 
 for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_DropTimeoutDisabled())
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def _brace_group(text: str, open_idx: int) -> str:
@@ -190,18 +226,36 @@ def _brace_group(text: str, open_idx: int) -> str:
 _DIGITS = re.compile(r"\d+")
 # A factorial sign and the digits right before it; ``\!`` (a LaTeX thin negative space) is not one.
 _FACTORIAL_ARG = re.compile(r"(\d*)\s*(?<!\\)!")
+# Constructs whose evaluation grows with the numbers in them (binomials, finite sums/products).
+_BIG_OPERATORS = re.compile(r"\\(?:binom|dbinom|tbinom|choose|sum|prod)(?![a-zA-Z])")
+_OPENERS, _CLOSERS = "{([", "})]"
+
+
+def _nesting_depth(answer: str) -> int:
+    depth = best = 0
+    for ch in answer:
+        if ch in _OPENERS:
+            depth += 1
+            best = max(best, depth)
+        elif ch in _CLOSERS:
+            depth = max(depth - 1, 0)
+    return best
 
 
 def _is_safe(answer: str) -> bool:
-    """Whether sympy can handle ``answer`` without a timeout (cheap, conservative).
+    """Whether sympy may be asked to parse/verify/evaluate ``answer`` (cheap string scan).
 
-    Short strings can still be pathological: ``10^{10^{10}}`` or ``(10^{10})!`` make sympy
-    evaluate a number with billions of digits. Refuse: anything over
-    :data:`MAX_UNTIMED_CHARS`; exponents holding another ``^`` (towers) or a number of more
-    than 5 digits; factorials except of a literal of at most 3 digits.
+    Short strings can still be pathological: ``10^{10^{10}}``, ``(99999^{99999})^{99999}`` or
+    ``(10^{10})!`` make sympy evaluate a number with billions of digits. Refuse: anything over
+    :data:`MAX_UNTIMED_CHARS`; nesting deeper than :data:`MAX_NESTING`; exponents holding another
+    ``^`` (towers) or a ``!``; a product of all numeric exponents above :data:`MAX_EXPONENT`
+    (a nested power's size is at most that product times its base's digits); factorials except
+    of a literal of at most 3 digits; binomials, sums and products holding a number of more
+    than 3 digits. The worker deadline still bounds whatever passes.
     """
-    if len(answer) > MAX_UNTIMED_CHARS:
+    if len(answer) > MAX_UNTIMED_CHARS or _nesting_depth(answer) > MAX_NESTING:
         return False
+    exponent_product = 1
     i = answer.find("^")
     while i != -1:
         j = i + 1
@@ -212,7 +266,13 @@ def _is_safe(answer: str) -> bool:
         else:
             m = _DIGITS.match(answer, j)
             exponent = m.group() if m else answer[j : j + 1]
-        if "^" in exponent or any(len(d) > 5 for d in _DIGITS.findall(exponent)):
+        if "^" in exponent or "!" in exponent:
+            return False
+        for d in _DIGITS.findall(exponent):
+            if len(d) > 7:
+                return False
+            exponent_product *= max(int(d), 1)
+        if exponent_product > MAX_EXPONENT:
             return False
         i = answer.find("^", i + 1)
     for m in _FACTORIAL_ARG.finditer(answer):
@@ -220,6 +280,8 @@ def _is_safe(answer: str) -> bool:
             continue  # "!=" is not a factorial
         if not m.group(1) or len(m.group(1)) > 3:
             return False
+    if _BIG_OPERATORS.search(answer) and any(len(d) > 3 for d in _DIGITS.findall(answer)):
+        return False
     return True
 
 
@@ -231,18 +293,141 @@ def _as_math(answer: str) -> str:
     return f"${s}$"
 
 
+# ---------------------------------------------------------------------------------------------
+# Worker-side work (runs only inside grader worker processes, see selector.grader_pool)
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _parse(answer: str) -> tuple[Any, ...]:
-    """math-verify's parse of a bare answer (a tuple, so the cache never hands out a mutable list).
+    """math-verify's parse of a bare answer, untimed (the worker's deadline bounds it)."""
+    from math_verify import parse
 
-    Callers outside the main thread must check :func:`_is_safe` first: there it runs untimed.
-    The result does not depend on the thread except when the main thread hits a timeout.
-    """
-    from math_verify import parse  # lazy: keeps `import selector.grading` light
-
-    if _in_main_thread():
-        return tuple(parse(_as_math(answer), parsing_timeout=PARSE_TIMEOUT_S))
     return tuple(parse(_as_math(answer), parsing_timeout=None))
+
+
+def _worker_equivalent(prediction: str, reference: str) -> bool:
+    from math_verify import verify
+
+    gold, pred = list(_parse(reference)), list(_parse(prediction))
+    return bool(verify(gold, pred, timeout_seconds=None))
+
+
+def _worker_key(unwrapped: str) -> str | None:
+    import sympy
+
+    for obj in _parse(unwrapped):
+        if isinstance(obj, (sympy.Basic, sympy.MatrixBase)):
+            try:
+                return _sympy_key(obj) or None
+            except Exception:
+                return None
+    return None
+
+
+#: What :class:`~selector.grader_pool.GraderPool` workers may be asked to run.
+WORKER_OPS = {"equiv": _worker_equivalent, "key": _worker_key}
+#: Imported in the parent before workers are forked, so a new worker is ready at once.
+WORKER_PRELOAD = ("sympy", "math_verify", "latex2sympy2_extended")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent-side: caches, the pool, fallbacks
+
+
+class _Memo:
+    """A bounded thread-safe dict (cleared when full: keys are cheap to recompute)."""
+
+    def __init__(self, size: int = _CACHE_SIZE) -> None:
+        self._d: dict = {}
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._d.get(key, default)
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            if len(self._d) >= self._size:
+                self._d.clear()
+            self._d[key] = value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+
+_MISSING = object()
+_KEYS = _Memo()
+_EQUIV = _Memo()
+_POOL: GraderPool | None = None
+_POOL_LOCK = threading.Lock()
+_INT = re.compile(r"-?\d{1,60}")
+
+
+def _pool() -> GraderPool:
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = GraderPool(__name__, timeout_s=GRADE_TIMEOUT_S)
+    return _POOL
+
+
+def _run(op: str, items: list[tuple]) -> list[tuple[str, Any]]:
+    pool = _pool()
+    out = pool.run(op, items, timeout_s=GRADE_TIMEOUT_S)
+    if pool.broken is None:
+        return out
+    # No worker process can start here (e.g. inside a daemonic multiprocessing worker): grade
+    # in-process, bounded by the _is_safe pre-checks only, rather than string-compare all.
+    if not _WARNED_BROKEN:
+        _warn_broken(pool.broken)
+    fn = WORKER_OPS[op]
+    fixed = []
+    for (status, value), args in zip(out, items):
+        if status == CRASHED:
+            try:
+                status, value = OK, fn(*args)
+            except Exception as e:  # noqa: BLE001 - one answer's failure is its fallback
+                status, value = FAILED, repr(e)
+        fixed.append((status, value))
+    return fixed
+
+
+_WARNED_BROKEN = False
+
+
+def _warn_broken(reason: str) -> None:
+    global _WARNED_BROKEN
+    _WARNED_BROKEN = True
+    logging.getLogger(__name__).warning(
+        "grader worker processes cannot start (%s); grading in-process, bounded by size limits only", reason
+    )
+
+
+def timeout_count() -> int:
+    """How many answers (in this process) timed out or crashed a grader worker and were graded
+    by the normalized-string fallback instead. Monotonic; diff it around a piece of work."""
+    return _POOL.timeouts if _POOL is not None else 0
+
+
+def configure(*, workers: int | None = None, timeout_s: float | None = None) -> None:
+    """Set the grader pool's size (processes) and per-answer deadline (seconds); stops the
+    current workers. Cached results are kept."""
+    global GRADE_TIMEOUT_S, _POOL
+    with _POOL_LOCK:
+        if timeout_s is not None:
+            if not timeout_s > 0:
+                raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s}")
+            GRADE_TIMEOUT_S = float(timeout_s)
+        old, _POOL = _POOL, None
+        if workers is not None or old is not None:
+            size = workers if workers is not None else (old.size if old is not None else None)
+            count = old.timeouts if old is not None else 0
+            _POOL = GraderPool(__name__, size=size, timeout_s=GRADE_TIMEOUT_S)
+            _POOL.timeouts = count
+    if old is not None:
+        old.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +435,10 @@ def _parse(answer: str) -> tuple[Any, ...]:
 
 
 def _normalize_str(answer: str) -> str:
-    """String form for when sympy is not used: drops formatting that never changes the value."""
+    """String form for when sympy is not used: drops formatting that never changes the value.
+
+    Linear in the length (redundant outer braces are found with one :func:`_brace_ends` pass).
+    """
     s = answer.strip().strip("$").strip()
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
@@ -259,35 +447,71 @@ def _normalize_str(answer: str) -> str:
     s = re.sub(r"\^\s*\{?\\circ\}?|\\%|%|\\\$", "", s)
     s = re.sub(r"\s+", "", s)
     s = s.rstrip(".")
-    while len(s) >= 2 and s[0] == "{" and _group_end(s, 0) == len(s):
-        s = s[1:-1]  # a redundant group: "{42}" is 42 (but "\{42\}" is a set)
+    if s.startswith("{"):
+        # Redundant groups: "{42}" is 42 (but "\{42\}" is a set). Inner groups of a stripped
+        # group keep their matching, so one pass over the original string serves every layer.
+        ends = _brace_ends(s)
+        i, j = 0, len(s)
+        while j - i >= 2 and s[i] == "{" and ends.get(i) == j:
+            i, j = i + 1, j - 1
+        s = s[i:j]
     return s.lower()
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
-def _equivalent(prediction: str, reference: str, main_thread: bool) -> bool:
-    # ``main_thread`` is part of the cache key: the two modes may legitimately disagree on
-    # answers that fail _is_safe, and one must not leak into the other through the cache.
-    from math_verify import verify
+def _string_equal(prediction: str, reference: str) -> bool:
+    a, b = _normalize_str(prediction), _normalize_str(reference)
+    return bool(a) and a == b
 
-    if not main_thread and not (_is_safe(prediction) and _is_safe(reference)):
-        a, b = _normalize_str(prediction), _normalize_str(reference)
-        return bool(a) and a == b
-    gold, pred = list(_parse(reference)), list(_parse(prediction))
-    if main_thread:
-        return bool(verify(gold, pred, timeout_seconds=VERIFY_TIMEOUT_S))
-    return bool(verify(gold, pred, timeout_seconds=None))
+
+def _fast_equivalent(prediction: str, reference: str) -> bool | None:
+    """The verdict without sympy where it is exact (both plain integers), else None."""
+    a, b = prediction.strip(), reference.strip()
+    if _INT.fullmatch(a) and _INT.fullmatch(b):
+        return int(a) == int(b)
+    return None
+
+
+def equivalent_many(pairs: Sequence[tuple[str | None, str | None]]) -> list[bool]:
+    """:func:`is_equivalent` of each ``(prediction, reference)`` pair, in one worker call for
+    all uncached pairs (each still has its own :data:`GRADE_TIMEOUT_S` deadline)."""
+    out: list[bool | None] = []
+    todo: dict[tuple[str, str], list[int]] = {}
+    for i, (pred, ref) in enumerate(pairs):
+        if pred is None or ref is None or not pred.strip() or not ref.strip():
+            out.append(False)
+            continue
+        hit = _EQUIV.get((pred, ref), _MISSING)
+        if hit is _MISSING:
+            hit = _fast_equivalent(pred, ref)
+            if hit is None and not (_is_safe(pred) and _is_safe(ref)):
+                hit = _string_equal(pred, ref)
+            if hit is not None:
+                _EQUIV.put((pred, ref), hit)
+        if hit is _MISSING or hit is None:
+            todo.setdefault((pred, ref), []).append(i)
+            out.append(None)
+        else:
+            out.append(hit)
+    if todo:
+        items = list(todo)
+        for (pred, ref), (status, value) in zip(items, _run("equiv", items)):
+            verdict = bool(value) if status == OK else _string_equal(pred, ref)
+            _EQUIV.put((pred, ref), verdict)
+            for i in todo[(pred, ref)]:
+                out[i] = verdict
+    return [bool(v) for v in out]
 
 
 def is_equivalent(prediction: str | None, reference: str | None) -> bool:
     """math-verify's ``verify(parse(reference), parse(prediction))`` on bare answers (cached).
 
-    Answers are wrapped in ``$...$`` to be read as LaTeX. None or blank -> False. Outside the
-    main thread, answers failing :func:`_is_safe` are compared by normalized string instead.
+    Answers are wrapped in ``$...$`` to be read as LaTeX. None or blank -> False. Runs in a
+    grader worker under a :data:`GRADE_TIMEOUT_S` deadline; answers failing :func:`_is_safe`,
+    timing out or failing there are compared by normalized string instead (see the module
+    docstring). Never raises, never hangs, the same in every thread.
     """
-    if prediction is None or reference is None or not prediction.strip() or not reference.strip():
-        return False
-    return _equivalent(prediction, reference, _in_main_thread())
+    hit = _EQUIV.get((prediction, reference))
+    return hit if hit is not None else equivalent_many([(prediction, reference)])[0]
 
 
 def grade(text: str, reference: str) -> bool:
@@ -347,31 +571,50 @@ def _sympy_key(expr: Any) -> str | None:
     return str(expr)
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+def answer_keys(answers: Sequence[str | None]) -> list[str | None]:
+    """:func:`answer_key` of each answer, with one worker call for all uncached ones."""
+    out: list[str | None] = []
+    todo: dict[str, list[int]] = {}
+    unwrapped: dict[str, str] = {}
+    for i, answer in enumerate(answers):
+        if answer is None or not answer.strip():
+            out.append(None)
+            continue
+        hit = _KEYS.get(answer, _MISSING)
+        if hit is _MISSING:
+            u = _unwrap_for_key(answer) if len(answer) <= 2 * MAX_UNTIMED_CHARS else ""
+            if u and _INT.fullmatch(u):
+                hit = str(int(u))  # what sympy's Integer prints
+            elif not (u and _is_safe(u)):
+                hit = _normalize_str(answer) or None
+            if hit is not _MISSING:
+                _KEYS.put(answer, hit)
+            else:
+                unwrapped[answer] = u
+                todo.setdefault(answer, []).append(i)
+        out.append(None if hit is _MISSING else hit)
+    if todo:
+        items = list(todo)
+        results = _run("key", [(unwrapped[a],) for a in items])
+        for answer, (status, value) in zip(items, results):
+            key = (value if status == OK else None) or _normalize_str(answer) or None
+            _KEYS.put(answer, key)
+            for i in todo[answer]:
+                out[i] = key
+    return out
+
+
 def answer_key(answer: str | None) -> str | None:
     """Canonical voting key: equivalent answers get equal keys as far as cheaply possible.
 
     ``str`` of math-verify's sympy parse (wrappers ``{...}``/``\\text{...}`` removed first;
     exact decimals turned into rationals; an assignment ``x=3`` keyed by its value), else a
-    normalized string. Answers failing :func:`_is_safe` always take the string path, in every
-    thread, so a key never depends on the calling thread. None or blank -> None.
+    normalized string. Answers failing :func:`_is_safe`, or timing out in the grader worker,
+    take the string path (cached, so a key never depends on the calling thread). None or
+    blank -> None.
     """
-    if answer is None or not answer.strip():
-        return None
-    unwrapped = _unwrap_for_key(answer)
-    if unwrapped and _is_safe(unwrapped):
-        import sympy
-
-        for obj in _parse(unwrapped):
-            if isinstance(obj, (sympy.Basic, sympy.MatrixBase)):
-                try:
-                    key = _sympy_key(obj)
-                except Exception:
-                    key = None
-                if key:
-                    return key
-                break
-    return _normalize_str(answer) or None
+    hit = _KEYS.get(answer, _MISSING)
+    return hit if hit is not _MISSING else answer_keys([answer])[0]
 
 
 def group_keys(answers: Sequence[str | None]) -> list[str | None]:
@@ -381,7 +624,7 @@ def group_keys(answers: Sequence[str | None]) -> list[str | None]:
     :func:`is_equivalent` in either direction; every key in a merged group is replaced by the
     group's first-seen key. Cost is quadratic in the number of distinct keys, not answers.
     """
-    keys = [answer_key(a) for a in answers]
+    keys = answer_keys(answers)
     reps: dict[str, str] = {}  # key -> first answer with that key, in first-seen order
     for answer, key in zip(answers, keys):
         if key is not None and key not in reps:
@@ -409,7 +652,9 @@ def group_keys(answers: Sequence[str | None]) -> list[str | None]:
 
 
 def clear_caches() -> None:
-    """Empty every cache in this module (for tests and benchmarks)."""
-    answer_key.cache_clear()
-    _equivalent.cache_clear()
-    _parse.cache_clear()
+    """Empty every cache in this module (for tests and benchmarks), the workers' too: idle
+    workers are stopped, and new ones are forked from a parent that never parses."""
+    _KEYS.clear()
+    _EQUIV.clear()
+    if _POOL is not None:
+        _POOL.close()

@@ -51,6 +51,8 @@ class FakeState:
         self.inflight = 0
         self.max_inflight = 0
         self.served = 0
+        self.peers: list[tuple] = []  # client (host, port) of each request: one per connection
+        self.reply: tuple[int, bytes] | None = None  # answer every request with this (status, raw body)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -78,6 +80,7 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.bodies.append(body)
             st.ports.append(self.server.server_port)
+            st.peers.append(self.client_address)
             st.inflight += 1
             st.max_inflight = max(st.max_inflight, st.inflight)
             fail = st.served < st.fail_first
@@ -86,6 +89,14 @@ class Handler(BaseHTTPRequestHandler):
             delay = st.sleep + (st.delay_fn(body) if st.delay_fn else 0.0)
             if delay:
                 time.sleep(delay)
+            if st.reply is not None:
+                code, raw = st.reply
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+                return
             if fail:
                 code, payload = 503, {"error": {"message": "overloaded, try again"}}
             elif st.always_400_n and body.get("n", 1) > 1:
@@ -369,3 +380,143 @@ def test_registry_spec_builds_an_openai_policy():
     assert isinstance(p, OpenAIPolicy) and p.id == "openai:smol" and p.max_concurrency == 8
     with pytest.raises(ValueError, match="needs model and base_urls"):
         make_policy("openai:model=smol")
+
+
+
+# ------------------------------------------------------------------------------------------
+# httpx: pooled connections, a total deadline, validated answers, the CLI's error contract
+
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def test_sequential_requests_reuse_one_keep_alive_connection(servers):
+    urls, st = servers(1)
+    pol = OpenAIPolicy("m", urls, timeout=5, max_concurrency=1)
+    for i in range(5):
+        pol.generate_steps([StepRequest("Q\n\n", 1, P, i)])
+    assert st.served == 5 and len(set(st.peers)) == 1
+    # Another policy on the same server shares the process's client (and so its connection).
+    OpenAIPolicy("m2", urls, timeout=5).generate_steps([StepRequest("Q\n\n", 1, P, 9)])
+    assert len(set(st.peers)) == 1
+
+
+class Trickler:
+    """A raw TCP server that reads a request, then sends its answer one byte every ``every``
+    seconds (``where``: "headers" trickles the status line too, "body" sends headers at once)."""
+
+    def __init__(self, where: str, every: float = 2.0) -> None:
+        self.where, self.every = where, every
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            body = json.dumps({"choices": [{"index": 0, "text": "x", "finish_reason": "stop"}]}).encode()
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (len(body) * 100)
+            if self.where == "body":
+                conn.sendall(head)
+                head = b""
+            for b in head + body * 100:
+                if self.stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([b]))
+                except OSError:
+                    return
+                self.stop.wait(self.every)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_trickling_server_fails_by_the_total_deadline(where):
+    server = Trickler(where, every=2.0)
+    try:
+        pol = OpenAIPolicy("m", [server.url], timeout=3, retries=0)
+        t0 = time.perf_counter()
+        with pytest.raises(OpenAIBackendError, match=r"timed out after 3s.*gave up after 1 attempts.*timeout="):
+            pol.generate_steps([StepRequest("Q", 1, P, 0)])
+        assert time.perf_counter() - t0 < 3 + 1
+    finally:
+        server.close()
+
+
+_BAD_REPLIES = {
+    "http500": ((500, b'{"error": {"message": "CUDA out of memory"}}'), r"HTTP 500: CUDA out of memory.*gave up after 1"),
+    "invalid_json": ((200, b"<html>not json"), r"invalid JSON.*OpenAI-compatible"),
+    "choices_not_objects": ((200, b'{"choices": ["a", "b"]}'), r"choice 0 that is not an object.*OpenAI-compatible"),
+    "no_text": ((200, b'{"choices": [{"index": 0}]}'), r"choice 0 without a string 'text'"),
+    "not_an_object": ((200, b"[1, 2]"), r"a JSON list instead of an object"),
+    "no_choices": ((200, b'{"id": "x"}'), r"without a 'choices' list"),
+    "bad_usage": ((200, b'{"choices": [{"text": "a"}], "usage": 5}'), r"'usage' that is not an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_REPLIES))
+def test_unusable_answers_raise_a_clear_backend_error(servers, case):
+    from selector.errors import TTSError
+
+    urls, st = servers(1)
+    st.reply, pattern = _BAD_REPLIES[case]
+    pol = OpenAIPolicy("m", urls, timeout=5, retries=0)
+    with pytest.raises(OpenAIBackendError, match=pattern) as info:
+        pol.generate_steps([StepRequest("Q", 1, P, 0)])
+    assert isinstance(info.value, TTSError) and urls[0] in str(info.value)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "selector.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _solve(url: str, extra: str = "") -> subprocess.CompletedProcess:
+    return _cli("solve", "What is 2 + 2?", "--strategy", "best_of_n", "--n", "2",
+                "--policy", f"openai:model=m,base_urls=[{url}],timeout=2,retries=0{extra}", "--prm", "arith-check")
+
+
+@pytest.mark.parametrize("case", ["http500", "invalid_json", "choices_not_objects", "timeout"])
+def test_cli_solve_reports_server_failures_with_exit_2(servers, case):
+    urls, st = servers(1)
+    if case == "timeout":
+        st.sleep, pattern = 4.0, r"timed out after 2s"
+    else:
+        st.reply, pattern = _BAD_REPLIES[case]
+    proc = _solve(urls[0])
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert re.search(pattern, proc.stderr, re.S) and urls[0] in proc.stderr, proc.stderr
+
+
+def test_cli_solve_survives_a_model_answer_that_would_hang_sympy(servers):
+    hostile = r"So \boxed{(99999^{99999})^{99999}}"
+    urls, st = servers(1, FakeState(lambda prompt, seed, j: hostile))
+    t0 = time.perf_counter()
+    proc = _solve(urls[0])
+    assert proc.returncode == 0, proc.stderr
+    assert "(99999^{99999})^{99999}" in proc.stdout
+    assert time.perf_counter() - t0 < 60

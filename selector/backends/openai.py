@@ -1,7 +1,7 @@
 """``OpenAIPolicy``: a policy served by any OpenAI-compatible *completions* server.
 
 Works with ``vllm serve``, SGLang, llama.cpp's server and anything else that answers
-``POST {base_url}/v1/completions``. Standard library only (``urllib`` + a thread pool).
+``POST {base_url}/v1/completions``.
 
 - **Prompts.** The completions endpoint applies no chat template: ``format_prompt`` is
   ``prompt_template.format(question=question)``; pass a template that matches your model
@@ -14,7 +14,8 @@ Works with ``vllm serve``, SGLang, llama.cpp's server and anything else that ans
 - **One HTTP request per** :class:`StepRequest`, asking for ``n`` choices with the request's
   seed. Up to ``max_concurrency`` requests are in flight; they are spread round-robin over
   ``base_urls`` (client-side balancing across several servers), and a retry moves on to the
-  next URL. Results come back in request order.
+  next URL. Results come back in request order. HTTP goes through ``httpx`` with one pooled
+  keep-alive client per server (:mod:`selector.backends.http_client`).
 - **Steps.** A step request sends ``stop=[delimiter]`` and vLLM's
   ``include_stop_str_in_output: true``; a choice that stopped on the delimiter (vLLM's
   ``stop_reason``, or text ending with it) gets finish reason ``"delimiter"`` and its text
@@ -30,36 +31,27 @@ Works with ``vllm serve``, SGLang, llama.cpp's server and anything else that ans
 - **Errors.** Connection errors, timeouts, HTTP 429 and 5xx are retried ``retries`` times
   with exponential backoff (``backoff * 2**attempt`` seconds); other 4xx fail at once. A
   server that rejects ``n > 1`` or returns fewer choices than asked raises
-  :class:`OpenAIBackendError` saying so. ``timeout`` bounds each socket operation (connect,
-  and each read while waiting for the response), in seconds.
+  :class:`OpenAIBackendError` saying so. ``timeout`` is a total deadline per attempt
+  (connect, send, wait and read together, in seconds), which a server trickling bytes cannot
+  stretch. A response that is not JSON, or whose ``choices`` are not objects with a string
+  ``text``, raises :class:`OpenAIBackendError` naming the server, the problem and a fix.
 """
 from __future__ import annotations
 
 import json
 import math
-import socket
 import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from ..errors import EngineError
 from ..steps import cut_at_delimiter
+from . import http_client
 from .base import Continuation, SamplingParams, StepOutput, StepRequest
-
-_RETRY_STATUS = frozenset({408, 429})  # plus every 5xx
 
 
 class OpenAIBackendError(EngineError):
     """A completions server failed, refused a request, or answered something unusable."""
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def _looks_like_n_unsupported(message: str) -> bool:
@@ -210,8 +202,7 @@ class OpenAIPolicy:
             self.base_urls, "/v1/completions", payload, slot=slot, timeout=self.timeout, retries=self.retries,
             backoff=self.backoff, api_key=self.api_key, client_error=client_error,
         )
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise OpenAIBackendError(f"server at {base}/v1/completions answered without a 'choices' list: {str(data)[:200]}")
+        _validate(data, f"{base}/v1/completions")
         return data, base
 
     def _parse(self, data: dict, request: StepRequest, base: str) -> StepOutput:
@@ -224,7 +215,7 @@ class OpenAIPolicy:
         if all(isinstance(c.get("index"), int) for c in choices):
             choices = sorted(choices, key=lambda c: c["index"])
         choices = choices[: request.n]
-        texts = [str(c.get("text") or "") for c in choices]
+        texts = [c["text"] for c in choices]
         usage = data.get("usage") or {}
         completion = usage.get("completion_tokens")
         prompt = usage.get("prompt_tokens")
@@ -275,82 +266,42 @@ def post_json(
     error: type[Exception] = OpenAIBackendError,
     client_error: Callable[[str, int, str], Exception | None] | None = None,
 ) -> tuple[Any, str]:
-    """POST a JSON ``payload`` to ``{base}{path}`` and return ``(decoded JSON, base)``.
-
-    Attempt ``k`` goes to ``base_urls[(slot + k) % len]`` (a retry moves on to the next
-    server). Connection errors, timeouts (``timeout`` seconds per socket operation), HTTP 408,
-    429 and 5xx are retried ``retries`` times after ``backoff * 2**k`` seconds; then ``error`` is
-    raised with the last reason and the attempt count. Other 4xx fail at once: with the
-    exception ``client_error(url, status, message)`` returns, else ``error`` naming the status.
-    """
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    last = ""
-    for attempt in range(retries + 1):
-        base = base_urls[(slot + attempt) % len(base_urls)]
-        if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
-        try:
-            return _send_json(f"{base}{path}", payload, headers, timeout, error, client_error), base
-        except _Retryable as e:
-            last = e.message
-    raise error(f"{last} (gave up after {retries + 1} attempts)")
+    """:func:`selector.backends.http_client.post_json` raising ``error`` (default
+    :class:`OpenAIBackendError`): pooled keep-alive connections, a total deadline of ``timeout``
+    seconds per attempt, retries on connection errors, timeouts, 408, 429 and 5xx."""
+    return http_client.post_json(
+        base_urls, path, payload, slot=slot, timeout=timeout, retries=retries, backoff=backoff, api_key=api_key,
+        error=error, client_error=client_error,
+    )
 
 
-def _send_json(
-    url: str,
-    payload: bytes,
-    headers: dict,
-    timeout: float,
-    error: type[Exception],
-    client_error: Callable[[str, int, str], Exception | None] | None,
-) -> Any:
-    req = urllib.request.Request(url, data=payload, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as e:
-        try:
-            text = e.read().decode("utf-8", "replace")
-        except Exception:  # noqa: BLE001 - the body is only for the message
-            text = ""
-        message = _error_message(text)
-        if e.code >= 500 or e.code in _RETRY_STATUS:
-            raise _Retryable(f"server at {url} answered HTTP {e.code}: {message}") from None
-        specific = client_error(url, e.code, message) if client_error is not None else None
-        if specific is not None:
-            raise specific from None
-        raise error(f"server at {url} rejected the request with HTTP {e.code}: {message}") from None
-    except (TimeoutError, socket.timeout):
-        raise _Retryable(f"request to {url} timed out after {timeout:g}s") from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, (TimeoutError, socket.timeout)):
-            raise _Retryable(f"request to {url} timed out after {timeout:g}s") from None
-        raise _Retryable(f"could not connect to {url}: {e.reason}") from None
-    except (ConnectionError, OSError) as e:  # resets, RemoteDisconnected, ...
-        raise _Retryable(f"connection to {url} failed: {e!r}") from None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise error(f"server at {url} answered with invalid JSON: {raw[:200]!r}") from None
+_FIX = "check that the URL is an OpenAI-compatible completions server (vllm serve, SGLang, llama.cpp's server)"
 
 
-def _error_message(text: str) -> str:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text.strip()[:500] or "(empty body)"
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            msg = err.get("message") or err.get("detail") or err
-            return str(msg)[:500]
-        if isinstance(err, str):
-            return err[:500]
-        if "detail" in data:
-            return str(data["detail"])[:500]
-    return str(data)[:500]
+def _validate(data: Any, url: str) -> None:
+    """Raise :class:`OpenAIBackendError` unless ``data`` has the completions answer's shape."""
+
+    def bad(problem: str) -> OpenAIBackendError:
+        return OpenAIBackendError(f"server at {url} answered {problem}; {_FIX}")
+
+    if not isinstance(data, dict):
+        raise bad(f"a JSON {type(data).__name__} instead of an object: {str(data)[:200]}")
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise bad(f"without a 'choices' list: {str(data)[:200]}")
+    for i, c in enumerate(choices):
+        if not isinstance(c, dict):
+            raise bad(f"choice {i} that is not an object: {str(c)[:200]}")
+        if not isinstance(c.get("text"), str):
+            raise bad(f"choice {i} without a string 'text' field: {str(c)[:200]}")
+        for key in ("finish_reason", "stop_reason"):
+            if c.get(key) is not None and not isinstance(c[key], (str, int)):
+                raise bad(f"choice {i} with a {key!r} that is not a string: {c[key]!r}")
+        if "index" in c and not (isinstance(c["index"], int) and not isinstance(c["index"], bool)):
+            raise bad(f"choice {i} with an 'index' that is not an integer: {c['index']!r}")
+    usage = data.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise bad(f"a 'usage' that is not an object: {str(usage)[:200]}")
 
 
 def _apportion(total: int, weights: Sequence[int]) -> list[int]:

@@ -404,10 +404,12 @@ class VLLMPRM:
                 client_error=self._client_error,
             )
             items = data.get("data") if isinstance(data, dict) else None
-            if not isinstance(items, list) or len(items) != len(chunk):
+            if not isinstance(items, list) or len(items) != len(chunk) or not all(
+                isinstance(it, dict) and isinstance(it.get("data"), list) for it in items
+            ):
                 raise VLLMBackendError(
                     f"server at {base}/pooling answered without one 'data' item per input "
-                    f"({len(chunk)} sent): {str(data)[:200]}"
+                    f"({len(chunk)} sent), each an object with a 'data' list: {str(data)[:200]}"
                 )
             if all(isinstance(it.get("index"), int) for it in items):
                 items = sorted(items, key=lambda it: it["index"])

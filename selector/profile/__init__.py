@@ -246,7 +246,15 @@ def _base_metadata_from_rollouts(out_dir: Path) -> dict[str, Any]:
     if not shards:
         raise ConfigError(f"{out_dir}: no rollout shards to merge")
     meta = read_metadata(shards[0])
-    return {k: v for k, v in meta.items() if k not in ("kind", "schema_version", "shard_seconds", "created_at")}
+    return {k: v for k, v in meta.items() if k not in ("kind", "schema_version", "shard_seconds", "grader_timeouts", "created_at")}
+
+
+def _grader_timeouts(out_dir: Path) -> int:
+    """Pool answers graded by the string fallback because the grader ran out of time (sum over
+    the rollout shards' metadata)."""
+    from ..tables import read_metadata, rollout_shards
+
+    return sum(int(read_metadata(p).get("grader_timeouts", 0)) for p in rollout_shards(out_dir))
 
 
 def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_params: int) -> dict[str, dict[str, float]]:
@@ -344,7 +352,7 @@ def finish_tables(
     metadata = {key: v for key, v in metadata.items() if key != "dataset_family_note"}
     labels = bin_labels(edges) if cfg.difficulty != "level" else _level_labels(prompts[prompts["split"] == "profile"])
     meta = dict(metadata, **_family_metadata(cfg), bin_edges=edges, bin_labels={str(b): v for b, v in labels.items()},
-                ledger=ledger, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                ledger=ledger, grader_timeouts=_grader_timeouts(out_dir), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 difficulty_samples=k, difficulty_source=DESCRIPTIONS[cfg.difficulty].format(k=k),
                 default_selection=own, pilots=pilots, declared_router=cfg.evaluate.router,
                 aggregations=list(cfg.grid.aggregations),

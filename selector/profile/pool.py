@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..backends.base import PRM, Policy
 from ..datasets import Problem
-from ..grading import extract_answer, group_keys, is_equivalent
+from ..grading import equivalent_many, extract_answer, group_keys, is_equivalent, timeout_count
 from ..search.best_of_n import BestOfN
 from ..search.runner import run_search
 from ..steps import split_steps
@@ -73,7 +73,7 @@ def generate_pool(
         sampling = sampling.replace(**cfg.sampling)
     bar = progress(total=len(shards), initial=len(shards) - len(todo), desc="pool", unit="shard") if progress else None
     for shard in todo:
-        t0 = time.perf_counter()
+        t0, timeouts = time.perf_counter(), timeout_count()
         results = run_search(
             [(p.problem, sampler) for p in shard.problems], policy, prm, sampling=sampling, seed=cfg.seed
         )
@@ -81,7 +81,8 @@ def generate_pool(
         for problem, result in zip(shard.problems, results):
             rows.extend(_rollout_rows(problem, result.candidates, result.cost.policy_prompt_tokens,
                                       cfg.pool.difficulty_samples))
-        meta = dict(metadata, shard_seconds=time.perf_counter() - t0)
+        # Answers the grader could not finish in time, graded by normalized string instead.
+        meta = dict(metadata, shard_seconds=time.perf_counter() - t0, grader_timeouts=timeout_count() - timeouts)
         write_rollout_shard(pd.DataFrame(rows), table_dir, shard.index, meta)
         if bar is not None:
             bar.update(1)
@@ -96,6 +97,7 @@ def sample_role(sample_id: int, difficulty_samples: int) -> str:
 
 
 def _rollout_rows(problem: Problem, candidates, prompt_tokens: int, difficulty_samples: int) -> list[dict]:
+    correct = equivalent_many([(c.answer, problem.answer) for c in candidates])  # one grader call
     return [
         {
             "prompt_id": problem.id,
@@ -105,7 +107,7 @@ def _rollout_rows(problem: Problem, candidates, prompt_tokens: int, difficulty_s
             "step_scores": [float(x) for x in c.step_scores],
             "answer": c.answer,
             "answer_key": c.answer_key,
-            "correct": bool(is_equivalent(c.answer, problem.answer)),
+            "correct": correct[j],
             "tokens": int(c.tokens),
             "prm_tokens": int(c.prm_tokens),
             "prompt_tokens": int(prompt_tokens),  # the prompt's, read once for all its samples
@@ -133,6 +135,7 @@ def import_pool(
     records = [(lineno, json.loads(line)) for lineno, line in enumerate(path.open(), 1) if line.strip()]
     transform = _sigmoid if pc.score_transform == "sigmoid" else float
     agree = labelled = 0
+    timeouts = timeout_count()
     rows_by_prompt: dict[str, list[dict]] = {}
     done = done_shard_indices(table_dir)
     wanted = {p.id for s in shards if s.index not in done for p in s.problems}
@@ -179,9 +182,12 @@ def import_pool(
         raise ValueError(f"{path}: no samples for {len(missing)} prompts of the data set (e.g. {sorted(missing)[:3]})")
     todo = [s for s in shards if s.index not in done]
     bar = progress(total=len(todo), desc="import pool", unit="shard") if progress else None
+    timeouts = timeout_count() - timeouts  # all recorded on the first shard written: the sum is right
     for shard in todo:
         rows = [row for p in shard.problems for row in rows_by_prompt[p.id]]
-        write_rollout_shard(pd.DataFrame(rows), table_dir, shard.index, dict(metadata, shard_seconds=0.0))
+        meta = dict(metadata, shard_seconds=0.0, grader_timeouts=timeouts)
+        write_rollout_shard(pd.DataFrame(rows), table_dir, shard.index, meta)
+        timeouts = 0
         if bar is not None:
             bar.update(1)
     if bar is not None:
