@@ -331,13 +331,24 @@ def _evaluation_lines(path: Path, width: int, budget: int | None = None) -> list
     if not fixed.empty:
         lines.append("best fixed strategy: the most accurate fixed configuration at that N, whatever its FLOPs "
                      "(the full report compares at equal compute)")
+    declared = report.get("declared_router")
+    margins = [v for v in report.get("versus_fixed", []) if v.get("method") == declared
+               and (budget is None or int(v["budget"]) == budget)]
+    if margins:
+        lines.append(f"declared router {declared} vs the best fixed strategy at equal compute, margin [95% paired CI]: "
+                     + ", ".join(f"N={v['budget']} {v['margin']:+.3f} [{v['margin_ci'][0]:+.3f}, {v['margin_ci'][1]:+.3f}]"
+                                 for v in margins))
     e = report.get("efficiency") or {}
     if e.get("router_budget") is not None:
-        lines.append(f"best-of-N's top accuracy {e['target_accuracy']:.3f} ({e['reference']}) is reached by {e['router']} "
-                     f"at N={e['router_budget']} with {e['ratio']:.2f}x less compute")
+        ci = e.get("ratio_ci", [float("nan")] * 2)
+        lines.append(f"best-of-N's accuracy {e['target_accuracy']:.3f} ({e['reference']}) is reached by {e['router']} "
+                     f"at N={e['router_budget']} with {e['ratio']:.2f}x less compute [95% CI {ci[0]:.2f}, {ci[1]:.2f}]")
     elif e:
-        lines.append(f"the router does not reach best-of-N's top accuracy {e.get('target_accuracy', float('nan')):.3f} "
+        lines.append(f"the declared router does not reach best-of-N's accuracy {e.get('target_accuracy', float('nan')):.3f} "
                      "within the table's budgets")
+    for name, c in (report.get("calibration") or {}).items():
+        lines.append(f"calibration {name}: reported {c['reported']:.3f}, realized {c['realized']:.3f} "
+                     f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]")
     lines.append(f"full report: tts-selector evaluate --tables {path.parent}")
     return lines
 
@@ -363,6 +374,9 @@ def inspect_table(table: TableDir | str | Path, *, budget: int | None = None, fe
                   "prompts it was selected from):"]
         if not flops_known(meta):
             lines.append("(FLOPs not recorded: the policy's and PRM's parameter counts are unknown)")
+        others = [e for e in t.selection_estimators() if e != meta.get("default_selection")]
+        lines.append(f"(cells chosen and scored on the table's own bins, {meta.get('default_selection')}; each router "
+                     f"uses the cells chosen on its own estimator's bins: {', '.join(others) or 'none other yet'})")
     lines += selection_grid(selection, meta, budget=budget, few_prompts=few_prompts, width=width)
     if prior and "rule" in selection:
         lines += [""] + [f"rule: {rule}" for rule in dict.fromkeys(selection["rule"].dropna())]

@@ -30,7 +30,8 @@ pytestmark = [
     pytest.mark.usefixtures("vllm_python"),  # skips, with the reason, without vLLM
 ]
 
-SERVE_ARGS = [*serve_flags(CPU_GENERATION_SETTINGS), "--seed", "0"]  # why these: vllm_launch
+# --enable-prompt-tokens-details: usage reports the prompt tokens served from the prefix cache.
+SERVE_ARGS = [*serve_flags(CPU_GENERATION_SETTINGS), "--seed", "0", "--enable-prompt-tokens-details"]  # why: vllm_launch
 QUESTIONS = ["What is 17 + 25?", "What is 6 times 7, plus 3?", "Tom has 9 apples and eats 4. How many are left?"]
 
 
@@ -67,6 +68,10 @@ def test_beam_search_through_the_openai_backend_on_a_real_vllm_serve(server, pol
         assert r.cost.generations == sum(r.rounds)
         # tokens come from the server's usage fields
         assert r.cost.policy_prompt_tokens > 0 and r.cost.policy_generated_tokens > 0
+        # beam prefixes after round 1 come from vLLM's prefix cache, and FLOPs leave them out
+        c = r.cost
+        assert 0 < c.policy_cached_tokens < c.policy_prompt_tokens and c.cache_unreported_requests == 0
+        assert c.policy_flops == 2.0 * openai_policy.num_parameters * c.policy_computed_tokens
         assert 0 < len(r.candidates) <= 8
         for c in r.candidates:
             assert len(c.step_scores) == len(c.steps)
@@ -102,5 +107,8 @@ def test_offline_vllm_backend_runs_beam_search(model_dir, vllm_python):
     assert out["rounds"][0] == 8 and all(0 < g <= 8 for g in out["rounds"])
     assert out["cost"]["generations"] == sum(out["rounds"])
     assert out["cost"]["policy_prompt_tokens"] > 0 and out["cost"]["policy_generated_tokens"] > 0
+    # RequestOutput.num_cached_tokens: later rounds' prefixes served from the prefix cache
+    assert 0 < out["cost"]["policy_cached_tokens"] < out["cost"]["policy_prompt_tokens"]
+    assert out["cost"]["cache_unreported_requests"] == 0
     assert out["answer"] == "42"
     assert all(len(c["step_scores"]) == len(c["steps"]) for c in out["candidates"])
