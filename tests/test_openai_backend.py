@@ -15,6 +15,8 @@ from selector.backends.base import Policy, SamplingParams, StepRequest
 from selector.backends.openai import OpenAIBackendError, OpenAIPolicy
 from selector.search.runner import run_search
 
+from fakes import HashPRM
+
 _TOKEN = re.compile(r"\S+\s*|\s+")
 
 
@@ -48,6 +50,7 @@ class FakeState:
         self.delay_fn = None  # body -> seconds (to shuffle completion order)
         self.strip_stop = False  # behave like a server that strips stops and sends no stop_reason
         self.max_choices: int | None = None  # return at most this many choices
+        self.cached_share: float | None = None  # report this share of the prompt as cached (prompt_tokens_details)
         self.inflight = 0
         self.max_inflight = 0
         self.served = 0
@@ -138,7 +141,9 @@ class Handler(BaseHTTPRequestHandler):
             "object": "text_completion",
             "model": body.get("model"),
             "choices": choices,
-            "usage": {"prompt_tokens": len(_tokens(prompt)), "completion_tokens": used, "total_tokens": 0},
+            "usage": {"prompt_tokens": len(_tokens(prompt)), "completion_tokens": used, "total_tokens": 0,
+                      **({"prompt_tokens_details": {"cached_tokens": int(len(_tokens(prompt)) * st.cached_share)}}
+                         if st.cached_share is not None else {})},
         }
 
 
@@ -223,6 +228,20 @@ def test_request_fields_delimiter_finish_and_usage(servers):
     assert whole.continuations[0].text == "Step 1 seed 12 choice 0.\n\nNext step 2.\n\nDone."
     short = outs[2].continuations[0]
     assert short.finish_reason == "length" and short.text == "Step 1 " and short.num_tokens == 2
+
+
+def test_cached_prompt_tokens_come_from_usage_details_when_reported(servers):
+    urls, st = servers(1)
+    pol = OpenAIPolicy("my-model", urls, timeout=5)
+    req = StepRequest("Question one two three four\n\n", 2, P, 11)
+    (plain,) = pol.generate_steps([req])
+    assert plain.cached_tokens is None  # not reported: the ledger counts the whole prompt as computed
+    st.cached_share = 0.5
+    (out,) = pol.generate_steps([req])
+    assert out.cached_tokens == out.prompt_tokens // 2 > 0
+    r = run_search([("q", BeamSearch(n=2, m=1, max_steps=2))], pol, HashPRM(), sampling=P)[0]
+    assert r.cost.policy_cached_tokens > 0 and r.cost.cache_unreported_requests == 0
+    assert r.cost.policy_flops == 2.0 * pol.num_parameters * r.cost.policy_computed_tokens
 
 
 def test_stripped_stop_is_restored_and_multi_step_text_is_cut(servers):
