@@ -225,7 +225,7 @@ def create_app(router: Router, config: ServeConfig = ServeConfig()) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "batches": batcher.batches}
+        return {"status": "ok", "model": model_id, "batches": batcher.batches, "in_flight": batcher.in_flight}
 
     @app.get("/metrics")
     async def prometheus(request: Request):

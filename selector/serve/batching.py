@@ -44,6 +44,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-batch")
         self.batches = 0
+        self.in_flight = 0  # jobs submitted and not yet answered
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -67,8 +68,12 @@ class DynamicBatcher:
             raise RuntimeError("the batcher is not running")
         job.future = asyncio.get_running_loop().create_future()
         job.enqueued = time.perf_counter()
-        await self._queue.put(job)
-        return await job.future
+        self.in_flight += 1
+        try:
+            await self._queue.put(job)
+            return await job.future
+        finally:
+            self.in_flight -= 1
 
     async def _gather(self) -> list[Job]:
         assert self._queue is not None
