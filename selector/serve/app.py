@@ -85,8 +85,9 @@ class _MetricsMiddleware:
 def create_app(router: Router, config: ServeConfig = ServeConfig()) -> FastAPI:
     """The gateway app for ``router`` (its engines are driven from one worker thread)."""
     solver = Solver(router, budget=config.budget, average_budget=config.average_budget, max_budget=config.max_budget)
-    batcher = DynamicBatcher(solver.solve, window_s=config.batch_window_ms / 1000.0, max_batch=config.max_batch)
     metrics = GatewayMetrics()
+    batcher = DynamicBatcher(solver.solve, window_s=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
+                             on_batch=metrics.observe_batch)
     api_key = resolve_api_key(config.api_key)
     model_id = router.policy.id
 
@@ -187,8 +188,6 @@ def create_app(router: Router, config: ServeConfig = ServeConfig()) -> FastAPI:
         seed = config.seed if body.seed is None else body.seed
         jobs = [Job(check_question(q, param), budget, forced, seed) for q in questions]
         results = await asyncio.gather(*(run_job(j) for j in jobs))
-        if jobs:
-            metrics.batch_size.observe(jobs[0].batch_size)
         return list(zip(jobs, results))
 
     @app.post("/v1/chat/completions")
@@ -225,7 +224,8 @@ def create_app(router: Router, config: ServeConfig = ServeConfig()) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "batches": batcher.batches, "in_flight": batcher.in_flight}
+        return {"status": "ok", "model": model_id, "batches": batcher.batches, "in_flight": batcher.in_flight,
+                "search_seconds": batcher.search_seconds, "search_cpu_seconds": batcher.search_cpu_seconds}
 
     @app.get("/metrics")
     async def prometheus(request: Request):

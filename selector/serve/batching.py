@@ -34,16 +34,20 @@ class DynamicBatcher:
     """Gathers jobs for ``window_s`` seconds (at most ``max_batch``) and runs
     ``solve(jobs) -> results`` (one result, or an exception instance, per job) on one worker thread."""
 
-    def __init__(self, solve: Callable[[Sequence[Job]], list[Any]], *, window_s: float = 0.005, max_batch: int = 64):
+    def __init__(self, solve: Callable[[Sequence[Job]], list[Any]], *, window_s: float = 0.005, max_batch: int = 64,
+                 on_batch: Callable[[int, float], None] | None = None):
         if window_s < 0 or max_batch < 1:
             raise ValueError(f"batch window must be >= 0 s and max batch >= 1, got {window_s} and {max_batch}")
         self._solve = solve
+        self._on_batch = on_batch  # called with (jobs, seconds) after each batched search
         self.window_s = window_s
         self.max_batch = max_batch
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-batch")
         self.batches = 0
+        self.search_seconds = 0.0  # wall seconds spent in batched searches, all batches
+        self.search_cpu_seconds = 0.0  # CPU seconds of the worker thread in them (for overhead figures)
         self.in_flight = 0  # jobs submitted and not yet answered
 
     async def start(self) -> None:
@@ -94,6 +98,10 @@ class DynamicBatcher:
                 break
         return batch
 
+    def _timed_solve(self, batch: list[Job]) -> tuple[list[Any], float]:
+        t0 = time.thread_time()
+        return self._solve(batch), time.thread_time() - t0
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -104,11 +112,15 @@ class DynamicBatcher:
             for job in batch:
                 job.started, job.batch_size = t0, len(batch)
             try:
-                results = await loop.run_in_executor(self._executor, self._solve, batch)
+                results, cpu = await loop.run_in_executor(self._executor, self._timed_solve, batch)
+                self.search_cpu_seconds += cpu
             except Exception as exc:  # an engine failure fails this batch only; the loop keeps serving
                 results = [exc] * len(batch)
             seconds = time.perf_counter() - t0
             self.batches += 1
+            self.search_seconds += seconds
+            if self._on_batch is not None:
+                self._on_batch(len(batch), seconds)
             for job, result in zip(batch, results):
                 job.search_seconds = seconds
                 if job.future.done():

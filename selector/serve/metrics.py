@@ -22,9 +22,15 @@ class GatewayMetrics:
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("tts_batch_size", "questions per batched search",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.search_seconds = Histogram("tts_search_seconds", "wall seconds of one batched search",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.generations = Counter("tts_generations_total", "generations spent (estimation + search)", ["strategy"], registry=r)
         self.flops = Counter("tts_flops_total", "inference FLOPs spent (estimation + search)", ["strategy"], registry=r)
         self.decisions = Counter("tts_routing_decisions_total", "routing decisions", ["bin", "strategy"], registry=r)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.search_seconds.observe(seconds)
 
     def observe_result(self, result: RoutedResult) -> None:
         d = result.decision
