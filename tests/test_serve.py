@@ -259,3 +259,41 @@ def test_timeout_and_graceful_shutdown(sim_table):
     g.stop()  # what SIGTERM does: stop accepting, finish what is in flight
     asker.join(30)
     assert box["resp"].status_code == 200 and box["resp"].json()["tts"]["answer"] is not None
+
+
+def test_average_budget_gives_each_bin_a_fixed_budget_within_the_mean(sim_table):
+    from selector.serve.solver import Solver
+    from selector.tables import TableDir
+
+    router = Router.load(sim_table)
+    solver = Solver(router, average_budget=3)
+    bins = [int(b) for b in TableDir(sim_table).prompts()["bin"]]
+    assert set(solver.bin_budgets) == set(bins) and set(solver.bin_budgets.values()) <= set(router.budgets)
+    assert sum(solver.bin_budgets[b] for b in bins) / len(bins) <= 3
+    with Running(router, ServeConfig(average_budget=3)) as g:
+        q = make_questions([0.5], prefix="serve avg")[0]
+        d = g.client().chat.completions.create(model="m", messages=[{"role": "user", "content": q}]).model_extra["tts"]["decision"]
+        assert d["budget"] == solver.bin_budgets[d["bin"]]
+
+
+def test_a_published_prior_serves_budgets_up_to_max_budget():
+    from pathlib import Path
+
+    prior = Path(__file__).resolve().parents[1] / "tables" / "prior__liu2025__math"
+    router = Router.load(prior, policy="sim", prm="sim:separation=2.0,noise=1.0,bias=1.0", estimator="pilot:4")
+    with Running(router, ServeConfig(max_budget=16)) as g:
+        q = make_questions([0.4], prefix="serve prior")[0]
+        resp = _post(g.url, {"model": "m", "messages": [{"role": "user", "content": q}]})
+        assert resp.status_code == 200, resp.text
+        d = resp.json()["tts"]["decision"]
+        assert d["requested_budget"] == 8 and d["source"].startswith("published prior")
+        assert d["expected_accuracy"] is None  # a prior has no measurements
+        resp = _post(g.url, {"model": "m", "messages": [{"role": "user", "content": q}], "tts": {"budget": 17}})
+        assert resp.status_code == 400 and "this prior serves budgets 1..16" in resp.json()["error"]["message"]
+
+
+def test_cli_serve_refuses_a_missing_table(tmp_path, capsys):
+    from selector.cli import main
+
+    assert main(["serve", "--tables", str(tmp_path / "nothing"), "--policy", "sim", "--prm", "sim"]) == 2
+    assert "not a table directory" in capsys.readouterr().err

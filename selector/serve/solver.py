@@ -25,7 +25,8 @@ class Solver:
     each difficulty bin gets the budget the table's allocation gives it over the profiled
     prompts' bin mix (so traffic with the table's difficulty mix averages at most that many
     generations per round, and a request's budget depends on its bin only, never on its
-    batch). ``max_budget`` caps budgets of a published prior (it names none of its own).
+    batch). Without either, the table's largest budget (8 for a published prior).
+    ``max_budget`` caps budgets of a published prior (it names none of its own).
     """
 
     def __init__(self, router: Router, *, budget: int | None = None, average_budget: float | None = None,
@@ -40,7 +41,7 @@ class Solver:
             self.bin_budgets = _bin_budgets(router, average_budget)
             self.default_budget = None
         else:
-            self.default_budget = budget if budget is not None else self.max_budget
+            self.default_budget = budget if budget is not None else (self.max_budget if self.budgets else min(8, max_budget))
             self.check_budget(self.default_budget)
 
     def check_budget(self, budget: Any, param: str = "tts.budget") -> int:
@@ -75,7 +76,7 @@ class Solver:
             if routed:
                 for i, e in zip(routed, self.router.estimate_batch([jobs[i].question for i in routed], seed=seed)):
                     estimates[i] = e
-            decisions = []
+            decided, decisions = [], []
             for i in idx:
                 job = jobs[i]
                 if job.strategy is not None:
@@ -85,11 +86,17 @@ class Solver:
                 else:
                     e = estimates[i]
                     budget = job.budget if job.budget is not None else self._budget_for(e.bin)
-                    decisions.append(self.router.decide(e, budget))
-            results = self.router.solve_decided([jobs[i].question for i in idx], decisions,
-                                                [estimates.get(i) for i in idx], seed=seed)
-            for i, r in zip(idx, results):
-                out[i] = r
+                    try:
+                        decisions.append(self.router.decide(e, budget))
+                    except ValueError as exc:  # e.g. the prompt's bin has no cell at this budget: this job only
+                        out[i] = bad_request(f"cannot route this prompt: {exc}", "tts.budget", "no_cell")
+                        continue
+                decided.append(i)
+            if decided:
+                results = self.router.solve_decided([jobs[i].question for i in decided], decisions,
+                                                    [estimates.get(i) for i in decided], seed=seed)
+                for i, r in zip(decided, results):
+                    out[i] = r
         return out
 
     def _budget_for(self, bin_: int | None) -> int:
