@@ -147,7 +147,7 @@ def test_64_concurrent_requests_share_one_batched_search_and_match_solving_alone
     budgets = [8 if i % 2 else 4 for i in range(64)]  # mixed budgets still share the rounds
     reference = Router.load(sim_table)
     alone = [reference.solve(q, b) for q, b in zip(qs, budgets)]
-    with Running(router, ServeConfig(batch_window_ms=300)) as g:
+    with Running(router, ServeConfig(batch_window_ms=1000)) as g:  # wide: a loaded machine sends slowly
         client = openai.AsyncOpenAI(base_url=f"{g.url}/v1", api_key="x", max_retries=0, timeout=120)
 
         async def ask(q, b):
@@ -181,7 +181,8 @@ def _post(url, payload=None, *, content=None, headers=None):
 
 
 @pytest.mark.parametrize("kind", ["empty", "too_long", "unknown_strategy", "budget_high", "budget_low", "budget_header",
-                                  "malformed_json", "content_type", "not_an_object", "no_messages", "bad_tts_field"])
+                                  "malformed_json", "content_type", "not_an_object", "no_messages", "bad_tts_field",
+                                  "n", "too_big"])
 def test_bad_inputs_get_openai_style_4xx(gateway, kind):
     q = "what is 2 + 2?"
     msg = lambda content: {"model": "m", "messages": [{"role": "user", "content": content}]}  # noqa: E731
@@ -205,6 +206,9 @@ def test_bad_inputs_get_openai_style_4xx(gateway, kind):
         "no_messages": (lambda: _post(gateway.url, {"model": "m"}), 400, "messages: Field required", "messages"),
         "bad_tts_field": (lambda: _post(gateway.url, {**msg(q), "tts": {"bugdet": 4}}), 400, "tts.bugdet: Extra inputs",
                           "tts.bugdet"),
+        "n": (lambda: _post(gateway.url, {**msg(q), "n": 3}), 400, "one routed answer per prompt (n=1)", "n"),
+        "too_big": (lambda: _post(gateway.url, content=b" " * (2 << 20), headers={"Content-Type": "application/json"}), 413,
+                    "this server accepts at most 1048576", None),
     }
     send, status, message, param = cases[kind]
     resp = send()
