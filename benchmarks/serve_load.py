@@ -104,6 +104,17 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+async def health_floor(url: str, n: int = 200) -> np.ndarray:
+    """Round trips of GET /health on one connection: the HTTP floor (client + server, no work)."""
+    out = np.empty(n)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        for i in range(n):
+            t0 = time.perf_counter()
+            (await http.get("/health")).raise_for_status()
+            out[i] = time.perf_counter() - t0
+    return out
+
+
 def ms(values, q) -> str:
     return f"{np.percentile(values, q) * 1e3:7.2f} ms"
 
@@ -115,6 +126,9 @@ def main() -> None:
     ap.add_argument("--window-ms", type=float, default=5.0, help="the server's --batch-window-ms")
     ap.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch")
     ap.add_argument("--budget", type=int, default=None, help="the server's --budget (default: the table's largest)")
+    ap.add_argument("--engine-latency", type=float, default=0.0,
+                    help="seconds the simulated policy sleeps per batched call (an engine's fixed per-call cost; "
+                         "0: the simulator's CPU work only, which grows with the batch as a real engine's does not)")
     ap.add_argument("--tables", default=None, help="a simulator table (default: profile configs/sim-small.yaml)")
     args = ap.parse_args()
 
@@ -128,6 +142,8 @@ def main() -> None:
            "--batch-window-ms", str(args.window_ms), "--max-batch", str(args.max_batch)]
     if args.budget is not None:
         cmd += ["--budget", str(args.budget)]
+    if args.engine_latency:
+        cmd += ["--policy", f"sim:latency={args.engine_latency}"]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -135,6 +151,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         questions = make_questions(list(rng.uniform(0.05, 0.95, 200)), prefix="load")
         asyncio.run(load(url, questions[:8], min(args.clients, 8), 16))  # warm-up
+        floor = asyncio.run(health_floor(url))
         h0, cpu0 = httpx.get(f"{url}/health").json(), cpu_seconds(proc.pid)
         rows, failures, seconds = asyncio.run(load(url, questions, args.clients, args.requests))
         h1, cpu1 = httpx.get(f"{url}/health").json(), cpu_seconds(proc.pid)
@@ -149,7 +166,8 @@ def main() -> None:
     own = np.array([r["gateway_seconds"] for r in rows])
     sizes = np.array([r["batch_size"] for r in rows])
     print(f"serve_load: {args.requests} requests from {args.clients} concurrent clients, window {args.window_ms:g} ms, "
-          f"simulator engines (CPU cores: {os.cpu_count()}; a shared machine inflates every figure)")
+          f"simulator engines{f' (+{args.engine_latency:g} s per policy call)' if args.engine_latency else ''} "
+          f"(CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}: a shared machine inflates every figure)")
     print(f"  answered {len(rows)}, failed {len(failures)}, lost {args.requests - len(rows) - len(failures)}")
     for f in failures[:5]:
         print(f"    {f}")
@@ -165,6 +183,7 @@ def main() -> None:
     over = total - search - wait
     print(f"  gateway overhead   p50 {ms(over, 50)}   p99 {ms(over, 99)}   (total - search - batch wait; target p50 < 2 ms)")
     print(f"  server's own share p50 {ms(own, 50)}   p99 {ms(own, 99)}   (parse, validate, build the response)")
+    print(f"  HTTP floor         p50 {ms(floor, 50)}   p99 {ms(floor, 99)}   (GET /health round trip, one client)")
     print(f"  gateway CPU        {gateway_cpu * 1e3:7.2f} ms per request (server CPU - search CPU, / requests)")
 
 

@@ -17,14 +17,15 @@ from typing import Any, Callable, Sequence
 
 @dataclass
 class Job:
-    """One question to solve. ``key`` groups jobs that may share one search call (same seed)."""
+    """One question to solve: its budget (None: the server's), forced strategy (None: route) and
+    seed (jobs with one seed share a search). Times are ``perf_counter`` seconds."""
 
     question: str
     budget: int | None
     strategy: Any  # a forced StrategyConfig, or None to route
     seed: int
     future: asyncio.Future = field(repr=False, default=None)  # type: ignore[assignment]
-    enqueued: float = 0.0  # perf_counter seconds
+    enqueued: float = 0.0
     started: float = 0.0
     batch_size: int = 0
     search_seconds: float = 0.0

@@ -7,7 +7,6 @@ whether their strategy was routed or forced; a different seed is a separate sear
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Any, Sequence
 
 from ..router import Decision, RoutedResult, Router
@@ -114,6 +113,4 @@ def _bin_budgets(router: Router, average_budget: float) -> dict[int, int]:
     out: dict[int, int] = {}
     for b, n in zip(bins, budgets):
         out[b] = min(out.get(b, n), n)
-    for b in Counter(bins):
-        out.setdefault(b, min(budgets))
     return out
