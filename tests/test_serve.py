@@ -208,7 +208,7 @@ def test_bad_inputs_get_openai_style_4xx(gateway, kind):
                           "tts.bugdet"),
         "n": (lambda: _post(gateway.url, {**msg(q), "n": 3}), 400, "one routed answer per prompt (n=1)", "n"),
         "too_big": (lambda: _post(gateway.url, content=b" " * (2 << 20), headers={"Content-Type": "application/json"}), 413,
-                    "this server accepts at most 1048576", None),
+                    "the body is over 1048576 bytes", None),
     }
     send, status, message, param = cases[kind]
     resp = send()

@@ -113,16 +113,29 @@ def create_app(router: Router, config: ServeConfig = ServeConfig()) -> FastAPI:
         return JSONResponse(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind).body(),
                             status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # a bug: still an OpenAI-style body
+        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").body(),
+                            status_code=500)
+
     async def read_body(request: Request, model: type[BaseModel]) -> Any:
         check_bearer(request.headers.get("authorization"), api_key)
         ctype = request.headers.get("content-type", "")
         if ctype.split(";")[0].strip().lower() != "application/json":
             raise APIError(415, f"Content-Type must be application/json, got {ctype or 'none'!r}", param=None,
                            code="unsupported_media_type")
-        body = await request.body()
-        if len(body) > config.max_body_bytes:
-            raise APIError(413, f"the body is {len(body)} bytes; this server accepts at most {config.max_body_bytes}",
+        too_big = APIError(413, f"the body is over {config.max_body_bytes} bytes, the most this server accepts",
                            code="body_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > config.max_body_bytes:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():  # read at most the limit: never buffer a huge body
+            size += len(chunk)
+            if size > config.max_body_bytes:
+                raise too_big
+            chunks.append(chunk)
+        body = b"".join(chunks)
         try:
             data = json.loads(body)
         except ValueError as exc:
