@@ -183,6 +183,9 @@ def main() -> None:
     over = total - search - wait
     print(f"  gateway overhead   p50 {ms(over, 50)}   p99 {ms(over, 99)}   (total - search - batch wait; target p50 < 2 ms)")
     print(f"  server's own share p50 {ms(own, 50)}   p99 {ms(own, 99)}   (parse, validate, build the response)")
+    handler = np.array([r["handler_seconds"] for r in rows])
+    print(f"  outside handler    p50 {ms(total - handler, 50)}   p99 {ms(total - handler, 99)}   "
+          "(HTTP, uvicorn, the client: total - the server's handler time)")
     print(f"  HTTP floor         p50 {ms(floor, 50)}   p99 {ms(floor, 99)}   (GET /health round trip, one client)")
     print(f"  gateway CPU        {gateway_cpu * 1e3:7.2f} ms per request (server CPU - search CPU, / requests)")
 

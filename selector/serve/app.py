@@ -285,7 +285,8 @@ def _tts(job: Job, result: RoutedResult, t0: float) -> dict[str, Any]:
                         "finished": c.finished, "stop_reason": c.stop_reason, "tokens": c.tokens} for c in result.candidates],
         "timing": {"queued_seconds": queued, "search_seconds": job.search_seconds, "batch_size": job.batch_size,
                    # the gateway's own time: parsing, validation, building this body (not queueing or search)
-                   "gateway_seconds": max(done - t0 - queued - job.search_seconds, 0.0)},
+                   "gateway_seconds": max(done - t0 - queued - job.search_seconds, 0.0),
+                   "handler_seconds": done - t0},
     }
 
 
