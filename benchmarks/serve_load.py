@@ -10,6 +10,8 @@ fixed number of chat completions. Prints throughput, p50/p99 latency, and per re
 - gateway overhead = total - search - batch wait: HTTP on both ends, JSON, validation,
   routing bookkeeping and building the response (``total - search`` is printed too),
 - server-side gateway time (``tts.timing.gateway_seconds``: the server's own share of it),
+- the HTTP floor: GET /health round trips from one client and from N (no search, no
+  batching): what the HTTP stack alone costs on this machine at this concurrency,
 - gateway CPU per request: the server process's CPU seconds minus the CPU seconds of its
   batched searches (the worker thread's), over the requests: what each request costs the
   gateway, free of queueing and of other processes on the machine.
@@ -104,15 +106,21 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-async def health_floor(url: str, n: int = 200) -> np.ndarray:
-    """Round trips of GET /health on one connection: the HTTP floor (client + server, no work)."""
-    out = np.empty(n)
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        for i in range(n):
-            t0 = time.perf_counter()
-            (await http.get("/health")).raise_for_status()
-            out[i] = time.perf_counter() - t0
-    return out
+async def health_floor(url: str, clients: int, n: int = 20) -> tuple[np.ndarray, float]:
+    """Round trips of GET /health from ``clients`` concurrent clients, ``n`` each: the HTTP floor at
+    this concurrency (client + server, no work); (latencies, requests per second)."""
+    out: list[float] = []
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=1)) as http:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                (await http.get("/health")).raise_for_status()
+                out.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return np.array(out), len(out) / (time.perf_counter() - t0)
 
 
 def ms(values, q) -> str:
@@ -151,7 +159,8 @@ def main() -> None:
         rng = np.random.default_rng(0)
         questions = make_questions(list(rng.uniform(0.05, 0.95, 200)), prefix="load")
         asyncio.run(load(url, questions[:8], min(args.clients, 8), 16))  # warm-up
-        floor = asyncio.run(health_floor(url))
+        floor1, _ = asyncio.run(health_floor(url, 1, 200))
+        floor, floor_rate = asyncio.run(health_floor(url, args.clients))
         h0, cpu0 = httpx.get(f"{url}/health").json(), cpu_seconds(proc.pid)
         rows, failures, seconds = asyncio.run(load(url, questions, args.clients, args.requests))
         h1, cpu1 = httpx.get(f"{url}/health").json(), cpu_seconds(proc.pid)
@@ -186,7 +195,8 @@ def main() -> None:
     handler = np.array([r["handler_seconds"] for r in rows])
     print(f"  outside handler    p50 {ms(total - handler, 50)}   p99 {ms(total - handler, 99)}   "
           "(HTTP, uvicorn, the client: total - the server's handler time)")
-    print(f"  HTTP floor         p50 {ms(floor, 50)}   p99 {ms(floor, 99)}   (GET /health round trip, one client)")
+    print(f"  HTTP floor         p50 {ms(floor1, 50)}   p99 {ms(floor1, 99)}   (GET /health round trip, one client)")
+    print(f"  HTTP floor, N      p50 {ms(floor, 50)}   p99 {ms(floor, 99)}   ({args.clients} clients: {floor_rate:.0f} GET /health per s)")
     print(f"  gateway CPU        {gateway_cpu * 1e3:7.2f} ms per request (server CPU - search CPU, / requests)")
 
 
