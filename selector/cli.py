@@ -203,6 +203,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeConfig, serve
+
+    config = ServeConfig(budget=args.budget, average_budget=args.average_budget, max_budget=args.max_budget,
+                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, timeout_s=args.timeout,
+                         max_prompt_chars=args.max_prompt_chars, api_key=args.api_key, seed=args.seed)
+    serve(_load_router(args), config, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-selector", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
@@ -279,6 +289,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--few-prompts", dest="few_prompts", type=int, default=None,
                    help="warn about cells selected from fewer prompts than this (default 10)")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP gateway that routes every request through the tables")
+    p.add_argument("--tables", required=True, help="table directory, or a catalog of them (e.g. tables/)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=int, default=None, help="default budget N per request (default: the table's largest)")
+    budget.add_argument("--average-budget", dest="average_budget", type=float, default=None,
+                        help="instead: per-bin budgets averaging at most B generations per round over the table's prompt mix")
+    p.add_argument("--max-budget", dest="max_budget", type=int, default=64, help="with a published prior: the largest budget served")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--batch-window-ms", dest="batch_window_ms", type=float, default=5.0,
+                   help="milliseconds a batch waits for more requests (default 5)")
+    p.add_argument("--max-batch", dest="max_batch", type=int, default=64, help="most questions per batched search (default 64)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may wait for its answer (default 300)")
+    p.add_argument("--max-prompt-chars", dest="max_prompt_chars", type=int, default=8000, help="longest prompt accepted (characters)")
+    p.add_argument("--api-key", dest="api_key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $TTS_SELECTOR_API_KEY; unset: no auth)")
+    _add_routing_args(p)
+    _add_engine_args(p)
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

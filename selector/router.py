@@ -479,14 +479,28 @@ class Router:
             decisions = [self._decide(e, budget) for e in estimates]
         else:
             decisions = [self._decide(e, b) for e, b in zip(estimates, self.allocate(estimates, average_budget))]
-        # Pilot samples are not reused as the strategy's samples: they decided the bin, and the
-        # table's cells were scored on samples independent of the bin (see estimators/pilot.py).
+        return self.solve_decided(prompts, decisions, estimates, seed=seed, progress=progress)
+
+    def decide(self, estimate: Estimate, budget: int) -> Decision:
+        """The decision for a prompt with this ``estimate`` at ``budget`` (generations per round)."""
+        return self._decide(estimate, budget)
+
+    def solve_decided(
+        self, prompts: Sequence[str], decisions: Sequence[Decision], estimates: Sequence[Estimate | None], *,
+        seed: int = 0, progress: bool = False,
+    ) -> list[RoutedResult]:
+        """Search ``prompts`` with decisions already made (by :meth:`decide`, or a strategy the
+        caller forced), all in shared batched rounds. An estimate (None: the prompt was not
+        estimated) gives its cost to the ledger; its pilot samples are not reused as the
+        strategy's samples: they decided the bin, and the table's cells were scored on samples
+        independent of the bin (see estimators/pilot.py). Seeds derive from
+        ``seed`` and each prompt's text, so a result does not depend on the rest of the batch."""
         results = run_search(
             [(p, d.strategy) for p, d in zip(prompts, decisions)], self.policy, self.prm,
             sampling=self.sampling, seed=seed, progress=progress,
         )
         return [
-            RoutedResult(r.answer, d, r.candidates, e.cost + r.cost, e.cost, r)
+            RoutedResult(r.answer, d, r.candidates, (e.cost if e else Cost()) + r.cost, e.cost if e else Cost(), r)
             for r, d, e in zip(results, decisions, estimates)
         ]
 
