@@ -387,8 +387,8 @@ class Router:
 
         config = manifest_config(table_dir)
         policy_engine, prm_engine = resolve_engines(
-            policy if policy is not None else config.get("policy", meta["policy_id"]),
-            prm if prm is not None else config.get("prm", meta["prm_id"]),
+            policy if policy is not None else _table_spec(table_dir, config, meta, "policy"),
+            prm if prm is not None else _table_spec(table_dir, config, meta, "prm"),
         )
         checks = [("policy", policy_engine, meta["policy_id"]), ("PRM", prm_engine, meta["prm_id"])]
         if choice is not None and choice.kind == "nearest_size":
@@ -507,6 +507,16 @@ class Router:
     def allocate(self, estimates: Sequence[Estimate], average_budget: float) -> list[int]:
         """Per-prompt budgets with mean <= ``average_budget`` (see :meth:`SelectionCells.allocate`)."""
         return self._cells.allocate([e.bin for e in estimates], average_budget)
+
+
+def _table_spec(table_dir: str | Path, config: dict, meta: dict, kind: str) -> str:
+    """The engine spec a table was profiled with, for when the user names none; only a local
+    one is accepted (a table directory must not choose where the user's prompts are sent)."""
+    from .backends.registry import require_local_spec
+
+    spec = config.get(kind, meta[f"{kind}_id"])
+    where = f"{Path(table_dir) / 'state' / 'manifest.json'}" if kind in config else f"{table_dir}'s metadata"
+    return require_local_spec(spec, "policy" if kind == "policy" else "PRM", where)
 
 
 def load_prior_estimator(cells: PriorCells, estimator: str | Any, where: str | Path = "prior") -> tuple[Any, str]:

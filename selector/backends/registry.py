@@ -248,3 +248,43 @@ def make_prm(spec: str | PRM | None) -> PRM | None:
     if name not in PRM_SPECS:
         raise ValueError(f"unknown PRM spec {spec!r}; use one of {sorted(PRM_SPECS)} (as NAME or NAME:k=v,...)")
     return PRM_SPECS[name](arg or None)
+
+
+# Specs that reach a network endpoint: a table directory may not choose one (its manifest is
+# not the user); ``remote_reason`` says why a spec would.
+_REMOTE_BACKENDS = {"openai": "an OpenAI-compatible server"}
+_REMOTE_KEYS = ("base_url", "base_urls", "url", "urls", "host", "endpoint")
+
+
+def remote_reason(spec: Any) -> str | None:
+    """Why ``spec`` would send requests over the network (None for local presets, files and
+    the simulator): an ``openai`` spec, a ``vllm-prm`` with ``base_url``, or any URL in it."""
+    if not isinstance(spec, str):
+        return f"it is not a spec string ({type(spec).__name__})"
+    name, _, arg = spec.partition(":")
+    if name in _REMOTE_BACKENDS:
+        return f"{name!r} talks to {_REMOTE_BACKENDS[name]}"
+    if "://" in spec:
+        return "it contains a URL"
+    try:
+        keys = _parse_kwargs(arg) if arg and "=" in arg else {}
+    except ValueError:
+        keys = {}
+    hit = [k for k in keys if k in _REMOTE_KEYS]
+    return f"it names an endpoint ({', '.join(hit)})" if hit else None
+
+
+def require_local_spec(spec: Any, kind: str, where: str) -> str:
+    """``spec`` if it is local; else an :class:`~selector.errors.InputError` saying that a
+    network endpoint must come from the user, not from ``where`` (e.g. a table's manifest)."""
+    from ..errors import InputError
+
+    reason = remote_reason(spec)
+    if reason is not None:
+        flag = "--policy" if kind == "policy" else "--prm"
+        raise InputError(
+            f"{where} names the {kind} {spec!r}, which is not used because {reason}: a table chooses only local "
+            f"engines (presets, model files, the simulator). To use that server, name it yourself: {flag} SPEC on "
+            f"the command line, or {kind}= in the Python API"
+        )
+    return spec
