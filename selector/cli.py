@@ -138,7 +138,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from .profile import load_config, run_profile
 
     cfg = load_config(args.config)
-    summary = run_profile(cfg, args.out or _default_out(cfg), shard=_parse_shard(args.shard), progress=not args.quiet)
+    summary = run_profile(cfg, args.out or _default_out(cfg), shard=_parse_shard(args.shard), progress=not args.quiet,
+                          force=args.force)
     print(summary.render())
     return 0
 
@@ -146,7 +147,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from .profile import merge_profiles
 
-    summary = merge_profiles(args.out, args.dirs, progress=not args.quiet)
+    summary = merge_profiles(args.out, args.dirs, progress=not args.quiet, force=args.force)
     print(summary.render())
     return 0
 
@@ -236,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="table directory (default tables/<config name>); resumes if it exists")
     p.add_argument("--shard", default=None, help="run only slice i of k (i/k) of the prompts, for many machines")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="rerun on a finished table even if its bins changed (drops its trained estimators' records)")
     p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("train-estimator", help="cross-validate and fit a prompt difficulty estimator")
@@ -264,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", help="shard output directories")
     p.add_argument("--out", required=True, help="merged table directory")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--force", action="store_true", help="as for profile: rewrite a finished table whose bins changed")
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("inspect", help="summarise a table directory (or a directory of them); optionally plot it")
