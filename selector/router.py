@@ -35,8 +35,10 @@ import pandas as pd
 
 from .backends.base import PRM, Policy, SamplingParams
 from .binning import assign_bins
+from .prompts import check_questions
 from .catalog import CatalogChoice, TableCatalog, format_params, is_catalog, policy_size, rows_for_size, table_family
 from .datasets import dataset_family
+from .errors import InputError
 from .estimators import Estimate, PilotEstimator, load_estimator
 from .search.base import STRATEGIES, StrategyConfig, make_strategy
 from .search.runner import run_search
@@ -362,6 +364,9 @@ class Router:
         """
         from .api import resolve_engines
 
+        if policy_params is not None and not (isinstance(policy_params, (int, float)) and math.isfinite(policy_params)
+                                              and policy_params >= 1):
+            raise InputError(f"policy_params must be a finite parameter count >= 1 (e.g. 1.5e9), got {policy_params!r}")
         choice = None
         if is_catalog(table_dir):
             if policy is None or prm is None or dataset is None:
@@ -469,6 +474,7 @@ class Router:
 
     def route_batch(self, prompts: Sequence[str], budget: int) -> list[Decision]:
         self._cells.check_budget(budget)  # before estimating: a pilot would spend generations
+        check_questions(prompts)
         return [self._decide(e, budget) for e in self.estimate_batch(prompts)]
 
     # -- solving ---------------------------------------------------------------------------

@@ -53,6 +53,10 @@ def check_manifest(out_dir: str | Path, cfg: ProfileConfig, dataset_sha: str) ->
     """Refuse to add to ``out_dir`` with another config or data set than it was started with
     (the message names both hashes and the two fixes); write the manifest when there is none."""
     out_dir = Path(out_dir)
+    blocked = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ConfigError(f"--out {out_dir}: {blocked} is a file, not a directory: give --out a directory path "
+                          "(it is created if missing)")
     manifest = read_manifest(out_dir)
     if not manifest:
         atomic_write_text(out_dir / MANIFEST, json.dumps(
