@@ -114,3 +114,23 @@ def test_a_prompt_beyond_the_default_models_context_names_the_limit(tmp_path):
     r = cli("solve", "--prompt-file", str(tmp_path / "q.txt"), "--strategy", "majority", "--n", "1")
     err = r.stderr.decode()
     assert r.returncode == 2 and "Traceback" not in err and "context is" in err and "tokens" in err, err[-800:]
+
+
+def test_the_python_api_raises_the_same_typed_errors():
+    import math
+
+    from selector import BestOfN, solve
+    from selector.backends.base import SamplingParams
+    from selector.errors import InputError
+    from selector.router import Router
+
+    for bad in ("", "   \n", "caf\udce9"):
+        with pytest.raises(InputError, match="empty|UTF-8"):
+            solve(bad, BestOfN(n=2), policy="sim", prm="sim")
+    for field, value in [("temperature", math.nan), ("temperature", math.inf), ("temperature", -0.5), ("top_p", math.nan),
+                         ("temperature", 1e6), ("max_tokens", 2.5), ("top_k", -1)]:
+        with pytest.raises(InputError, match=field):
+            SamplingParams(**{field: value})
+    for params in (-5, math.inf, math.nan, 0):
+        with pytest.raises(InputError, match="policy_params must be a finite parameter count"):
+            Router.load(ROOT / "tables" / "prior__liu2025__math", policy="sim", prm="sim", policy_params=params)
