@@ -97,3 +97,30 @@ def test_an_edited_config_is_refused_with_both_hashes(tmp_path):
     other = load_config(sim_config(tmp_path, prompts=24, pool={"n": 4}, grid={"budgets": [1, 2, 4]}))
     with pytest.raises(ConfigError, match=rf"{cfg.config_hash}.*{other.config_hash}.*restore the config.*new --out"):
         run_profile(other, out, progress=False)
+
+
+def test_an_edited_data_set_after_a_kill_is_refused_and_nothing_more_is_written(tmp_path):
+    import os
+    import signal
+    import time
+
+    from selector.tables import rollout_shards
+
+    cfg_path = sim_config(tmp_path, prompts=24, latency=0.05)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "selector.cli", "profile", str(cfg_path), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and len(rollout_shards(out)) >= 2):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = {p: p.stat().st_mtime_ns for p in rollout_shards(out)}
+    assert written and not (out / "selection.parquet").exists()
+    _edit_answers(tmp_path / "questions.jsonl")
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "dataset sha256" in r.stderr and "restore the data set" in r.stderr and "new --out" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in rollout_shards(out)} == written
+    assert not (out / "selection.parquet").exists()
