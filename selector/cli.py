@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -22,8 +23,31 @@ def _add_routing_args(p: argparse.ArgumentParser, estimator_prefix: str = "") ->
     """The arguments of routed commands: the difficulty estimator and, with a catalog, what to pick a table for."""
     p.add_argument("--estimator", default="prompt:tfidf", help=f"{estimator_prefix}prompt:<features> | pilot:<k>")
     p.add_argument("--dataset", default=None, help="with a catalog: the data set (e.g. math500) or family (e.g. math) to pick a table for")
-    p.add_argument("--policy-params", dest="policy_params", type=float, default=None,
+    p.add_argument("--policy-params", dest="policy_params", type=_parameter_count, default=None,
                    help="the policy's parameter count (e.g. 1.5e9), for engines that cannot count their own")
+
+
+def _parameter_count(text: str) -> float:
+    """--policy-params: a finite count >= 1 (argparse turns the error into exit 2 with the message)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a parameter count such as 1.5e9, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"a parameter count must be finite and >= 1 (e.g. 1.5e9), got {text!r}")
+    return value
+
+
+def _add_question_args(p: argparse.ArgumentParser) -> None:
+    """The question: an argument, '-' for stdin, or --prompt-file (a long prompt cannot pass a shell)."""
+    p.add_argument("question", nargs="?", default=None, help="the question; '-' reads it from stdin")
+    p.add_argument("--prompt-file", dest="prompt_file", default=None, help="read the question from this UTF-8 file")
+
+
+def _question(args: argparse.Namespace) -> str:
+    from .prompts import read_question
+
+    return read_question(args.question, args.prompt_file)
 
 
 def _build_strategy(args: argparse.Namespace):
@@ -53,7 +77,8 @@ def _load_router(args: argparse.Namespace):
 
 
 def _cmd_route(args: argparse.Namespace) -> int:
-    decision = _load_router(args).route(args.question, args.budget)
+    question = _question(args)
+    decision = _load_router(args).route(question, args.budget)
     if args.json:
         print(json.dumps(decision.to_dict(), indent=2))
     else:
@@ -67,7 +92,8 @@ def _cmd_route(args: argparse.Namespace) -> int:
 
 
 def _cmd_routed_solve(args: argparse.Namespace) -> int:
-    result = _load_router(args).solve(args.question, args.budget, seed=args.seed)
+    question = _question(args)
+    result = _load_router(args).solve(question, args.budget, seed=args.seed)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -85,19 +111,24 @@ def _cmd_routed_solve(args: argparse.Namespace) -> int:
 
 def _cmd_solve(args: argparse.Namespace) -> int:
     from .api import resolve_engines
+    from .backends.base import SamplingParams
+    from .errors import InputError
     from .search.runner import run_search
 
     if args.tables:
         if args.budget is None:
-            raise ValueError("a routed solve (--tables) needs --budget N")
+            raise InputError("a routed solve (--tables) needs --budget N")
         return _cmd_routed_solve(args)
 
+    question = _question(args)
     strategy = _build_strategy(args)
+    if args.temperature is not None:  # checked before a model loads
+        SamplingParams(temperature=args.temperature)
     policy, prm = resolve_engines(args.policy, args.prm)
     sampling = policy.default_sampling_params()
     if args.temperature is not None:
         sampling = sampling.replace(temperature=args.temperature)
-    result = run_search([(args.question, strategy)], policy, prm, sampling=sampling, seed=args.seed)[0]
+    result = run_search([(question, strategy)], policy, prm, sampling=sampling, seed=args.seed)[0]
     if args.json:
         out = result.to_dict()
         out["policy"], out["prm"] = policy.id, (prm.id if prm is not None else None)
@@ -138,7 +169,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from .profile import load_config, run_profile
 
     cfg = load_config(args.config)
-    summary = run_profile(cfg, args.out or _default_out(cfg), shard=_parse_shard(args.shard), progress=not args.quiet)
+    summary = run_profile(cfg, args.out or _default_out(cfg), shard=_parse_shard(args.shard), progress=not args.quiet,
+                          force=args.force)
     print(summary.render())
     return 0
 
@@ -146,7 +178,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from .profile import merge_profiles
 
-    summary = merge_profiles(args.out, args.dirs, progress=not args.quiet)
+    summary = merge_profiles(args.out, args.dirs, progress=not args.quiet, force=args.force)
     print(summary.render())
     return 0
 
@@ -219,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("solve", help="solve one question with a search strategy")
-    p.add_argument("question")
+    _add_question_args(p)
     p.add_argument("--strategy", default="beam_search", help="majority | best_of_n | weighted_best_of_n | beam_search | dvts")
     p.add_argument("--n", type=int, default=8, help="budget N: generations per round (default 8)")
     p.add_argument("--m", type=int, default=None, help="beam width M (beam_search, dvts); N must be a multiple")
@@ -236,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_solve)
 
     p = sub.add_parser("route", help="decide strategy and budget for a question from a table (no generation)")
-    p.add_argument("question")
+    _add_question_args(p)
     p.add_argument("--tables", required=True, help="table directory, or a catalog of them (e.g. tables/)")
     p.add_argument("--budget", type=int, required=True, help="budget N (generations per round)")
     p.add_argument("--json", action="store_true")
@@ -249,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="table directory (default tables/<config name>); resumes if it exists")
     p.add_argument("--shard", default=None, help="run only slice i of k (i/k) of the prompts, for many machines")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="rerun on a finished table even if its bins changed (drops its trained estimators' records)")
     p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("train-estimator", help="cross-validate and fit a prompt difficulty estimator")
@@ -279,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", help="shard output directories")
     p.add_argument("--out", required=True, help="merged table directory")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--force", action="store_true", help="as for profile: rewrite a finished table whose bins changed")
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("inspect", help="summarise a table directory (or a directory of them); optionally plot it")

@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import InputError
+
 NAMES = ("Ann", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena")
 ITEMS = ("apples", "marbles", "stickers", "coins", "books", "pencils", "shells", "cards")
+
+
+class DatasetError(InputError):
+    """A data set that cannot be read: missing, empty, not UTF-8 or not JSONL of problems."""
 
 
 @dataclass(frozen=True)
@@ -197,19 +203,32 @@ def read_jsonl(path: str | Path, fmt: JsonlFormat = JsonlFormat()) -> list[Probl
     """Problems from a JSONL file; errors name the file, the line and the missing field."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such data file")
+        raise DatasetError(f"data set file {path} does not exist: check the path (relative paths in a config are "
+                           "read from the config's folder)")
     out: list[Problem] = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open(encoding="utf-8", errors="strict") as fh:
+        lines = iter(fh)
+        lineno = 0
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except UnicodeDecodeError as exc:
+                raise DatasetError(f"{path}: line {lineno + 2} is not valid UTF-8 ({exc.reason}): re-encode the file "
+                                   "as UTF-8") from None
+            lineno += 1
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg}): fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{lineno}: a line must be a JSON object, got {type(row).__name__}")
             for name in (fmt.problem_field, fmt.answer_field, fmt.id_field):
                 if name is not None and name not in row:
-                    raise ValueError(
+                    raise DatasetError(
                         f"{path}:{lineno}: no field {name!r} (fields: {sorted(row)}); "
                         "set dataset.problem_field / answer_field / id_field in the config"
                     )
@@ -221,7 +240,9 @@ def read_jsonl(path: str | Path, fmt: JsonlFormat = JsonlFormat()) -> list[Probl
             out.append(Problem(pid, str(row[fmt.problem_field]), answer, level))
     ids = [p.id for p in out]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{path}: duplicate ids in field {fmt.id_field!r}; choose a unique id_field or none")
+        raise DatasetError(f"{path}: duplicate ids in field {fmt.id_field!r}; choose a unique id_field or none")
+    if not out:
+        raise DatasetError(f"data set file {path} is empty (no problems): give a JSONL file with one problem per line")
     return out
 
 
@@ -260,15 +281,18 @@ def load_dataset(name: str, *, size: int | None = None, seed: int = 0, fmt: Json
         fmt = builtin_fmt
     else:
         path = Path(name)
-        if path.suffix != ".jsonl" or not path.is_file():
-            raise ValueError(
+        if path.suffix == ".jsonl" and not path.is_file():
+            raise DatasetError(f"data set file {path} does not exist: check the path (relative paths in a config are "
+                               "read from the config's folder)")
+        if path.suffix != ".jsonl":
+            raise DatasetError(
                 f"unknown data set {name!r}: use one of {sorted(BUILTIN_FILES) + sorted(GENERATED)} or a path to a .jsonl file"
             )
         fmt = fmt or JsonlFormat()
     problems = read_jsonl(path, fmt)
     if size is not None:
         if size > len(problems):
-            raise ValueError(f"dataset.size={size} but {name} has only {len(problems)} problems")
+            raise DatasetError(f"dataset.size={size} but {name} has only {len(problems)} problems: lower dataset.size")
         keep = sorted(random.Random(seed).sample(range(len(problems)), size))
         problems = [problems[i] for i in keep]
     return problems, file_sha256(path)

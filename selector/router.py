@@ -36,8 +36,10 @@ import pandas as pd
 
 from .backends.base import PRM, Policy, SamplingParams
 from .binning import assign_bins
+from .prompts import check_questions
 from .catalog import CatalogChoice, TableCatalog, format_params, is_catalog, policy_size, rows_for_size, table_family
 from .datasets import dataset_family
+from .errors import InputError
 from .estimators import Estimate, PilotEstimator, load_estimator
 from .search.base import STRATEGIES, StrategyConfig, make_strategy
 from .search.runner import run_search
@@ -343,6 +345,9 @@ class Router:
         """
         from .api import resolve_engines
 
+        if policy_params is not None and not (isinstance(policy_params, (int, float)) and math.isfinite(policy_params)
+                                              and policy_params >= 1):
+            raise InputError(f"policy_params must be a finite parameter count >= 1 (e.g. 1.5e9), got {policy_params!r}")
         choice = None
         if is_catalog(table_dir):
             if policy is None or prm is None or dataset is None:
@@ -368,8 +373,8 @@ class Router:
 
         config = manifest_config(table_dir)
         policy_engine, prm_engine = resolve_engines(
-            policy if policy is not None else config.get("policy", meta["policy_id"]),
-            prm if prm is not None else config.get("prm", meta["prm_id"]),
+            policy if policy is not None else _table_spec(table_dir, config, meta, "policy"),
+            prm if prm is not None else _table_spec(table_dir, config, meta, "prm"),
         )
         checks = [("policy", policy_engine, meta["policy_id"]), ("PRM", prm_engine, meta["prm_id"])]
         if choice is not None and choice.kind == "nearest_size":
@@ -453,6 +458,7 @@ class Router:
 
     def route_batch(self, prompts: Sequence[str], budget: int) -> list[Decision]:
         self._cells.check_budget(budget)  # before estimating: a pilot would spend generations
+        check_questions(prompts)
         return [self._decide(e, budget) for e in self.estimate_batch(prompts)]
 
     # -- solving ---------------------------------------------------------------------------
@@ -507,6 +513,16 @@ class Router:
     def allocate(self, estimates: Sequence[Estimate], average_budget: float) -> list[int]:
         """Per-prompt budgets with mean <= ``average_budget`` (see :meth:`SelectionCells.allocate`)."""
         return self._cells.allocate([e.bin for e in estimates], average_budget)
+
+
+def _table_spec(table_dir: str | Path, config: dict, meta: dict, kind: str) -> str:
+    """The engine spec a table was profiled with, for when the user names none; only a local
+    one is accepted (a table directory must not choose where the user's prompts are sent)."""
+    from .backends.registry import require_local_spec
+
+    spec = config.get(kind, meta[f"{kind}_id"])
+    where = f"{Path(table_dir) / 'state' / 'manifest.json'}" if kind in config else f"{table_dir}'s metadata"
+    return require_local_spec(spec, "policy" if kind == "policy" else "PRM", where)
 
 
 def load_prior_estimator(cells: PriorCells, estimator: str | Any, where: str | Path = "prior",

@@ -64,20 +64,66 @@ def test_math500_levels_are_predicted_from_the_text(shared_data):
     assert report.metrics["bin_accuracy"] > report.baseline["bin_accuracy"]
 
 
-def test_tampered_estimator_is_refused_before_unpickling(tmp_path, monkeypatch):
+def test_tampered_estimator_is_refused_before_loading(tmp_path, monkeypatch):
     texts, pass1, bins = synthetic_prompts(60)
-    path = tmp_path / "est.joblib"
+    path = tmp_path / "estimator-tfidf.skops"
     sha = save_estimator(PromptEstimator().fit(texts, pass1, bins), path)
     assert load_estimator(path, sha).predict(texts[:3]).shape == (3,)
     path.write_bytes(path.read_bytes() + b"\0")
-    import joblib
+    import skops.io
 
     def never(*a, **k):
-        raise AssertionError("unpickled a file whose hash did not match")
+        raise AssertionError("loaded a file whose hash did not match")
 
-    monkeypatch.setattr(joblib, "load", never)
-    with pytest.raises(EstimatorIntegrityError, match="refusing to unpickle"):
+    monkeypatch.setattr(skops.io, "loads", never)
+    with pytest.raises(EstimatorIntegrityError, match="does not match the recorded"):
         load_estimator(path, sha)
+
+
+def test_estimators_are_stored_as_data_with_only_trusted_types(tmp_path):
+    import skops.io
+
+    from selector.estimators.persist import TRUSTED_TYPES
+
+    texts, pass1, bins = synthetic_prompts(60)
+    path = tmp_path / "estimator-tfidf.skops"
+    save_estimator(PromptEstimator().fit(texts, pass1, bins), path)
+    assert not path.read_bytes().startswith(b"\x80")  # not a pickle stream: a zip of JSON and arrays
+    assert set(skops.io.get_untrusted_types(file=path)) <= set(TRUSTED_TYPES)
+
+
+def test_pickled_and_untrusted_estimators_are_refused_with_the_retrain_command(tmp_path):
+    import hashlib
+    import pickle
+
+    import skops.io
+
+    target = tmp_path / "pwned"
+    payload = pickle.dumps(_PickleBomb(str(target)))
+    old = tmp_path / "estimator-tfidf.joblib"
+    old.write_bytes(payload)
+    with pytest.raises(EstimatorIntegrityError, match=r"train-estimator .* --features tfidf"):
+        load_estimator(old, hashlib.sha256(payload).hexdigest())
+    # A skops file holding a type outside the allow-list (here a plain Python class of this test).
+    odd = tmp_path / "estimator-tfidf.skops"
+    odd.write_bytes(skops.io.dumps({"x": _Plain()}))
+    with pytest.raises(EstimatorIntegrityError, match="untrusted types"):
+        load_estimator(odd, hashlib.sha256(odd.read_bytes()).hexdigest())
+    assert not target.exists()
+
+
+class _Plain:
+    pass
+
+
+class _PickleBomb:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))
 
 
 @pytest.mark.parametrize("strategy", [BestOfN(n=16), WeightedBestOfN(n=8, aggregation="min"), Majority(n=4)])

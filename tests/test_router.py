@@ -102,9 +102,9 @@ def test_concurrent_solves_are_safe(sim_table):
 def test_tampered_estimator_is_refused_at_load(sim_table, tmp_path):
     copy = tmp_path / "table"
     shutil.copytree(sim_table, copy)
-    est = copy / "estimator-tfidf.joblib"
+    est = copy / "estimator-tfidf.skops"
     est.write_bytes(est.read_bytes()[:-1] + b"x")
-    with pytest.raises(EstimatorIntegrityError, match="refusing to unpickle"):
+    with pytest.raises(EstimatorIntegrityError, match="does not match the recorded"):
         Router.load(copy)
 
 

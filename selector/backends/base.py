@@ -9,10 +9,13 @@ construct, which showed up as a third of beam search's orchestration time.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple, Protocol, Sequence, runtime_checkable
 
 FinishReason = Literal["delimiter", "eos", "length"]
+# Far above any useful temperature (the distribution is near uniform by 5): a larger value is a typo.
+MAX_TEMPERATURE = 100.0
 
 
 @dataclass(frozen=True)
@@ -33,14 +36,26 @@ class SamplingParams:
     step_delimiter: str | None = "\n\n"
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        from ..errors import InputError
+
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
+        for name in ("top_k", "max_step_tokens", "max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{name} must be an integer, got {value!r}")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise InputError(f"temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+            raise InputError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if self.max_step_tokens < 1 or self.max_tokens < 1:
-            raise ValueError("max_step_tokens and max_tokens must be >= 1")
+            raise InputError(f"max_step_tokens and max_tokens must be >= 1, got {self.max_step_tokens} and {self.max_tokens}")
+        if self.step_delimiter is not None and (not isinstance(self.step_delimiter, str) or not self.step_delimiter):
+            raise InputError(f"step_delimiter must be a non-empty string or None, got {self.step_delimiter!r}")
 
     def replace(self, **changes) -> "SamplingParams":
         return replace(self, **changes)

@@ -20,13 +20,19 @@ parsed as YAML scalars) or, for path-taking backends, a path:
 """
 from __future__ import annotations
 
+import collections.abc
 import importlib.util
+import inspect
+import math
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from ..errors import InputError
 from .arith_check import ArithCheckPRM
 from .base import PRM, Policy
 from .simulated import SimulatedPolicy, SimulatedPRM
@@ -45,9 +51,73 @@ def _parse_kwargs(arg: str | None) -> dict[str, Any]:
     for item in re.split(r",(?![^\[\]]*\])", arg):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"expected key=value in spec arguments, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+            raise InputError(f"expected key=value in spec arguments, got {item!r} (in {arg!r}): write NAME:key=value,...")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise InputError(f"spec argument {key.strip()}={value!r} is not a valid value ({exc.problem})") from None
     return out
+
+
+_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a spec value fits a constructor annotation (scalars, optionals and tuples are
+    checked; anything else is left to the constructor)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[int, int]: fixed length
+            return len(args) == len(value) and all(_fits(v, a) for v, a in zip(value, args))
+        return not args or all(_fits(v, args[0]) for v in value)  # tuple[int, ...], list[str], Sequence[str]
+    if hint is float:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if hint is int:
+        return not isinstance(value, bool) and isinstance(value, int)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    return True
+
+
+def _construct(factory: Callable[..., Any], kwargs: dict[str, Any], spec: str) -> Any:
+    """``factory(**kwargs)`` after checking the keys against its parameters (the message lists
+    the allowed ones) and simple values against its annotations."""
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = sorted(k for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k != "self")
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise InputError(f"spec {spec!r}: unknown key(s) {unknown}; allowed: {allowed}")
+    try:
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # annotations that need optional imports: leave the values to the constructor
+        hints = {}
+    for key, value in kwargs.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise InputError(f"spec {spec!r}: {key}={value!r} is not {_describe(hints[key])}; fix the value")
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:
+        raise InputError(f"spec {spec!r}: {exc}") from None
+
+
+def _describe(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if args:
+        if typing.get_origin(hint) is tuple and args[-1] is not Ellipsis:
+            return f"a list [{', '.join(_describe(a) for a in args)}]"
+        return f"a list of {_describe(args[0])}s"
+    return _SCALARS.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _locate_package_dir(package: str, install_hint: str | None) -> Path:
@@ -127,7 +197,7 @@ def _openai_policy(arg: str | None) -> Policy:
 
     kwargs = _parse_kwargs(arg)
     if "model" not in kwargs or "base_urls" not in kwargs:
-        raise ValueError("openai needs model and base_urls: openai:model=NAME,base_urls=[http://127.0.0.1:8000]")
+        raise InputError("openai needs model and base_urls: openai:model=NAME,base_urls=[http://127.0.0.1:8000]")
     preset = kwargs.pop("preset", None)
     if preset is not None:
         path = _preset_path(str(preset))
@@ -142,7 +212,7 @@ def _openai_policy(arg: str | None) -> Policy:
         kwargs.setdefault("step_delimiter", fmt.step_delimiter)
         kwargs.setdefault("sampling", fmt.sampling)
         kwargs.setdefault("num_parameters", fmt.num_parameters)
-    return OpenAIPolicy(**kwargs)
+    return _construct(OpenAIPolicy, kwargs, f"openai:{arg}")
 
 
 def _preset_path(name: str) -> Path | None:
@@ -175,7 +245,7 @@ def _vllm_policy(arg: str | None) -> Policy:
 
 
 POLICY_SPECS: dict[str, Callable[[str | None], Policy]] = {
-    "sim": lambda arg: SimulatedPolicy(**_parse_kwargs(arg)),
+    "sim": lambda arg: _construct(SimulatedPolicy, _parse_kwargs(arg), f"sim:{arg}"),
     "openai": _openai_policy,
     "vllm": _vllm_policy,
     "hf": lambda arg: _transformers_policy(model=arg),
@@ -190,7 +260,7 @@ def _hf_prm(arg: str | None) -> PRM:
         from .hf_prm import HFPRM
     except ImportError as exc:
         raise ImportError(f"the hf-prm backend needs the 'cpu' extra (torch, transformers): {exc}") from exc
-    return HFPRM(**kwargs)
+    return _construct(HFPRM, kwargs, f"hf-prm:{arg}")
 
 
 def _vllm_prm(arg: str | None) -> PRM:
@@ -212,10 +282,10 @@ def _vllm_prm(arg: str | None) -> PRM:
 
 
 PRM_SPECS: dict[str, Callable[[str | None], PRM | None]] = {
-    "arith-check": lambda arg: ArithCheckPRM(**_parse_kwargs(arg)),
+    "arith-check": lambda arg: _construct(ArithCheckPRM, _parse_kwargs(arg), f"arith-check:{arg}"),
     "hf-prm": _hf_prm,
     "vllm-prm": _vllm_prm,
-    "sim": lambda arg: SimulatedPRM(**_parse_kwargs(arg)),
+    "sim": lambda arg: _construct(SimulatedPRM, _parse_kwargs(arg), f"sim:{arg}"),
     "none": lambda arg: None,
 }
 
@@ -234,7 +304,7 @@ def make_policy(spec: str | Policy) -> Policy:
     preset = _preset_path(spec)
     if preset is not None:
         return _policy_from_preset(load_preset(preset))
-    raise ValueError(
+    raise InputError(
         f"unknown policy spec {spec!r}; use one of the presets {available_presets()}, "
         f"{sorted(POLICY_SPECS)} as NAME:ARG, or a preset YAML path"
     )
@@ -246,5 +316,45 @@ def make_prm(spec: str | PRM | None) -> PRM | None:
         return spec
     name, _, arg = spec.partition(":")
     if name not in PRM_SPECS:
-        raise ValueError(f"unknown PRM spec {spec!r}; use one of {sorted(PRM_SPECS)} (as NAME or NAME:k=v,...)")
+        raise InputError(f"unknown PRM spec {spec!r}; use one of {sorted(PRM_SPECS)} (as NAME or NAME:k=v,...)")
     return PRM_SPECS[name](arg or None)
+
+
+# Specs that reach a network endpoint: a table directory may not choose one (its manifest is
+# not the user); ``remote_reason`` says why a spec would.
+_REMOTE_BACKENDS = {"openai": "an OpenAI-compatible server"}
+_REMOTE_KEYS = ("base_url", "base_urls", "url", "urls", "host", "endpoint")
+
+
+def remote_reason(spec: Any) -> str | None:
+    """Why ``spec`` would send requests over the network (None for local presets, files and
+    the simulator): an ``openai`` spec, a ``vllm-prm`` with ``base_url``, or any URL in it."""
+    if not isinstance(spec, str):
+        return f"it is not a spec string ({type(spec).__name__})"
+    name, _, arg = spec.partition(":")
+    if name in _REMOTE_BACKENDS:
+        return f"{name!r} talks to {_REMOTE_BACKENDS[name]}"
+    if "://" in spec:
+        return "it contains a URL"
+    try:
+        keys = _parse_kwargs(arg) if arg and "=" in arg else {}
+    except ValueError:
+        keys = {}
+    hit = [k for k in keys if k in _REMOTE_KEYS]
+    return f"it names an endpoint ({', '.join(hit)})" if hit else None
+
+
+def require_local_spec(spec: Any, kind: str, where: str) -> str:
+    """``spec`` if it is local; else an :class:`~selector.errors.InputError` saying that a
+    network endpoint must come from the user, not from ``where`` (e.g. a table's manifest)."""
+    from ..errors import InputError
+
+    reason = remote_reason(spec)
+    if reason is not None:
+        flag = "--policy" if kind == "policy" else "--prm"
+        raise InputError(
+            f"{where} names the {kind} {spec!r}, which is not used because {reason}: a table chooses only local "
+            f"engines (presets, model files, the simulator). To use that server, name it yourself: {flag} SPEC on "
+            f"the command line, or {kind}= in the Python API"
+        )
+    return spec

@@ -513,9 +513,11 @@ class TransformersPolicy:
             if self._max_positions:
                 room = self._max_positions - len(prefix_ids[i])
                 if room < 1:
-                    raise ValueError(
-                        f"requests[{i}].prefix has {len(prefix_ids[i])} tokens; the model reads at most "
-                        f"{self._max_positions}: shorten the prompt (fewer few-shot examples or steps)"
+                    from ..errors import InputError
+
+                    raise InputError(
+                        f"the prompt is too long: requests[{i}].prefix has {len(prefix_ids[i])} tokens and the model's "
+                        f"context is {self._max_positions} tokens: shorten the question (or use fewer few-shot examples or steps)"
                     )
                 cap = min(cap, room)
             for j in range(req.n):

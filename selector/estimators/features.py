@@ -106,8 +106,10 @@ class PolicyHiddenStates(TransformerMixin, BaseEstimator):
         import torch
 
         from ..api import resolve_engines
+        from ..backends.registry import require_local_spec
 
-        engine, _ = resolve_engines(self.policy, None)
+        # The spec was read from an estimator file in a table: it may name a local model only.
+        engine, _ = resolve_engines(require_local_spec(self.policy, "policy", "the hidden-state estimator"), None)
         model, tok = engine.model, engine.tokenizer
         out = []
         with torch.inference_mode():

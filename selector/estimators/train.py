@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from ..metrics import auroc
 from ..tables import TableDir, read_table, write_table
-from .persist import save_estimator
+from .persist import ESTIMATOR_SUFFIX, save_estimator
 from .prompt import PromptEstimator
 
 ESTIMATORS_KEY = "estimators"
@@ -93,7 +93,7 @@ def train_on_table(
     table_dir: str | Path, *, features: str = "tfidf", folds: int = 5, seed: int = 0, progress: Callable | None = None,
 ) -> tuple[CVReport, Path, str]:
     """Cross-validate on the table's profiling prompts (the table's bins and oracle pass@1 as
-    targets), fit on all of them, save ``estimator-<features>.joblib`` next to the table and
+    targets), fit on all of them, save ``estimator-<features>.skops`` (data, not a pickle) next to the table and
     record its sha256 and metrics in ``selection.parquet``'s metadata under ``estimators``.
 
     The router with this estimator sends a prompt to the bin *it* predicts, not to the table's
@@ -107,7 +107,7 @@ def train_on_table(
     texts, pass1, bins = prompts["text"].tolist(), prompts["oracle_pass1"].to_numpy(), prompts["bin"].to_numpy()
     report = cross_validate(texts, pass1, bins, features=features, folds=folds, seed=seed, target="oracle bin", progress=progress)
     estimator = PromptEstimator(features=features).fit(texts, pass1, bins)
-    path = Path(table_dir) / f"estimator-{features}.joblib"
+    path = Path(table_dir) / f"estimator-{features}{ESTIMATOR_SUFFIX}"
     sha = save_estimator(estimator, path)
     selection_path = Path(table_dir) / "selection.parquet"
     df, meta = read_table(selection_path, "selection")

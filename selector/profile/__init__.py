@@ -29,12 +29,11 @@ from ..types import Cost
 from .config import ConfigError, ProfileConfig, _build, load_config
 from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, prompt_difficulty, table_estimator
 from .evaluate import best_of_n_family_rows, read_tree_runs, run_tree_shards, tree_rows
+from .manifest import MANIFEST, check_manifest, kept_metadata, kept_selection
 from .pool import generate_pool, import_pool, plan_shards, select_shards
 from .select import select_tables
 
 __all__ = ["ProfileConfig", "ProfileSummary", "load_config", "merge_profiles", "run_profile"]
-
-MANIFEST = Path("state") / "manifest.json"
 
 
 @dataclass
@@ -113,20 +112,6 @@ def _splits(problems: list[Problem], heldout: float, seed: int) -> dict[str, str
     return {p.id: ("heldout" if p.id in held else "profile") for p in problems}
 
 
-def _check_manifest(out_dir: Path, cfg: ProfileConfig) -> None:
-    path = out_dir / MANIFEST
-    if path.exists():
-        manifest = json.loads(path.read_text())
-        if manifest.get("config_hash") != cfg.config_hash:
-            raise ConfigError(
-                f"{out_dir} holds a profile of a different config (hash {manifest.get('config_hash', '?')[:12]}, "
-                f"this one {cfg.config_hash[:12]}): choose another --out, or delete that directory to start over"
-            )
-        return
-    atomic_write_text(path, json.dumps(
-        {"config_hash": cfg.config_hash, "config": cfg.to_dict(), "base_dir": cfg.base_dir}, indent=2, default=list))
-
-
 def manifest_config(out_dir: str | Path) -> dict[str, Any]:
     """The raw profile config recorded in a table directory's manifest ({} when absent)."""
     path = Path(out_dir) / MANIFEST
@@ -150,18 +135,21 @@ def run_profile(
     prm: PRM | None = None,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> ProfileSummary:
     """Run (or resume) a profile into ``out_dir``. Engines default to the config's specs.
 
     With ``shard=(i, k)`` only shards ``s`` with ``s % k == i`` are generated and the tables
-    are not finished (``merge_profiles`` does that once all slices exist).
+    are not finished (``merge_profiles`` does that once all slices exist). A resume with another
+    config or data set is refused; a rerun on a finished table keeps its estimators' records
+    unless the bins changed (then refused unless ``force``; see ``manifest.py``).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if shard is not None and not (0 <= shard[0] < shard[1]):
         raise ValueError(f"--shard i/k needs 0 <= i < k, got {shard[0]}/{shard[1]}")
     problems, dataset_sha = _load_problems(cfg)
-    _check_manifest(out_dir, cfg)
+    check_manifest(out_dir, cfg, dataset_sha)
     bar = _progress(progress)
     shards = select_shards(plan_shards(problems, cfg.shard_size), shard)
     agreement: dict[str, float] = {}
@@ -177,13 +165,13 @@ def run_profile(
         agreement = import_pool(cfg, shards, out_dir, metadata, bar)
     if shard is not None:
         return ProfileSummary(out_dir, False, seconds=time.perf_counter() - t0)
-    summary = finish_tables(cfg, out_dir, problems, metadata, progress)
+    summary = finish_tables(cfg, out_dir, problems, metadata, progress, force=force)
     summary.grading_agreement = agreement
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def merge_profiles(out_dir: str | Path, sources: list[str | Path], progress: bool = True) -> ProfileSummary:
+def merge_profiles(out_dir: str | Path, sources: list[str | Path], progress: bool = True, force: bool = False) -> ProfileSummary:
     """Join shard directories of one config (``--shard i/k`` runs) into ``out_dir`` and finish."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -194,7 +182,9 @@ def merge_profiles(out_dir: str | Path, sources: list[str | Path], progress: boo
         other = _config_from_manifest(Path(src))
         if other.config_hash != cfg.config_hash:
             raise ConfigError(f"{src} was profiled with another config than {sources[0]}; only shards of one config merge")
-    _check_manifest(out_dir, cfg)
+    problems, dataset_sha = _load_problems(cfg)
+    for src in [*sources, out_dir]:  # every slice and the target were made from this data set
+        check_manifest(src, cfg, dataset_sha)
     for src in map(Path, sources):
         if src.resolve() == out_dir.resolve():
             continue
@@ -205,9 +195,8 @@ def merge_profiles(out_dir: str | Path, sources: list[str | Path], progress: boo
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(f, target.with_suffix(".partial"))
                     target.with_suffix(".partial").replace(target)
-    problems, dataset_sha = _load_problems(cfg)
     meta = _base_metadata_from_rollouts(out_dir)
-    summary = finish_tables(cfg, out_dir, problems, meta, progress)
+    summary = finish_tables(cfg, out_dir, problems, meta, progress, force=force)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -287,7 +276,8 @@ def _level_labels(prompts: pd.DataFrame) -> dict[int, str]:
 
 
 def finish_tables(
-    cfg: ProfileConfig, out_dir: Path, problems: list[Problem], metadata: dict[str, Any], progress: bool = True
+    cfg: ProfileConfig, out_dir: Path, problems: list[Problem], metadata: dict[str, Any], progress: bool = True,
+    force: bool = False,
 ) -> ProfileSummary:
     """Stages 2-4 from the written shards, then the four tables (each written atomically)."""
     bar = _progress(progress)
@@ -358,6 +348,9 @@ def finish_tables(
                 aggregations=list(cfg.grid.aggregations),
                 select_rule={"rule": cfg.select.rule, "tolerance": cfg.select.tolerance,
                              "confidence": cfg.select.confidence})
+    kept = kept_metadata(out_dir, prompts, force)  # a rerun keeps the trained estimators' records
+    meta.update(kept)
+    selection = pd.concat([selection, kept_selection(out_dir, kept)], ignore_index=True)  # and their cells
     write_table(prompts, out_dir / "prompts.parquet", "prompts", meta)
     write_table(evaluations, out_dir / "evaluations.parquet", "evaluations", meta)
     write_table(results, out_dir / "results.parquet", "results", meta)

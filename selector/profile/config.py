@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,9 +274,24 @@ class ProfileConfig:
             )
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
+        self._check_sampling()
         if self.pool.source == "generate" and self.prm == "none" and self.grid.strategies != ("majority",):
             raise ConfigError("prm is 'none': only the 'majority' strategy can be profiled without a PRM")
         return self
+
+    def _check_sampling(self) -> None:
+        """``sampling`` overrides the policy's SamplingParams: its keys and values are checked now,
+        not after the pool has been generated."""
+        from ..backends.base import SamplingParams
+
+        allowed = sorted(f.name for f in dataclasses.fields(SamplingParams))
+        unknown = sorted(set(map(str, self.sampling)) - set(allowed))
+        if unknown:
+            raise ConfigError(f"sampling: unknown key(s) {unknown}; allowed: {allowed}")
+        try:
+            SamplingParams(**self.sampling)
+        except TTSError as exc:
+            raise ConfigError(f"sampling: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -312,16 +330,68 @@ def _build(cls, raw: Any, where: str):
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
     values = {}
+    hints = typing.get_type_hints(cls)
     for key, value in raw.items():
         if key in _SECTIONS and cls is ProfileConfig:
             value = _build(_SECTIONS[key], value, key)
-        elif isinstance(value, list):
-            value = tuple(value)
+        else:
+            value = _typed(value, hints[key], key if cls is ProfileConfig else f"{where}.{key}")
         values[key] = value
     try:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(args[0], str(args[0]))
+    if origin is dict:
+        return "a mapping"
+    if args and origin is not None:  # X | None
+        return " or ".join(_type_name(a) for a in args) + (" or null" if type(None) in typing.get_args(hint) else "")
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(hint, str(hint))
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against the field's annotation ``hint`` (lists become tuples, integers
+    pass for numbers); raises ConfigError naming the key, the expected type and what was given."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    bad = ConfigError(f"{key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__}): fix it in the config")
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return tuple(_typed(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        return value  # unconverted: the config hash of existing tables stays as it was
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():  # 1.5e+9 parameters, written as a float
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise bad
+    return value
 
 
 def load_config(path: str | Path) -> ProfileConfig:

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from ..backends.base import PRM, Policy, SamplingParams, ScoreRequest, StepRequest
 from ..grading import extract_answer, group_keys, has_final_answer
+from ..prompts import check_questions
 from ..seeds import derive_seed
 from ..steps import split_steps
 from ..types import Candidate, Cost, SearchResult
@@ -87,6 +88,7 @@ def run_search(
     family); their cost is not in the returned ledgers (whoever drew them accounts for it).
     """
     t_start = time.perf_counter()
+    check_questions([q for q, _ in problems])  # before any engine spends on the batch
     params = sampling or policy.default_sampling_params()
     delimiter = params.step_delimiter
     jobs: list[_Job] = []

@@ -1,0 +1,126 @@
+"""A profile directory's manifest (``state/manifest.json``) and what a rerun must keep.
+
+The manifest records the config (and its hash) and the sha256 of the data set a profile was
+started with. A resume, a ``--shard`` slice or a ``merge`` into the directory is refused when
+either differs, so a table is never built from two versions of its inputs. Rerunning
+``profile`` on a finished table keeps what it does not recompute: the trained estimators'
+records in ``selection.parquet`` (their files and the ``evaluation-*.json`` reports are never
+touched), as long as the new tables give every prompt the same split and bin; otherwise the
+estimators were trained on other bins, and the rerun is refused unless ``--force`` (which
+drops their records: retrain them).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..tables import atomic_write_text
+from .config import ConfigError, ProfileConfig
+
+MANIFEST = Path("state") / "manifest.json"
+KEPT_KEYS = ("estimators",)  # selection.parquet metadata written by later commands (train-estimator)
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """The manifest of ``out_dir`` ({} when there is none); a corrupt one is a ConfigError."""
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable manifest ({exc}): restore it, or profile into a new --out") from None
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{path}: a manifest is a JSON object: restore it, or profile into a new --out")
+    return manifest
+
+
+def _recorded_dataset_sha(out_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """The data set hash the directory was started with: the manifest's, or (for directories
+    written before the manifest held it) the first rollout shard's provenance."""
+    if manifest.get("dataset_sha256"):
+        return str(manifest["dataset_sha256"])
+    from ..tables import read_metadata, rollout_shards
+
+    shards = rollout_shards(out_dir)
+    return read_metadata(shards[0]).get("dataset_sha256") if shards else None
+
+
+def check_manifest(out_dir: str | Path, cfg: ProfileConfig, dataset_sha: str) -> None:
+    """Refuse to add to ``out_dir`` with another config or data set than it was started with
+    (the message names both hashes and the two fixes); write the manifest when there is none."""
+    out_dir = Path(out_dir)
+    blocked = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ConfigError(f"--out {out_dir}: {blocked} is a file, not a directory: give --out a directory path "
+                          "(it is created if missing)")
+    manifest = read_manifest(out_dir)
+    if not manifest:
+        atomic_write_text(out_dir / MANIFEST, json.dumps(
+            {"config_hash": cfg.config_hash, "dataset_sha256": dataset_sha, "config": cfg.to_dict(),
+             "base_dir": cfg.base_dir}, indent=2, default=list))
+        return
+    recorded = manifest.get("config_hash", "?")
+    if recorded != cfg.config_hash:
+        raise ConfigError(
+            f"{out_dir} holds a profile of a different config (recorded config hash {recorded}, this config's "
+            f"{cfg.config_hash}): restore the config it was started with to resume, or profile into a new --out "
+            "(or delete that directory to start over)"
+        )
+    had = _recorded_dataset_sha(out_dir, manifest)
+    if had is not None and had != dataset_sha:
+        raise ConfigError(
+            f"{out_dir} was started on another version of data set {cfg.dataset.name!r} (recorded dataset sha256 "
+            f"{had}, the file now has {dataset_sha}); resuming would grade some shards against the old data and "
+            "some against the new: restore the data set it was started with, or profile into a new --out"
+        )
+
+
+def kept_metadata(out_dir: str | Path, prompts: pd.DataFrame, force: bool = False) -> dict[str, Any]:
+    """The metadata of an existing finished table in ``out_dir`` that a rerun must carry over
+    (see the module docstring); {} when there is no finished table or nothing to keep.
+
+    ``prompts`` is the new prompts table. Raises ConfigError when the old table recorded
+    estimators trained on other splits or bins, unless ``force`` (then nothing is kept)."""
+    from ..tables import TableDir, TableError, read_table
+
+    table = TableDir(out_dir)
+    selection = table.file("selection")
+    if not selection.is_file():
+        return {}
+    try:
+        meta = table.metadata
+        old, _ = read_table(table.file("prompts"), "prompts", columns=["prompt_id", "split", "bin"])
+    except TableError:
+        return {}  # an unreadable old table has nothing trustworthy to keep
+    kept = {k: meta[k] for k in KEPT_KEYS if meta.get(k)}
+    if not kept:
+        return {}
+    key = ["prompt_id", "split", "bin"]
+    same = old[key].sort_values("prompt_id").reset_index(drop=True).astype(str).equals(
+        prompts[key].sort_values("prompt_id").reset_index(drop=True).astype(str))
+    if same:
+        return kept
+    if force:
+        return {}
+    raise ConfigError(
+        f"{out_dir}: this rerun assigns other splits or bins than the finished table, whose estimators "
+        f"{sorted(kept.get('estimators', {}))} were trained on the old ones; nothing was written. Profile into a new "
+        "--out to keep both, or pass --force to rewrite the tables and drop those estimators' records (then retrain "
+        "them with `tts-selector train-estimator`)"
+    )
+
+
+def kept_selection(out_dir: str | Path, kept: dict[str, Any]) -> pd.DataFrame:
+    """The old table's selection rows of the estimators ``kept`` carries over (their cells were
+    chosen on their own out-of-fold bins, which a rerun of the same config and bins leaves valid)."""
+    from ..tables import TableDir
+
+    names = set(kept.get("estimators", {}))
+    if not names:
+        return pd.DataFrame()
+    old = TableDir(out_dir)._get("selection")
+    return old[old["estimator"].isin(names)].reset_index(drop=True)
