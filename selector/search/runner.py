@@ -138,7 +138,7 @@ def run_search(
             base, base_tokens, to_completion = exp.node.steps, exp.node.tokens, exp.to_completion
             # Comprehensions, not a per-child loop: this is the hot path of tree search.
             if to_completion:
-                group = [tuple(split_steps(c.text, delimiter)) for c in conts]
+                group = [base + tuple(split_steps(c.text, delimiter)) for c in conts]
             else:
                 group = [base + (c.text,) if c.text else base for c in conts]
             new_steps += sum(map(len, group)) - len(base) * len(group)
