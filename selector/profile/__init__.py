@@ -27,6 +27,7 @@ from ..datasets import JsonlFormat, Problem, load_dataset
 from ..search.aggregate import aggregate
 from ..tables import atomic_write_text, read_rollouts, write_table
 from ..types import Cost
+from .adaptive import adaptive_consistency_rows
 from .config import ConfigError, ProfileConfig, _build, load_config
 from .evaluate import best_of_n_family_rows, read_tree_runs, run_tree_shards, tree_rows
 from .pool import generate_pool, import_pool, plan_shards, select_shards
@@ -308,7 +309,8 @@ def finish_tables(
     runs = read_tree_runs(out_dir)
     policy_params, prm_params = int(metadata.get("policy_params", 0)), int(metadata.get("prm_params", 0))
     evaluations = pd.concat(
-        [best_of_n_family_rows(cfg, rollouts, policy_params, prm_params, bar), tree_rows(runs)], ignore_index=True
+        [best_of_n_family_rows(cfg, rollouts, policy_params, prm_params, bar),
+         adaptive_consistency_rows(cfg, rollouts, policy_params, prm_params, bar), tree_rows(runs)], ignore_index=True
     )
 
     # Stage 4: selection, cross-fitted inside each bin.

@@ -27,7 +27,7 @@ from ..search.base import make_strategy
 from ..search.runner import run_search
 from ..seeds import derive_seed
 from ..tables import read_table, write_table
-from .config import BEST_OF_N_FAMILY, TREE_STRATEGIES, ProfileConfig
+from .config import BEST_OF_N_FAMILY, TREE_STRATEGIES, WIDTH_STRATEGIES, ProfileConfig
 from .pool import Shard
 
 EVAL_COLUMNS = [
@@ -134,16 +134,19 @@ def best_of_n_family_rows(
 
 
 def tree_configs(cfg: ProfileConfig) -> list:
-    """Every (strategy, N, M, aggregation) of beam search / DVTS in the grid, as configs."""
+    """Every (strategy, N, M, aggregation) of the live tree strategies in the grid, as configs
+    (M is None for particle filtering)."""
     grid = cfg.grid
     out = []
     for strategy in (s for s in grid.strategies if s in TREE_STRATEGIES):
         for n in grid.tree_budget_list:
-            for m in grid.beam_widths:
-                if n % m or n < m:
+            # Particle filtering has no beam width: one configuration per budget and aggregation.
+            for m in grid.beam_widths if strategy in WIDTH_STRATEGIES else (None,):
+                if m is not None and (n % m or n < m):
                     continue
+                width = {} if m is None else {"m": m}
                 for aggregation in grid.tree_aggregations or grid.aggregations:
-                    out.append(make_strategy(strategy, n=n, m=m, aggregation=aggregation,
+                    out.append(make_strategy(strategy, n=n, **width, aggregation=aggregation,
                                              max_steps=grid.max_steps, answer_rule=grid.answer_rule))
     return out
 
@@ -156,7 +159,8 @@ def run_tree_shards(
     cfg: ProfileConfig, shards: list[Shard], table_dir: Path, policy: Policy, prm: PRM | None,
     metadata: dict, progress: Callable | None = None,
 ) -> None:
-    """Run beam search / DVTS for real on every shard without a checkpoint yet.
+    """Run the tree strategies (beam search, DVTS, particle filtering) for real on every shard
+    without a checkpoint yet.
 
     Raw rows are one per (prompt, configuration, seed); all configurations and seeds of a
     shard go to the backend together, so each round is one large batch.
