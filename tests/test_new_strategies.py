@@ -289,3 +289,20 @@ def test_profile_reports_both_new_strategies(tmp_path):
     res = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert {"particle_filtering", "adaptive_consistency"} <= set(res.strategy)
     assert summary.complete
+    # Selection's cost columns are the means as spent: adaptive consistency is credited for stopping early.
+    ac_res = res[res.strategy == "adaptive_consistency"]
+    assert (ac_res.mean_generations <= ac_res.n).all() and (ac_res.mean_generations < ac_res.n).any()
+
+
+def test_table_rows_name_the_configs_the_router_runs():
+    settings = {"max_steps": 10, "answer_rule": "best", "adaptive_rule": "unanimous", "adaptive_threshold": 0.9}
+    assert AdaptiveConsistency.from_table_row(16, 4, "min", settings) == AdaptiveConsistency(
+        n=16, window=4, rule="unanimous", threshold=0.9, vote="weighted", aggregation="min")
+    assert AdaptiveConsistency.from_table_row(8, 2, None, {}) == AdaptiveConsistency(n=8, window=2, vote="majority")
+    assert ParticleFiltering.from_table_row(8, None, "min", settings) == ParticleFiltering(
+        n=8, aggregation="min", max_steps=10, answer_rule="best")
+    # The row a config writes (params' n, m, aggregation) builds that config back.
+    for config in (AdaptiveConsistency(n=8, window=2, vote="weighted", aggregation="min"), ParticleFiltering(n=4)):
+        p = config.params()
+        agg = None if getattr(config, "vote", "weighted") == "majority" else p["aggregation"]
+        assert type(config).from_table_row(p["n"], p["m"], agg, {}) == config

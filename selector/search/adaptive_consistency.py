@@ -97,6 +97,14 @@ class AdaptiveConsistency(StrategyConfig):
         # In tables the window takes the m column (the secondary size, as beam width does).
         return self.window
 
+    @classmethod
+    def from_table_row(cls, n, m, aggregation, settings):
+        # Table rows hold the window in m and the vote in aggregation (None = plain majority);
+        # the stop rule is the profile's (grid.adaptive_rule / adaptive_threshold).
+        rule = {k: settings[f"adaptive_{k}"] for k in ("rule", "threshold") if f"adaptive_{k}" in settings}
+        vote = {"vote": "majority"} if aggregation is None else {"vote": "weighted", "aggregation": aggregation}
+        return cls(n=n, **({} if m is None else {"window": m}), **rule, **vote)
+
     def search(self, ctx: SearchContext) -> SearchGenerator:
         nodes: list[Node] = []
         w = 0
