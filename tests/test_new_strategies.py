@@ -306,3 +306,13 @@ def test_table_rows_name_the_configs_the_router_runs():
         p = config.params()
         agg = None if getattr(config, "vote", "weighted") == "majority" else p["aggregation"]
         assert type(config).from_table_row(p["n"], p["m"], agg, {}) == config
+
+
+def test_new_strategies_have_their_own_colours():
+    from selector import plots
+    from selector.search import STRATEGIES
+
+    colours = {s: plots.strategy_color(s) for s in STRATEGIES}
+    assert len(set(colours.values())) == len(colours)  # every registered strategy its own colour
+    light = {plots.strategy_color(s, light=True) for s in STRATEGIES}
+    assert len(light) == len(STRATEGIES)
