@@ -38,6 +38,8 @@ from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, Strateg
 
 RESAMPLING = ("multinomial", "systematic")
 _CLIP = 1e-7
+_STEP = 0x9E3779B97F4A7C15  # odd: i -> i * _STEP is a bijection modulo 2^63
+_MASK63 = (1 << 63) - 1
 
 
 def likelihood_weights(scores: Sequence[float], temperature: float = 1.0) -> list[float]:
@@ -106,14 +108,18 @@ class ParticleFiltering(StrategyConfig):
                     finished.extend(live)
                 break
             weights = likelihood_weights([agg(c.scores) if c.scores else 0.0 for c in live], self.temperature)
-            picks = resample(weights, slots, self.resampling, ctx.seed_for("pf-resample", rounds))
+            round_seed = ctx.seed_for("pf", rounds)
+            picks = resample(weights, slots, self.resampling, round_seed)
             # A particle drawn k times is expanded k ways in one request (k different next steps).
             counts: dict[int, int] = {}
             for i in picks:
                 counts[i] = counts.get(i, 0) + 1
             last = rounds + 1 >= self.max_steps
+            # Child i's seed: an odd-multiplier step from the round's seed, distinct per i (mod 2^63)
+            # and cheaper than hashing each (particle filtering has up to n parents per round).
             expanded = yield [
-                Expansion(live[i], k, ctx.seed_for("pf", rounds, i), to_completion=last) for i, k in counts.items()
+                Expansion(live[i], k, (round_seed + (i + 1) * _STEP) & _MASK63, to_completion=last)
+                for i, k in counts.items()
             ]
             children = [c for group in expanded for c in group]
             rounds += 1
