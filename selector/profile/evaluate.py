@@ -6,8 +6,9 @@ n-subsets drawn without replacement (all subsets when there are no more than
 ``evaluate.subsamples`` of them, so small pools are exact), with the same subsets for every
 configuration. Voting follows ``search/aggregate.select_answer`` exactly: a subset's members
 are taken in pool order, candidates without an answer take no part, and ties go to the answer
-seen first; ``tests/test_profile.py`` checks the vectorized code against it. Beam search and
-DVTS are run for real at each (N, M, aggregation, seed), batched across the shard's prompts,
+seen first; ``tests/test_profile.py`` checks the vectorized code against it. Beam search,
+DVTS and particle filtering (M = None) are run for real at each (N, M, aggregation, seed),
+batched across the shard's prompts,
 with each shard's rows checkpointed so a resumed profile does not run them again.
 """
 from __future__ import annotations
