@@ -1,7 +1,8 @@
 """Orchestration overhead of each search strategy, on the simulator (model cost ~ zero).
 
 Prints, for each strategy at equal budget N with a batch of prompts: wall time, time spent
-inside the simulated engines, the orchestration time (wall minus engine time) per generated
+inside the simulated engines (particle filtering and adaptive consistency, window M,
+included), the orchestration time (wall minus engine time) per generated
 step in microseconds, and the beam-search / best-of-N ratios (wall and orchestration).
 Targets (issue 2): < 20 us of orchestration per step; beam/best-of-N ratio < 1.5.
 
@@ -13,6 +14,7 @@ import argparse
 import platform
 
 from selector import DVTS, BeamSearch, BestOfN, Majority, WeightedBestOfN
+from selector.search import AdaptiveConsistency, ParticleFiltering
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, clear_caches, make_questions
 from selector.search.runner import RunStats, run_search
 
@@ -38,7 +40,8 @@ def main() -> None:
     questions = make_questions([i / (args.prompts - 1) for i in range(args.prompts)])
     strategies = [
         Majority(n=args.n), BestOfN(n=args.n), WeightedBestOfN(n=args.n),
-        BeamSearch(n=args.n, m=args.m), DVTS(n=args.n, m=args.m),
+        BeamSearch(n=args.n, m=args.m), DVTS(n=args.n, m=args.m), ParticleFiltering(n=args.n),
+        AdaptiveConsistency(n=args.n, window=args.m),
     ]
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}; "
           f"{args.prompts} prompts, N={args.n}, M={args.m}, best of {args.repeats}")

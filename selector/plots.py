@@ -50,9 +50,11 @@ TableLike = Union[TableDir, str, Path]
 # light one (black annotations stay legible on it). Fixed slots keep a strategy's colour the
 # same in every figure and every table.
 _TAB20 = matplotlib.colormaps["tab20"].colors
-_STRATEGY_SLOTS = {"majority": 7, "best_of_n": 0, "weighted_best_of_n": 2, "beam_search": 1, "dvts": 4}
-_SPARE_SLOTS = (3, 5, 6, 8, 9)
-_STRATEGY_MARKERS = {"majority": "o", "best_of_n": "s", "weighted_best_of_n": "^", "beam_search": "D", "dvts": "P"}
+_STRATEGY_SLOTS = {"majority": 7, "best_of_n": 0, "weighted_best_of_n": 2, "beam_search": 1, "dvts": 4,
+                   "particle_filtering": 3, "adaptive_consistency": 9}
+_SPARE_SLOTS = (5, 6, 8)
+_STRATEGY_MARKERS = {"majority": "o", "best_of_n": "s", "weighted_best_of_n": "^", "beam_search": "D", "dvts": "P",
+                     "particle_filtering": "X", "adaptive_consistency": "v"}
 _AGG_STYLES = {"last": "-", "min": "--", "prod": ":", "mean": "-."}
 _M_MARKERS = ("o", "s", "^", "D", "v", "P")
 

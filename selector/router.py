@@ -389,7 +389,8 @@ class Router:
         est, name = load_table_estimator(table, estimator)
         cells, note = table_cells(table, name)
         grid = config.get("grid", {})
-        tree = {"max_steps": grid.get("max_steps", 40), "answer_rule": grid.get("answer_rule", "weighted")}
+        tree = {"max_steps": grid.get("max_steps", 40), "answer_rule": grid.get("answer_rule", "weighted"),
+                **{k: v for k, v in grid.items() if k in ("adaptive_rule", "adaptive_threshold")}}
         if sampling is None and config.get("sampling"):
             sampling = policy_engine.default_sampling_params().replace(**config["sampling"])
         source = f"table {table.path}" + (f": {choice.summary}" if choice is not None else "")
@@ -428,13 +429,11 @@ class Router:
         return list(self._cells.budgets)
 
     def _strategy(self, row: Any) -> StrategyConfig:
-        params: dict[str, Any] = {"n": int(row.n)}
-        if not pd.isna(row.m):
-            params["m"] = int(row.m)
-            params.update(self._tree)
-        if isinstance(row.aggregation, str):
-            params["aggregation"] = row.aggregation
-        return make_strategy(row.strategy, **params)
+        if row.strategy not in STRATEGIES:
+            make_strategy(row.strategy)  # raises, naming the known strategies
+        m = None if pd.isna(row.m) else int(row.m)
+        aggregation = row.aggregation if isinstance(row.aggregation, str) else None
+        return STRATEGIES[row.strategy].from_table_row(int(row.n), m, aggregation, self._tree)
 
     def _decide(self, estimate: Estimate, budget: int) -> Decision:
         bin_, proba = self._cells.assign(estimate)

@@ -26,6 +26,7 @@ from ..binning import assign_bins, bin_edges, bin_labels
 from ..datasets import JsonlFormat, Problem, load_dataset
 from ..tables import atomic_write_text, read_rollouts, write_table
 from ..types import Cost
+from .adaptive import adaptive_consistency_rows
 from .config import ConfigError, ProfileConfig, _build, load_config
 from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, prompt_difficulty, table_estimator
 from .evaluate import best_of_n_family_rows, read_tree_runs, run_tree_shards, tree_rows
@@ -320,7 +321,8 @@ def finish_tables(
     policy_params, prm_params = int(metadata.get("policy_params", 0)), int(metadata.get("prm_params", 0))
     scored = rollouts[rollouts["sample_id"] >= k]
     evaluations = pd.concat(
-        [best_of_n_family_rows(cfg, scored, policy_params, prm_params, bar), tree_rows(runs, policy_params)],
+        [best_of_n_family_rows(cfg, scored, policy_params, prm_params, bar),
+         adaptive_consistency_rows(cfg, scored, policy_params, prm_params, bar), tree_rows(runs, policy_params)],
         ignore_index=True,
     )
 

@@ -26,7 +26,9 @@ from ..search.base import STRATEGIES
 
 BEST_OF_N_FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
 _FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-TREE_STRATEGIES = ("beam_search", "dvts")
+TREE_STRATEGIES = ("beam_search", "dvts", "particle_filtering")  # run live, step by step
+WIDTH_STRATEGIES = ("beam_search", "dvts")  # the tree strategies with a beam width m
+ADAPTIVE = "adaptive_consistency"  # replayed on the pool's samples (selector/profile/adaptive.py)
 SELECT_RULES = ("cheapest", "best")
 # Where a prompt's bin comes from: PRM-predicted pass@1 (mean final-step score) or graded
 # pass@1 of its difficulty samples, or the data set's own difficulty label.
@@ -119,7 +121,7 @@ class PoolConfig:
 
 @dataclass(frozen=True)
 class GridConfig:
-    strategies: tuple[str, ...] = BEST_OF_N_FAMILY + TREE_STRATEGIES
+    strategies: tuple[str, ...] = BEST_OF_N_FAMILY + WIDTH_STRATEGIES
     budgets: tuple[int, ...] = (1, 2, 4, 8, 16)
     tree_budgets: tuple[int, ...] | None = None  # budgets of beam search / DVTS (default: budgets)
     beam_widths: tuple[int, ...] = (4,)
@@ -128,6 +130,12 @@ class GridConfig:
     tree_aggregations: tuple[str, ...] | None = None
     max_steps: int = 40
     answer_rule: str = "weighted"
+    # Adaptive consistency (one stop rule per table: the rule is not part of a table row's key;
+    # the window is its m column, the vote its aggregation column: None = majority vote).
+    adaptive_windows: tuple[int, ...] = (4,)
+    adaptive_rule: str = "beta"
+    adaptive_threshold: float = 0.95
+    adaptive_votes: tuple[str, ...] = ("majority", "weighted")
 
     def check(self, pool: PoolConfig) -> None:
         for s in self.strategies:
@@ -138,7 +146,7 @@ class GridConfig:
                 raise ConfigError(f"grid.aggregations: unknown aggregation {a!r}; choose from {sorted(AGGREGATIONS)}")
         if not self.budgets or any(b < 1 for b in self.budgets):
             raise ConfigError(f"grid.budgets must be positive integers, got {list(self.budgets)}")
-        too_big = [b for b in self.budgets if b > pool.n and any(s in BEST_OF_N_FAMILY for s in self.strategies)]
+        too_big = [b for b in self.budgets if b > pool.n and any(s in BEST_OF_N_FAMILY + (ADAPTIVE,) for s in self.strategies)]
         if too_big:
             raise ConfigError(
                 f"grid.budgets {too_big} exceed pool.n={pool.n}: the best-of-N family is evaluated from the pool; "
@@ -146,10 +154,11 @@ class GridConfig:
             )
         if pool.source == "jsonl" and any(s in TREE_STRATEGIES for s in self.strategies):
             raise ConfigError(
-                "imported pools hold whole solutions only: remove beam_search/dvts from grid.strategies "
+                f"imported pools hold whole solutions only: remove {'/'.join(TREE_STRATEGIES)} from grid.strategies "
                 "(they need the policy to expand steps)"
             )
-        for n in self.tree_budget_list:
+        self._check_adaptive()
+        for n in self.tree_budget_list if any(s in WIDTH_STRATEGIES for s in self.strategies) else ():
             if not any(n % m == 0 and n >= m for m in self.beam_widths):
                 raise ConfigError(f"tree budget {n} is not a multiple of any beam width {list(self.beam_widths)}")
 
@@ -159,7 +168,30 @@ class GridConfig:
             return ()
         if self.tree_budgets is not None:
             return self.tree_budgets
+        if not any(s in WIDTH_STRATEGIES for s in self.strategies):
+            return self.budgets  # particle filtering alone takes any budget
         return tuple(b for b in self.budgets if any(b % m == 0 and b >= m for m in self.beam_widths))
+
+    def _check_adaptive(self) -> None:
+        from ..search.adaptive_consistency import STOP_RULES, VOTES
+
+        if ADAPTIVE not in self.strategies:
+            return
+        if not self.adaptive_windows or any(not isinstance(w, int) or w < 1 for w in self.adaptive_windows):
+            raise ConfigError(f"grid.adaptive_windows must be positive integers (samples per window), got {list(self.adaptive_windows)}")
+        if self.adaptive_rule not in STOP_RULES:
+            raise ConfigError(f"grid.adaptive_rule must be one of {list(STOP_RULES)}, got {self.adaptive_rule!r}")
+        if not isinstance(self.adaptive_threshold, (int, float)) or not 0.5 < self.adaptive_threshold < 1:
+            raise ConfigError(f"grid.adaptive_threshold is a probability in (0.5, 1), got {self.adaptive_threshold!r}")
+        if not self.adaptive_votes or any(v not in VOTES for v in self.adaptive_votes):
+            raise ConfigError(f"grid.adaptive_votes: each one of {list(VOTES)}, got {list(self.adaptive_votes)}")
+
+    @property
+    def adaptive_budget_list(self) -> tuple[int, ...]:
+        """Budgets (caps) of adaptive consistency: those a window fits in (a smaller one is plain voting)."""
+        if ADAPTIVE not in self.strategies:
+            return ()
+        return tuple(b for b in self.budgets if b >= min(self.adaptive_windows))
 
 
 @dataclass(frozen=True)
@@ -313,6 +345,9 @@ class ProfileConfig:
         tables profiled before the key existed keep their hash)."""
         settings = self.to_dict()
         settings["dataset"].pop("family", None)
+        if ADAPTIVE not in self.grid.strategies:  # unused keys: tables profiled before them keep their hash
+            for key in [k for k in settings["grid"] if k.startswith("adaptive_")]:
+                settings["grid"].pop(key)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()
 
 

@@ -6,8 +6,9 @@ n-subsets drawn without replacement (all subsets when there are no more than
 ``evaluate.subsamples`` of them, so small pools are exact), with the same subsets for every
 configuration. Voting follows ``search/aggregate.select_answer`` exactly: a subset's members
 are taken in pool order, candidates without an answer take no part, and ties go to the answer
-seen first; ``tests/test_profile.py`` checks the vectorized code against it. Beam search and
-DVTS are run for real at each (N, M, aggregation, seed), batched across the shard's prompts,
+seen first; ``tests/test_profile.py`` checks the vectorized code against it. Beam search,
+DVTS and particle filtering (M = None) are run for real at each (N, M, aggregation, seed),
+batched across the shard's prompts,
 with each shard's rows checkpointed so a resumed profile does not run them again.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..search.base import make_strategy
 from ..search.runner import run_search
 from ..seeds import derive_seed
 from ..tables import read_table, write_table
-from .config import BEST_OF_N_FAMILY, TREE_STRATEGIES, ProfileConfig
+from .config import BEST_OF_N_FAMILY, TREE_STRATEGIES, WIDTH_STRATEGIES, ProfileConfig
 from .pool import Shard
 
 EVAL_COLUMNS = [
@@ -139,16 +140,19 @@ def best_of_n_family_rows(
 
 
 def tree_configs(cfg: ProfileConfig) -> list:
-    """Every (strategy, N, M, aggregation) of beam search / DVTS in the grid, as configs."""
+    """Every (strategy, N, M, aggregation) of the live tree strategies in the grid, as configs
+    (M is None for particle filtering)."""
     grid = cfg.grid
     out = []
     for strategy in (s for s in grid.strategies if s in TREE_STRATEGIES):
         for n in grid.tree_budget_list:
-            for m in grid.beam_widths:
-                if n % m or n < m:
+            # Particle filtering has no beam width: one configuration per budget and aggregation.
+            for m in grid.beam_widths if strategy in WIDTH_STRATEGIES else (None,):
+                if m is not None and (n % m or n < m):
                     continue
+                width = {} if m is None else {"m": m}
                 for aggregation in grid.tree_aggregations or grid.aggregations:
-                    out.append(make_strategy(strategy, n=n, m=m, aggregation=aggregation,
+                    out.append(make_strategy(strategy, n=n, **width, aggregation=aggregation,
                                              max_steps=grid.max_steps, answer_rule=grid.answer_rule))
     return out
 
@@ -161,7 +165,8 @@ def run_tree_shards(
     cfg: ProfileConfig, shards: list[Shard], table_dir: Path, policy: Policy, prm: PRM | None,
     metadata: dict, progress: Callable | None = None,
 ) -> None:
-    """Run beam search / DVTS for real on every shard without a checkpoint yet.
+    """Run the tree strategies (beam search, DVTS, particle filtering) for real on every shard
+    without a checkpoint yet.
 
     Raw rows are one per (prompt, configuration, seed); all configurations and seeds of a
     shard go to the backend together, so each round is one large batch.

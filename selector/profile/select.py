@@ -33,7 +33,8 @@ def _opt_str(x) -> str | None:
 
 def _config_order(c: tuple) -> tuple:
     strategy, n, m, aggregation = c
-    return (strategy, n, m or 0, aggregation or "")
+    # Series.map turns missing values into NaN, which neither ``or`` nor ``<`` handles.
+    return (strategy, n, _opt_int(m) or 0, _opt_str(aggregation) or "")
 
 
 COST_COLUMNS = ("generations", "tokens", "flops", "flops_no_cache", "policy_cached_tokens")

@@ -113,6 +113,21 @@ class StrategyConfig:
         out.setdefault("aggregation", getattr(self, "aggregation", None))
         return out
 
+    @classmethod
+    def from_table_row(
+        cls, n: int, m: int | None, aggregation: str | None, settings: dict[str, Any]
+    ) -> "StrategyConfig":
+        """The config a table row ``(strategy, n, m, aggregation)`` names; ``settings`` are the
+        profile's grid settings (e.g. ``max_steps``), of which those this strategy takes apply."""
+        takes = {f.name for f in fields(cls)}
+        params: dict[str, Any] = {k: v for k, v in settings.items() if k in takes}
+        params["n"] = n
+        if m is not None:
+            params["m"] = m
+        if aggregation is not None:
+            params["aggregation"] = aggregation
+        return cls(**params)
+
     def search(self, ctx: SearchContext) -> SearchGenerator:  # pragma: no cover - abstract
         raise NotImplementedError
 

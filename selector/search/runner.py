@@ -239,14 +239,18 @@ def _apportion(seconds: float, owners: Sequence[_Job], weights: Sequence[float])
         job.seconds += seconds * w / total
 
 
-def _finish(job: _Job, policy: Policy, prm: PRM | None, overhead: float) -> SearchResult:
-    nodes = job.result_nodes or []
+def candidates_of(nodes: Sequence[Node]) -> tuple[Candidate, ...]:
+    """A strategy's returned nodes as candidates, with answers extracted and keys grouped."""
     answers = [extract_answer("".join(n.steps)) for n in nodes]
     keys = group_keys(answers)
-    candidates = tuple(
+    return tuple(
         Candidate(n.steps, n.scores, a, k, n.finished, n.stop_reason or "max_steps", n.tokens, n.prm_tokens)
         for n, a, k in zip(nodes, answers, keys)
     )
+
+
+def _finish(job: _Job, policy: Policy, prm: PRM | None, overhead: float) -> SearchResult:
+    candidates = candidates_of(job.result_nodes or [])
     answer, key = select_answer(candidates, job.strategy.answer_rule, job.strategy.selection_aggregation)
     prm_params = prm.num_parameters if prm is not None else 0
     cost = Cost(

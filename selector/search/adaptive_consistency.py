@@ -1,0 +1,118 @@
+"""Adaptive (early-stopping) self-consistency with a budget cap ``n``.
+
+Whole solutions are sampled ``window`` at a time, one batched round per window, until a stop
+rule says the vote is settled or ``n`` samples are spent (the last window is cut to fit).
+Easy prompts stop after one window; the budget goes where the vote is split. ``n`` is a cap:
+the ledger (``Cost.generations``) records what was actually spent.
+
+Stop rules, checked after every window that leaves budget:
+
+- ``unanimous`` (ESC, Li et al. 2024, arXiv 2401.10480): stop when every sample of the last
+  window has an answer and all answers are equivalent.
+- ``beta`` (Adaptive-Consistency, Aggarwal et al. 2023, arXiv 2305.11860, its Beta criterion):
+  with ``v1`` and ``v2`` the counts of the leading and the second answer among all samples so
+  far (0 when absent), the leader's share ``p`` of the two has posterior
+  ``Beta(v1 + 1, v2 + 1)`` under a uniform prior; stop when ``P(p > 1/2) >= threshold``.
+  For integer parameters that is exactly a binomial tail,
+  ``P(p > 1/2) = sum_{j=0}^{v1} C(v1 + v2 + 1, j) / 2^(v1 + v2 + 1)``
+  (e.g. 4 agreeing samples and no dissent: 31/32 = 0.969 >= 0.95, the paper's threshold).
+
+The rules count samples (the statistical model is over i.i.d. samples); the final answer is
+voted by ``vote``: ``majority`` (plain self-consistency, no PRM call) or ``weighted`` (sum of
+aggregated PRM scores per answer). Answers are grouped by the same canonical keys as
+everywhere else (``grading.extract_answer`` and ``grading.group_keys``, as the runner does).
+Window ``w``'s seed is ``ctx.seed_for("adaptive", w)``: its samples are the same whatever
+happened before, which is what lets the profiler replay the rule on pooled samples.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+from ..grading import extract_answer, group_keys
+from .aggregate import check_aggregation
+from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig
+
+STOP_RULES = ("unanimous", "beta")
+VOTES = ("majority", "weighted")
+
+
+def beta_confidence(v1: int, v2: int) -> float:
+    """Posterior probability that the leader (``v1`` votes) beats the runner-up (``v2``):
+    ``P(p > 1/2)`` for ``p ~ Beta(v1 + 1, v2 + 1)``, computed exactly as a binomial tail."""
+    total = v1 + v2 + 1
+    return math.fsum(math.comb(total, j) for j in range(v1 + 1)) / 2.0**total
+
+
+def should_stop(keys: Sequence[str | None], window: int, rule: str, threshold: float) -> bool:
+    """Whether the vote over answer ``keys`` (all samples so far, in sample order; None = no
+    answer) is settled under ``rule``; ``window`` = how many of them the last window drew."""
+    if rule == "unanimous":
+        last = keys[-window:]
+        return bool(last) and last[0] is not None and all(k == last[0] for k in last)
+    if rule == "beta":
+        top = Counter(k for k in keys if k is not None).most_common(2)
+        v1 = top[0][1] if top else 0
+        v2 = top[1][1] if len(top) > 1 else 0
+        return beta_confidence(v1, v2) >= threshold
+    raise ValueError(f"unknown stop rule {rule!r}; choose one of {list(STOP_RULES)}")
+
+
+def answer_keys(nodes: Sequence[Node]) -> list[str | None]:
+    """Canonical answer keys of whole solutions, grouped as the runner groups candidates."""
+    return group_keys([extract_answer("".join(n.steps)) for n in nodes])
+
+
+@dataclass(frozen=True)
+class AdaptiveConsistency(StrategyConfig):
+    """Self-consistency sampled ``window`` at a time, stopped early by ``rule``; ``n`` caps it."""
+
+    name: ClassVar[str] = "adaptive_consistency"
+    window: int = 4
+    rule: str = "beta"
+    threshold: float = 0.95
+    vote: str = "majority"
+    aggregation: str = "last"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"{self.name}: window must be a positive integer, got {self.window!r}")
+        if self.rule not in STOP_RULES:
+            raise ValueError(f"{self.name}: rule must be one of {list(STOP_RULES)}, got {self.rule!r}")
+        if not isinstance(self.threshold, (int, float)) or not 0.5 < self.threshold < 1:
+            raise ValueError(f"{self.name}: threshold is a probability in (0.5, 1), got {self.threshold!r}")
+        if self.vote not in VOTES:
+            raise ValueError(f"{self.name}: vote must be one of {list(VOTES)}, got {self.vote!r}")
+        check_aggregation(self.aggregation)
+
+    @property  # type: ignore[override]  # a class constant elsewhere, decided by ``vote`` here
+    def answer_rule(self) -> str:
+        return "majority" if self.vote == "majority" else "weighted"
+
+    @property
+    def m(self) -> int | None:
+        # In tables the window takes the m column (the secondary size, as beam width does).
+        return self.window
+
+    @classmethod
+    def from_table_row(cls, n, m, aggregation, settings):
+        # Table rows hold the window in m and the vote in aggregation (None = plain majority);
+        # the stop rule is the profile's (grid.adaptive_rule / adaptive_threshold).
+        rule = {k: settings[f"adaptive_{k}"] for k in ("rule", "threshold") if f"adaptive_{k}" in settings}
+        vote = {"vote": "majority"} if aggregation is None else {"vote": "weighted", "aggregation": aggregation}
+        return cls(n=n, **({} if m is None else {"window": m}), **rule, **vote)
+
+    def search(self, ctx: SearchContext) -> SearchGenerator:
+        nodes: list[Node] = []
+        w = 0
+        while len(nodes) < self.n:
+            k = min(self.window, self.n - len(nodes))
+            score = self.vote == "weighted"
+            nodes.extend((yield [Expansion(ROOT, k, ctx.seed_for("adaptive", w), to_completion=True, score=score)])[0])
+            w += 1
+            if len(nodes) < self.n and should_stop(answer_keys(nodes), k, self.rule, self.threshold):
+                break
+        return nodes
