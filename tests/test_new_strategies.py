@@ -239,7 +239,7 @@ def test_pool_replay_equals_a_live_run_on_the_same_samples(rule):
     problems, rollouts = _sim_pool(16)
     grid = GridConfig(strategies=("adaptive_consistency",), budgets=(2, 4, 8, 16), aggregations=("last", "min"),
                       adaptive_windows=(2, 4), adaptive_rule=rule)
-    cfg = ProfileConfig("t", DatasetConfig("x"), PoolConfig(n=16), grid=grid).check()
+    cfg = ProfileConfig("t", DatasetConfig("x"), PoolConfig(n=16, difficulty_samples=4), grid=grid).check()
     rows = adaptive_consistency_rows(cfg, rollouts, 1000, 10)
     configs = adaptive_configs(cfg)
     assert len(rows) == len(configs) * len(problems) and len(configs) == (4 + 3) * 3  # (n, window) pairs (window 4 skips n=2) x 3 votes
@@ -266,7 +266,7 @@ def test_grid_checks_adaptive_keys(tmp_path):
                        ({"adaptive_threshold": 0.2}, "adaptive_threshold"), ({"adaptive_votes": ("best",)}, "adaptive_votes"),
                        ({"budgets": (4, 32)}, "exceed pool.n")]:
         with pytest.raises(ConfigError, match=match):
-            ProfileConfig("t", DatasetConfig("x"), PoolConfig(n=8), grid=GridConfig(**{**base, **bad})).check()
+            ProfileConfig("t", DatasetConfig("x"), PoolConfig(n=8, difficulty_samples=4), grid=GridConfig(**{**base, **bad})).check()
     # Configs without adaptive consistency keep their hash (the new keys are left out of it).
     plain = ProfileConfig("t", DatasetConfig("x"), PoolConfig(n=8))
     tweaked = ProfileConfig("t", DatasetConfig("x"), PoolConfig(n=8), grid=GridConfig(adaptive_rule="unanimous"))

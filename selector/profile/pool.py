@@ -96,7 +96,7 @@ def sample_role(sample_id: int, difficulty_samples: int) -> str:
     return "difficulty" if sample_id < difficulty_samples else "evaluation"
 
 
-def _rollout_rows(problem: Problem, candidates, prompt_tokens: int, difficulty_samples: int) -> list[dict]:
+def _rollout_rows(problem: Problem, candidates, prompt_tokens: int, difficulty_samples: int = 0) -> list[dict]:
     correct = equivalent_many([(c.answer, problem.answer) for c in candidates])  # one grader call
     return [
         {
