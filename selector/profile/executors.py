@@ -86,6 +86,9 @@ class ExecutorReport:
     skipped: int = 0  # already on disk
     retried: int = 0  # job attempts beyond the first (an actor died under them)
     seconds: float = 0.0
+    # CPU seconds of the driver during the run plus, with Ray, of the live actor processes
+    # over their lives (Ray's own daemons not included): a figure that contention leaves alone.
+    cpu_seconds: float = 0.0
 
     def render(self) -> str:
         where = f"{self.actors} Ray actor{'s' * (self.actors != 1)}" if self.kind == "ray" else "this process"
@@ -130,12 +133,13 @@ class LocalExecutor:
         return policy, prm
 
     def run(self, cfg, shards, table_dir, metadata, progress):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jobs = pending_jobs(cfg, shards, table_dir)
         total = len(shards) * (2 if tree_configs(cfg) else 1)
         generate_pool(cfg, shards, table_dir, self.policy, self.prm, metadata, progress)
         run_tree_shards(cfg, shards, table_dir, self.policy, self.prm, metadata, progress)
-        return ExecutorReport("local", 1, len(jobs), total - len(jobs), 0, time.perf_counter() - t0)
+        return ExecutorReport("local", 1, len(jobs), total - len(jobs), 0, time.perf_counter() - t0,
+                              time.process_time() - c0)
 
     def close(self) -> None:
         pass
@@ -180,6 +184,10 @@ class _ShardWorker:
             return None if e is None else EngineInfo(str(e.id), int(e.num_parameters))
 
         return info(self.policy), info(self.prm)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds this actor's process has used (all its threads), for the report."""
+        return time.process_time()
 
     def run(self, job: ShardJob) -> tuple[pd.DataFrame, float]:
         import ray
@@ -258,7 +266,7 @@ class RayExecutor:
 
     def run(self, cfg, shards, table_dir, metadata, progress):
         ray = _ray()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jobs = pending_jobs(cfg, shards, table_dir)
         stages = [s for s in STAGES if s == "pool" or tree_configs(cfg)]
         todo = {s: sum(j.stage == s for j in jobs) for s in stages}
@@ -299,7 +307,9 @@ class RayExecutor:
                 bar.close()
         retried = ray.get(self.attempts.retried.remote())
         total = len(shards) * len(stages)
-        return ExecutorReport("ray", len(self.actors), written, total - len(jobs), retried, time.perf_counter() - t0)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        cpu += sum(ray.get([a.cpu_seconds.remote() for a in self.actors]))
+        return ExecutorReport("ray", len(self.actors), written, total - len(jobs), retried, seconds, cpu)
 
     def close(self) -> None:
         ray = _ray()
