@@ -12,7 +12,15 @@ measured here when the model is installed).
 Targets (issue 3): under 10 minutes and 4 GiB on 2 cores; the profiler's own share under 10%
 with the real CPU model as backend.
 
+With ``--executor ray`` it instead profiles the same config three times on the same simulated
+work: in one process, then on a local Ray cluster with one actor (the same serial work, so the
+difference is Ray's overhead: task dispatch, moving each shard's rows to the driver) and with
+``--num-actors`` actors; it prints each run's wall time (the pool and tree shards, and the
+whole profile), the overhead of the one-actor run over the single process (target, issue 18:
+under 15% at 1,000 prompts), and checks the three tables are equal.
+
     python benchmarks/profile_scale.py [--prompts 1000] [--n-pool 256] [--out /tmp/profile-scale]
+    python benchmarks/profile_scale.py --executor ray [--num-actors 2]
 """
 from __future__ import annotations
 
@@ -82,6 +90,9 @@ def main() -> None:
     ap.add_argument("--n-pool", type=int, default=256)
     ap.add_argument("--out", default=None, help="table directory (default: a temporary one, removed after)")
     ap.add_argument("--model-tokens-per-second", type=float, default=None)
+    ap.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="ray: compare one process with Ray actors on the same work")
+    ap.add_argument("--num-actors", type=int, default=2, help="actors of the second Ray run (--executor ray)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="profile-scale-"))
@@ -104,6 +115,11 @@ def main() -> None:
         "shard_size": 50,
     }
     (work / "profile.yaml").write_text(yaml.safe_dump(cfg))
+    if args.executor == "ray":
+        compare_ray(load_config(work / "profile.yaml"), out, args.num_actors, args.prompts, args.n_pool)
+        if not args.out:
+            shutil.rmtree(work)
+        return
     policy, prm = TimedEngine(SimulatedPolicy()), TimedEngine(SimulatedPRM())
     t0 = time.perf_counter()
     summary = run_profile(load_config(work / "profile.yaml"), out, policy=policy, prm=prm, progress=True)
@@ -128,6 +144,48 @@ def main() -> None:
         print("real CPU model not installed: no projection of its share (pass --model-tokens-per-second)")
     if not args.out:
         shutil.rmtree(work)
+
+
+def compare_ray(cfg, out: Path, num_actors: int, prompts: int, n_pool: int) -> None:
+    """One process vs Ray (1 actor, then ``num_actors``) on the same config and simulated work."""
+    import os
+
+    import pandas as pd
+    import ray
+
+    from selector.profile import RayExecutor
+    from selector.profile.config import ExecutorConfig
+    from selector.tables import TableDir
+
+    cpus = os.cpu_count() or 1
+    t0 = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    start = time.perf_counter() - t0
+    runs = {}
+    for name, executor in [
+        ("one process", None),
+        ("ray, 1 actor", RayExecutor(ExecutorConfig(kind="ray", num_actors=1))),
+        (f"ray, {num_actors} actors", RayExecutor(ExecutorConfig(kind="ray", num_actors=num_actors))),
+    ]:
+        t0 = time.perf_counter()
+        summary = run_profile(cfg, out / name.replace(" ", "").replace(",", "-"), progress=False, executor=executor)
+        runs[name] = (summary.executor.seconds, time.perf_counter() - t0, summary, summary.executor.cpu_seconds)
+        print(f"{name:<16} pool + tree shards {runs[name][0]:7.1f} s wall, {runs[name][3]:7.1f} CPU s   "
+              f"whole profile {runs[name][1]:7.1f} s   load average {os.getloadavg()[0]:.1f}", flush=True)
+    ray.shutdown()
+    base = runs["one process"]
+    one = runs["ray, 1 actor"]
+    many = runs[f"ray, {num_actors} actors"]
+    print(f"\n{prompts} prompts, N_pool={n_pool}, {cpus} CPUs; Ray cluster start {start:.1f} s (once, not counted below)")
+    print(f"Ray overhead, 1 actor vs one process: shards {one[0] / base[0] - 1:+.1%}, whole profile "
+          f"{one[1] / base[1] - 1:+.1%} (target < 15%); in CPU seconds (driver + actors, what contention "
+          f"from other processes leaves alone) {one[3] / base[3] - 1:+.1%}")
+    print(f"{num_actors} actors vs one process: shards x{base[0] / many[0]:.2f} faster, whole profile x{base[1] / many[1]:.2f}")
+    for kind in ("prompts", "evaluations", "results", "selection"):
+        want = getattr(TableDir(base[2].out_dir), kind)()
+        for name in list(runs)[1:]:
+            pd.testing.assert_frame_equal(getattr(TableDir(runs[name][2].out_dir), kind)(), want)
+    print("tables equal across the three runs")
 
 
 if __name__ == "__main__":

@@ -170,11 +170,27 @@ def _default_out(cfg) -> str:
 def _cmd_profile(args: argparse.Namespace) -> int:
     from .profile import load_config, run_profile
 
-    cfg = load_config(args.config)
+    cfg = _with_executor(load_config(args.config), args.executor, args.ray_address)
     summary = run_profile(cfg, args.out or _default_out(cfg), shard=_parse_shard(args.shard), progress=not args.quiet,
                           force=args.force)
     print(summary.render())
     return 0
+
+
+def _with_executor(cfg, kind: str | None, address: str | None):
+    """The config with --executor / --ray-address applied over its ``executor:`` section."""
+    import dataclasses
+
+    ex = cfg.executor
+    if kind is not None:
+        ex = dataclasses.replace(ex, kind=kind)
+    if address is not None:
+        if ex.kind != "ray":
+            from .errors import InputError
+
+            raise InputError("--ray-address needs the Ray executor: add --executor ray (or executor: {kind: ray})")
+        ex = dataclasses.replace(ex, address=address)
+    return dataclasses.replace(cfg, executor=ex)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -290,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="profile config YAML (see configs/)")
     p.add_argument("--out", default=None, help="table directory (default tables/<config name>); resumes if it exists")
     p.add_argument("--shard", default=None, help="run only slice i of k (i/k) of the prompts, for many machines")
+    p.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help="where the shards run: this process, or Ray actors (default: the config's executor:, else local)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join: auto or HOST:PORT of `ray start --head` (default: start one here)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true",
                    help="rerun on a finished table even if its bins changed (drops its trained estimators' records)")

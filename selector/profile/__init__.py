@@ -29,12 +29,16 @@ from ..types import Cost
 from .adaptive import adaptive_consistency_rows
 from .config import ConfigError, ProfileConfig, _build, load_config
 from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, prompt_difficulty, table_estimator
-from .evaluate import best_of_n_family_rows, read_tree_runs, run_tree_shards, tree_rows
+from .evaluate import best_of_n_family_rows, read_tree_runs, tree_rows
+from .executors import Executor, ExecutorReport, LocalExecutor, RayExecutor, make_executor
 from .manifest import MANIFEST, check_manifest, kept_metadata, kept_selection
-from .pool import generate_pool, import_pool, plan_shards, select_shards
+from .pool import import_pool, plan_shards, select_shards
 from .select import select_tables
 
-__all__ = ["ProfileConfig", "ProfileSummary", "load_config", "merge_profiles", "run_profile"]
+__all__ = [
+    "Executor", "LocalExecutor", "ProfileConfig", "ProfileSummary", "RayExecutor", "load_config", "merge_profiles",
+    "run_profile",
+]
 
 
 @dataclass
@@ -51,9 +55,12 @@ class ProfileSummary:
     grading_agreement: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     bin_labels: dict[int, str] = field(default_factory=dict)
+    executor: ExecutorReport | None = None  # how the pool and tree shards ran
 
     def render(self) -> str:
         lines = [f"table directory: {self.out_dir}"]
+        if self.executor is not None:
+            lines.append(self.executor.render())
         if not self.complete:
             lines.append("shards written; run `tts-selector merge` over all shard directories to finish the tables")
         for stage, cost in self.ledger.items():
@@ -137,13 +144,16 @@ def run_profile(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
     force: bool = False,
+    executor: Executor | None = None,
 ) -> ProfileSummary:
     """Run (or resume) a profile into ``out_dir``. Engines default to the config's specs.
 
     With ``shard=(i, k)`` only shards ``s`` with ``s % k == i`` are generated and the tables
     are not finished (``merge_profiles`` does that once all slices exist). A resume with another
     config or data set is refused; a rerun on a finished table keeps its estimators' records
-    unless the bins changed (then refused unless ``force``; see ``manifest.py``).
+    unless the bins changed (then refused unless ``force``; see ``manifest.py``). ``executor``
+    runs the pool and tree shards (default: the config's ``executor:``, i.e. this process; a
+    :class:`RayExecutor` runs them on Ray actors, with the same tables).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -154,20 +164,23 @@ def run_profile(
     bar = _progress(progress)
     shards = select_shards(plan_shards(problems, cfg.shard_size), shard)
     agreement: dict[str, float] = {}
-    if cfg.pool.source == "generate" and (policy is None or prm is None):
-        from ..api import resolve_engines
-
-        policy, prm = resolve_engines(policy or cfg.policy, prm if prm is not None else cfg.prm)
-    metadata = _base_metadata(cfg, dataset_sha, policy, prm)
+    report = None
     if cfg.pool.source == "generate":
-        generate_pool(cfg, shards, out_dir, policy, prm, metadata, bar)
-        run_tree_shards(cfg, shards, out_dir, policy, prm, metadata, bar)
+        runner = executor if executor is not None else make_executor(cfg.executor)
+        try:
+            policy, prm = runner.engines(cfg, policy, prm)
+            metadata = _base_metadata(cfg, dataset_sha, policy, prm)
+            report = runner.run(cfg, shards, out_dir, metadata, bar)
+        finally:
+            runner.close()
     else:
+        metadata = _base_metadata(cfg, dataset_sha, policy, prm)
         agreement = import_pool(cfg, shards, out_dir, metadata, bar)
     if shard is not None:
-        return ProfileSummary(out_dir, False, seconds=time.perf_counter() - t0)
+        return ProfileSummary(out_dir, False, seconds=time.perf_counter() - t0, executor=report)
     summary = finish_tables(cfg, out_dir, problems, metadata, progress, force=force)
     summary.grading_agreement = agreement
+    summary.executor = report
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -254,6 +254,38 @@ class SelectConfig:
             raise ConfigError(f"select.confidence must be in (0.5, 1), got {self.confidence}")
 
 
+EXECUTOR_KINDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the pool and tree shards run: in this process (``local``) or as Ray tasks on
+    actors that each hold one copy of the engines (``ray``). Changes no table contents, so it
+    is not part of ``config_hash``."""
+
+    kind: str = "local"
+    address: str | None = None  # ray: "auto", "HOST:PORT", or None to start a cluster here
+    num_actors: int | None = None  # ray: engine copies; None = as many as the cluster's GPUs/CPUs allow
+    num_gpus: float = 0.0  # ray: GPUs per actor
+    num_cpus: float = 1.0  # ray: CPUs per actor
+    max_retries: int = 3  # ray: restarts of a dead actor and retries of the shard it was running
+
+    def check(self) -> None:
+        if self.kind not in EXECUTOR_KINDS:
+            raise ConfigError(f"executor.kind must be one of {list(EXECUTOR_KINDS)}, got {self.kind!r}")
+        if self.num_actors is not None and (isinstance(self.num_actors, bool) or not isinstance(self.num_actors, int)
+                                            or self.num_actors < 1):
+            raise ConfigError(f"executor.num_actors must be an int >= 1 (or omitted), got {self.num_actors!r}")
+        for key in ("num_gpus", "num_cpus"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"executor.{key} must be a number >= 0, got {value!r}")
+        if self.num_gpus == 0 and self.num_cpus == 0:
+            raise ConfigError("executor: num_gpus and num_cpus are both 0; give each actor a GPU or a CPU")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigError(f"executor.max_retries must be an int >= 0, got {self.max_retries!r}")
+
+
 @dataclass(frozen=True)
 class ProfileConfig:
     name: str
@@ -273,6 +305,8 @@ class ProfileConfig:
     shard_size: int = 16  # prompts per rollout shard and checkpoint
     # Folder that relative file paths in the config are read from; not part of the identity.
     base_dir: str = field(default=".", compare=False)
+    # Where the shards run; not part of the identity either (see ExecutorConfig).
+    executor: ExecutorConfig = field(default=ExecutorConfig(), compare=False)
 
     def check(self) -> "ProfileConfig":
         self.dataset.check()
@@ -281,6 +315,7 @@ class ProfileConfig:
         self.binning.check()
         self.evaluate.check()
         self.select.check()
+        self.executor.check()
         if self.difficulty not in DIFFICULTY_SOURCES:
             raise ConfigError(
                 f"difficulty must be 'predicted' (mean final PRM score), 'oracle' (graded pass@1) or 'level' (the data "
@@ -328,6 +363,7 @@ class ProfileConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("base_dir")
+        out.pop("executor")
         return out
 
     def resolve(self, value: str) -> str:
@@ -353,7 +389,7 @@ class ProfileConfig:
 
 _SECTIONS = {
     "dataset": DatasetConfig, "pool": PoolConfig, "grid": GridConfig, "binning": BinningConfig,
-    "evaluate": EvaluateConfig, "select": SelectConfig,
+    "evaluate": EvaluateConfig, "select": SelectConfig, "executor": ExecutorConfig,
 }
 
 

@@ -14,6 +14,7 @@ with each shard's rows checkpointed so a resumed profile does not run them again
 from __future__ import annotations
 
 import math
+import time
 from itertools import combinations
 from pathlib import Path
 from typing import Callable
@@ -171,34 +172,49 @@ def run_tree_shards(
     Raw rows are one per (prompt, configuration, seed); all configurations and seeds of a
     shard go to the backend together, so each round is one large batch.
     """
-    configs = tree_configs(cfg)
-    if not configs:
+    if not tree_configs(cfg):
         return
-    sampling = policy.default_sampling_params()
-    if cfg.sampling:
-        sampling = sampling.replace(**cfg.sampling)
     todo = [s for s in shards if not tree_checkpoint(table_dir, s.index).exists()]
     bar = progress(total=len(shards), initial=len(shards) - len(todo), desc="beam search / DVTS", unit="shard") if progress else None
     for shard in todo:
-        rows = []
-        for seed in cfg.evaluate.seeds:
-            jobs = [(p, c) for p in shard.problems for c in configs]
-            results = run_search([(p.problem, c) for p, c in jobs], policy, prm, sampling=sampling, seed=seed)
-            for (problem, config), r in zip(jobs, results):
-                c = r.cost
-                rows.append({
-                    "prompt_id": problem.id, "strategy": config.name, "n": config.n, "m": config.m,
-                    "aggregation": config.aggregation, "seed": seed,
-                    "correct": bool(is_equivalent(r.answer, problem.answer)),
-                    "generations": c.generations, "policy_tokens": c.policy_tokens,
-                    "policy_cached_tokens": c.policy_cached_tokens, "prm_tokens": c.prm_tokens,
-                    "policy_flops": c.policy_flops, "prm_flops": c.prm_flops, "seconds": c.seconds,
-                })
-        write_table(pd.DataFrame(rows), tree_checkpoint(table_dir, shard.index), "tree_runs", metadata)
+        rows, _ = tree_shard_rows(cfg, shard, policy, prm)
+        write_tree_shard(table_dir, shard.index, rows, metadata)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
+
+
+def tree_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM | None) -> tuple[pd.DataFrame, float]:
+    """One shard's raw tree runs (one row per prompt, configuration and seed) and the seconds
+    they took. The same call in every executor (this process, a Ray actor)."""
+    t0 = time.perf_counter()
+    configs = tree_configs(cfg)
+    sampling = policy.default_sampling_params()
+    if cfg.sampling:
+        sampling = sampling.replace(**cfg.sampling)
+    rows = []
+    for seed in cfg.evaluate.seeds:
+        jobs = [(p, c) for p in shard.problems for c in configs]
+        results = run_search([(p.problem, c) for p, c in jobs], policy, prm, sampling=sampling, seed=seed)
+        for (problem, config), r in zip(jobs, results):
+            c = r.cost
+            rows.append({
+                "prompt_id": problem.id, "strategy": config.name, "n": config.n, "m": config.m,
+                "aggregation": config.aggregation, "seed": seed,
+                "correct": bool(is_equivalent(r.answer, problem.answer)),
+                "generations": c.generations, "policy_tokens": c.policy_tokens,
+                "policy_cached_tokens": c.policy_cached_tokens, "prm_tokens": c.prm_tokens,
+                "policy_flops": c.policy_flops, "prm_flops": c.prm_flops, "seconds": c.seconds,
+            })
+    return pd.DataFrame(rows), time.perf_counter() - t0
+
+
+def write_tree_shard(table_dir: Path, index: int, rows: pd.DataFrame, metadata: dict, seconds: float = 0.0) -> Path:
+    """Write one shard's tree-run checkpoint atomically (once; never run again after)."""
+    path = tree_checkpoint(table_dir, index)
+    write_table(rows, path, "tree_runs", metadata)
+    return path
 
 
 def read_tree_runs(table_dir: Path) -> pd.DataFrame:

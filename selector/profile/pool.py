@@ -67,27 +67,38 @@ def generate_pool(
     """Generate and write every shard in ``shards`` that has no file yet."""
     done = done_shard_indices(table_dir)
     todo = [s for s in shards if s.index not in done]
-    sampler = BestOfN(n=cfg.pool.difficulty_samples + cfg.pool.n)
-    sampling = policy.default_sampling_params()
-    if cfg.sampling:
-        sampling = sampling.replace(**cfg.sampling)
     bar = progress(total=len(shards), initial=len(shards) - len(todo), desc="pool", unit="shard") if progress else None
     for shard in todo:
-        t0, timeouts = time.perf_counter(), timeout_count()
-        results = run_search(
-            [(p.problem, sampler) for p in shard.problems], policy, prm, sampling=sampling, seed=cfg.seed
-        )
-        rows = []
-        for problem, result in zip(shard.problems, results):
-            rows.extend(_rollout_rows(problem, result.candidates, result.cost.policy_prompt_tokens,
-                                      cfg.pool.difficulty_samples))
-        # Answers the grader could not finish in time, graded by normalized string instead.
-        meta = dict(metadata, shard_seconds=time.perf_counter() - t0, grader_timeouts=timeout_count() - timeouts)
-        write_rollout_shard(pd.DataFrame(rows), table_dir, shard.index, meta)
+        rows, seconds = pool_shard_rows(cfg, shard, policy, prm)
+        write_pool_shard(table_dir, shard.index, rows, metadata, seconds)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
+
+
+def pool_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM | None) -> tuple[pd.DataFrame, dict]:
+    """One pool shard's rollout rows (difficulty + evaluation samples per prompt) and its stats
+    (``seconds`` it took, ``grader_timeouts``: answers graded by normalized string because the
+    grader ran out of time). The same call in every executor (this process, a Ray actor), so
+    the rows are identical."""
+    t0, timeouts = time.perf_counter(), timeout_count()
+    sampling = policy.default_sampling_params()
+    if cfg.sampling:
+        sampling = sampling.replace(**cfg.sampling)
+    sampler = BestOfN(n=cfg.pool.difficulty_samples + cfg.pool.n)
+    results = run_search([(p.problem, sampler) for p in shard.problems], policy, prm, sampling=sampling, seed=cfg.seed)
+    rows = []
+    for problem, result in zip(shard.problems, results):
+        rows.extend(_rollout_rows(problem, result.candidates, result.cost.policy_prompt_tokens,
+                                  cfg.pool.difficulty_samples))
+    return pd.DataFrame(rows), {"seconds": time.perf_counter() - t0, "grader_timeouts": timeout_count() - timeouts}
+
+
+def write_pool_shard(table_dir: Path, index: int, rows: pd.DataFrame, metadata: dict, stats: dict) -> Path:
+    """Write one pool shard's rows atomically (once; a shard on disk is never generated again)."""
+    return write_rollout_shard(rows, table_dir, index, dict(
+        metadata, shard_seconds=stats["seconds"], grader_timeouts=stats["grader_timeouts"]))
 
 
 def sample_role(sample_id: int, difficulty_samples: int) -> str:
