@@ -105,7 +105,7 @@ def main() -> None:
     cfg = {
         "name": "profile-scale", "policy": "sim", "prm": "sim",
         "dataset": {"name": "questions.jsonl", "id_field": "id", "heldout": 0.2},
-        "pool": {"n": args.n_pool},
+        "pool": {"n": args.n_pool, "difficulty_samples": 8},
         "grid": {"strategies": ["majority", "best_of_n", "weighted_best_of_n", "beam_search", "dvts"],
                  "budgets": budgets, "tree_budgets": [4, 8, 16, 32, 64], "beam_widths": [4],
                  "aggregations": ["last", "min", "prod", "mean"], "max_steps": 10},

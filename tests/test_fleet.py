@@ -48,11 +48,11 @@ def write_config(tmp_path: Path, urls: list[str]) -> Path:
     cfg = {
         "name": "fleet", "policy": spec, "prm": "arith-check",
         "dataset": {"name": str(data), "id_field": "id", "heldout": 0.25},
-        "pool": {"n": 4},
+        "pool": {"n": 4, "difficulty_samples": 2},
         "grid": {"strategies": ["majority", "best_of_n", "beam_search"], "budgets": [1, 2, 4], "tree_budgets": [4],
                  "beam_widths": [2], "aggregations": ["last"], "max_steps": 4},
         "binning": {"scheme": "quantile", "k": 2},
-        "evaluate": {"subsamples": 20}, "select": {"folds": 2, "bootstrap": 50}, "shard_size": 3,
+        "evaluate": {"subsamples": 20}, "select": {"folds": 2, "bootstrap": 50, "pilots": [2]}, "shard_size": 3,
     }
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
