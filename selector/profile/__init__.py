@@ -58,7 +58,7 @@ class ProfileSummary:
         for stage, cost in self.ledger.items():
             lines.append(
                 f"ledger {stage:<30} {cost['generations']:>9.0f} generations  {cost['policy_tokens']:>10.0f} policy tokens"
-                f"  {cost['prm_tokens']:>10.0f} PRM tokens  {cost['flops']:.3g} FLOPs"
+                f"  {cost['prm_tokens']:>10.0f} PRM tokens  {cost['flops']:.3g} FLOPs  {cost.get('seconds', 0.0):.1f} s"
             )
         if self.grading_agreement.get("labelled"):
             a = self.grading_agreement
@@ -248,13 +248,21 @@ def _base_metadata_from_rollouts(out_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k not in ("kind", "schema_version", "shard_seconds", "created_at")}
 
 
-def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_params: int) -> dict[str, dict[str, float]]:
+def _pool_seconds(out_dir: Path) -> float:
+    """Wall seconds the pool stage spent, summed over its shards (each records its own)."""
+    from ..tables import read_metadata, rollout_shards
+
+    return float(sum(read_metadata(p).get("shard_seconds", 0.0) for p in rollout_shards(out_dir)))
+
+
+def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_params: int,
+            pool_seconds: float = 0.0) -> dict[str, dict[str, float]]:
     prompt_tokens = int(rollouts.groupby("prompt_id")["prompt_tokens"].first().sum())
     generated, prm_tokens = int(rollouts["tokens"].sum()), int(rollouts["prm_tokens"].sum())
     pool = Cost(
         generations=len(rollouts), policy_prompt_tokens=prompt_tokens, policy_generated_tokens=generated,
         prm_tokens=prm_tokens, policy_flops=2.0 * policy_params * (prompt_tokens + generated),
-        prm_flops=2.0 * prm_params * prm_tokens,
+        prm_flops=2.0 * prm_params * prm_tokens, seconds=pool_seconds,
     )
     tree = Cost()
     if not runs.empty:
@@ -317,7 +325,7 @@ def finish_tables(
         evaluations[evaluations["prompt_id"].isin(set(profile_ids))], profile_bins, cfg.select,
         metadata["policy_id"], metadata["prm_id"], bar,
     )
-    ledger = _ledger(rollouts, runs, policy_params, prm_params)
+    ledger = _ledger(rollouts, runs, policy_params, prm_params, _pool_seconds(out_dir))
     # The family comes from the config, not from the shards: merged shards may predate the key.
     metadata = {k: v for k, v in metadata.items() if k != "dataset_family_note"}
     meta = dict(metadata, **_family_metadata(cfg), bin_edges=edges, bin_labels={str(k): v for k, v in bin_labels(edges).items()},
