@@ -337,6 +337,11 @@ class LazyEngines:
     def loaded(self) -> bool:
         return self._engines is not None
 
+    @property
+    def specs(self) -> tuple[str | Policy, str | PRM | None]:
+        """What the engines are built from (spec strings or engine objects, not yet loaded)."""
+        return self._specs
+
     def get(self) -> tuple[Policy, PRM | None]:
         if self._engines is None:
             with self._lock:
@@ -399,9 +404,13 @@ class Router:
     def _params_for_estimate(self) -> int:
         """The policy's parameter count for an estimate's FLOPs, without loading it if the
         table records it."""
-        if self._engines.loaded or self._policy_params is None:
-            return self.policy.num_parameters
-        return self._policy_params
+        if not self._engines.loaded:
+            if self._policy_params is not None:
+                return self._policy_params
+            built = self._engines.specs[0]
+            if not isinstance(built, str):  # an engine object counts its parameters without loading
+                return built.num_parameters
+        return self.policy.num_parameters
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

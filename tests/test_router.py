@@ -194,3 +194,21 @@ def test_cli_route_on_the_shipped_table_imports_no_torch_and_builds_no_engine():
     assert out.returncode == 0, out.stderr
     assert "torch imported: False rc 0" in out.stdout
     assert " n=4 " in out.stdout and "{" not in out.stdout  # a readable strategy, not a dict
+
+
+def test_an_engine_object_given_to_the_router_loads_on_the_first_solve_only(sim_table):
+    class CountingLoads(SimulatedPolicy):
+        loads = 0
+
+        def load(self):
+            self.loads += 1
+            return self
+
+    policy = CountingLoads()
+    router = Router.load(sim_table, policy=policy)  # checked against the table's id without loading
+    q = make_questions([0.3], prefix="loads")[0]
+    router.route(q, 4)
+    assert policy.loads == 0
+    router.solve(q, 4)
+    router.solve(q, 8)
+    assert policy.loads == 1
