@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -101,8 +102,14 @@ def _start(job: str, mode: str, args: argparse.Namespace, loop: bool) -> tuple[s
 
 
 def _time_once(job: str, mode: str, args: argparse.Namespace) -> tuple[float, dict]:
+    """The job's seconds in a fresh worker; ``inf`` when it ran past ``--timeout``."""
     proc, info = _start(job, mode, args, loop=False)
-    out, _ = proc.communicate(timeout=args.timeout)
+    try:
+        out, _ = proc.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # our own child, by its pid
+        proc.communicate()
+        return math.inf, info
     if proc.returncode != 0:
         raise RuntimeError(f"worker {job}/{mode} exited {proc.returncode}")
     return json.loads(out.strip().splitlines()[-1])["seconds"], info
@@ -110,9 +117,12 @@ def _time_once(job: str, mode: str, args: argparse.Namespace) -> tuple[float, di
 
 def measure(job: str, mode: str, args: argparse.Namespace) -> dict:
     alone = [_time_once(job, mode, args) for _ in range(args.repeats)]
+    if math.isinf(statistics.median(s for s, _ in alone)):
+        return {"job": job, "mode": mode, "threads": alone[0][1]["threads"], "wait_policy": alone[0][1]["wait_policy"],
+                "alone_s": math.inf, "beside_s": math.inf, "slowdown": math.nan}
     competitor, _ = _start(job, mode, args, loop=True)
     try:
-        competitor.stdout.readline()  # the competitor has finished one job: it is at full load
+        # _start returned once the competitor had loaded its engines: it is computing now.
         beside = [_time_once(job, mode, args)[0] for _ in range(args.repeats)]
     finally:
         competitor.terminate()  # our own child, by its pid
@@ -132,7 +142,7 @@ def main() -> int:
     parser.add_argument("--jobs", nargs="+", default=["routed", "bo8"], choices=["routed", "bo8"])
     parser.add_argument("--modes", nargs="+", default=["new", "old"], choices=["new", "old"])
     parser.add_argument("--threads", type=int, default=None, help="the new settings' thread count (default: affinity)")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per timed run")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds allowed per timed run (default 120)")
     parser.add_argument("--quick", action="store_true", help="reduced: 1 question, 1 repeat, routed and bo8 once each")
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     args = parser.parse_args()
@@ -144,11 +154,16 @@ def main() -> int:
     print(f"cores available: {len(os.sched_getaffinity(0))}; best-of-8 batch of {args.questions} questions; "
           f"medians of {args.repeats}")
     t0 = time.perf_counter()
-    rows = [measure(job, mode, args) for mode in args.modes for job in args.jobs]
-    print(f"{'settings':<8} {'job':<7} {'threads':>7} {'wait':<8} {'alone s':>8} {'beside s':>9} {'slowdown':>9}")
-    for r in rows:
-        print(f"{r['mode']:<8} {r['job']:<7} {r['threads']:>7} {str(r['wait_policy']):<8} {r['alone_s']:>8.2f} "
-              f"{r['beside_s']:>9.2f} {r['slowdown']:>8.2f}x")
+    print(f"{'settings':<8} {'job':<7} {'threads':>7} {'wait':<8} {'alone s':>8} {'beside s':>9} {'slowdown':>9}", flush=True)
+    rows = []
+    for mode in args.modes:
+        for job in args.jobs:
+            r = measure(job, mode, args)
+            rows.append(r)
+            print(f"{r['mode']:<8} {r['job']:<7} {r['threads']:>7} {str(r['wait_policy']):<8} {r['alone_s']:>8.2f} "
+                  f"{r['beside_s']:>9.2f} {r['slowdown']:>8.2f}x", flush=True)
+    if any(math.isinf(r["alone_s"]) or math.isinf(r["beside_s"]) for r in rows):
+        print(f"inf: a run took longer than --timeout {args.timeout:.0f} s and was stopped")
     by = {(r["mode"], r["job"]): r for r in rows}
     for job in args.jobs:
         if ("new", job) in by and ("old", job) in by:
