@@ -13,7 +13,10 @@ same settings (two users of the tool on one machine). Settings:
 * ``new``: the package defaults (``selector/threads.py``: ``OMP_WAIT_POLICY=PASSIVE``, torch
   threads = the cores of the process's affinity);
 * ``old``: torch's defaults as before (torch imported before the package, so the OpenMP
-  runtime starts with its default spin-wait; torch's own default thread count).
+  runtime starts with its default spin-wait, about 3 ms in libgomp; torch's own default count);
+* ``brief`` (not run by default, ``--modes new old brief``): the package's settings with a short
+  spin before yielding (``GOMP_SPINCOUNT=10000``, about 0.1 ms), the candidate should passive
+  waiting cost speed on a quiet machine.
 
 Printed per (settings, job): seconds alone, seconds beside the competitor (medians over
 ``--repeats``; engine loading excluded: the worker loads first, then times the job) and the
@@ -71,8 +74,8 @@ def worker(job: str, mode: str, questions: int, loop: bool) -> None:
 
     import torch
 
-    if mode == "new":
-        wait_policy = os.environ.get("OMP_WAIT_POLICY")  # as the package set it before torch loaded
+    if mode != "old":
+        wait_policy = os.environ.get("OMP_WAIT_POLICY") + (" spin 1e4" if mode == "brief" else "")  # as the package set it before torch loaded
     print(json.dumps({"loaded": True, "threads": torch.get_num_threads(), "wait_policy": wait_policy}), flush=True)
     while True:
         t0 = time.perf_counter()
@@ -85,8 +88,10 @@ def worker(job: str, mode: str, questions: int, loop: bool) -> None:
 # -- driver ------------------------------------------------------------------------------------
 def _env(mode: str, threads: int | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CLEARED}
-    if mode == "new" and threads is not None:
+    if mode != "old" and threads is not None:
         env["TTS_SELECTOR_THREADS"] = str(threads)
+    if mode == "brief":
+        env["GOMP_SPINCOUNT"] = "10000"  # an explicit spin count wins over the passive wait policy
     return env
 
 
@@ -135,12 +140,12 @@ def measure(job: str, mode: str, args: argparse.Namespace) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=["routed", "bo8"], help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=["new", "old"], default="new", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["new", "old", "brief"], default="new", help=argparse.SUPPRESS)
     parser.add_argument("--loop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--questions", type=int, default=4, help="questions in the best-of-8 batch (default 4)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the median is printed (default 2)")
     parser.add_argument("--jobs", nargs="+", default=["routed", "bo8"], choices=["routed", "bo8"])
-    parser.add_argument("--modes", nargs="+", default=["new", "old"], choices=["new", "old"])
+    parser.add_argument("--modes", nargs="+", default=["new", "old"], choices=["new", "old", "brief"])
     parser.add_argument("--threads", type=int, default=None, help="the new settings' thread count (default: affinity)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds allowed per timed run (default 120)")
     parser.add_argument("--quick", action="store_true", help="reduced: 1 question, 1 repeat, routed and bo8 once each")
@@ -154,13 +159,13 @@ def main() -> int:
     print(f"cores available: {len(os.sched_getaffinity(0))}; best-of-8 batch of {args.questions} questions; "
           f"medians of {args.repeats}")
     t0 = time.perf_counter()
-    print(f"{'settings':<8} {'job':<7} {'threads':>7} {'wait':<8} {'alone s':>8} {'beside s':>9} {'slowdown':>9}", flush=True)
+    print(f"{'settings':<8} {'job':<7} {'threads':>7} {'wait':<16} {'alone s':>8} {'beside s':>9} {'slowdown':>9}", flush=True)
     rows = []
     for mode in args.modes:
         for job in args.jobs:
             r = measure(job, mode, args)
             rows.append(r)
-            print(f"{r['mode']:<8} {r['job']:<7} {r['threads']:>7} {str(r['wait_policy']):<8} {r['alone_s']:>8.2f} "
+            print(f"{r['mode']:<8} {r['job']:<7} {r['threads']:>7} {str(r['wait_policy']):<16} {r['alone_s']:>8.2f} "
                   f"{r['beside_s']:>9.2f} {r['slowdown']:>8.2f}x", flush=True)
     if any(math.isinf(r["alone_s"]) or math.isinf(r["beside_s"]) for r in rows):
         print(f"inf: a run took longer than --timeout {args.timeout:.0f} s and was stopped")
