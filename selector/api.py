@@ -14,25 +14,32 @@ _ENGINES: dict[tuple[str, str], object] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def resolve_engines(policy: str | Policy, prm: str | PRM | None) -> tuple[Policy, PRM | None]:
-    """Turn specs into loaded engines, reusing engines already built for the same spec string
-    in this process (so repeated ``solve`` calls do not reload a model). Loading happens here,
-    not inside the first search call, so a solve's ledger does not count the one-time load."""
+def build_engines(policy: str | Policy, prm: str | PRM | None) -> tuple[Policy, PRM | None]:
+    """Turn specs into engine objects without loading any weights (ids and parameter counts
+    work; an engine loads on first use), reusing engines already built for the same spec string
+    in this process."""
 
     def get(kind: str, spec, factory):
         if not isinstance(spec, str):
-            engine = spec
-        else:
-            with _ENGINES_LOCK:
-                if (kind, spec) not in _ENGINES:
-                    _ENGINES[(kind, spec)] = factory(spec)
-                engine = _ENGINES[(kind, spec)]
+            return spec
+        with _ENGINES_LOCK:
+            if (kind, spec) not in _ENGINES:
+                _ENGINES[(kind, spec)] = factory(spec)
+            return _ENGINES[(kind, spec)]
+
+    return get("policy", policy, make_policy), get("prm", prm, make_prm)
+
+
+def resolve_engines(policy: str | Policy, prm: str | PRM | None) -> tuple[Policy, PRM | None]:
+    """Turn specs into loaded engines (:func:`build_engines`, then each engine's ``load``), so
+    repeated ``solve`` calls do not reload a model. Loading happens here, not inside the first
+    search call, so a solve's ledger does not count the one-time load."""
+    engines = build_engines(policy, prm)
+    for engine in engines:
         load = getattr(engine, "load", None)
         if callable(load):
             load()
-        return engine
-
-    return get("policy", policy, make_policy), get("prm", prm, make_prm)
+    return engines
 
 
 def solve(

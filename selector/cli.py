@@ -1,4 +1,4 @@
-"""The ``tts-selector`` command line."""
+"""The tts-selector command line."""
 from __future__ import annotations
 
 import argparse
@@ -63,10 +63,22 @@ def _build_strategy(args: argparse.Namespace):
     return make_strategy(args.strategy, **params)
 
 
+def _strategy_text(strategy) -> str:
+    """'weighted_best_of_n n=8 aggregation=prod': the strategy and its set hyperparameters."""
+    params = strategy.params()
+    keys = ["n", "m", "aggregation"] + [k for k in params if k not in ("n", "m", "aggregation")]
+    return " ".join([strategy.name] + [f"{k}={params[k]}" for k in keys if params.get(k) is not None])
+
+
 def _load_router(args: argparse.Namespace):
     from .catalog import is_catalog
+    from .errors import InputError
     from .router import Router
     from .tables import TableDir
+
+    if is_catalog(args.tables) and args.dataset is None:
+        raise InputError(f"{args.tables} is a catalog of tables: give --dataset NAME (e.g. --dataset math500, or a family "
+                         f"such as --dataset math) so it can pick a table, or pass one table directory to --tables")
 
     # A profiled table defaults to the engines it was profiled with; a catalog or a published
     # prior has none of its own, so they get --policy/--prm (whose defaults are the CPU default's).
@@ -86,7 +98,7 @@ def _cmd_route(args: argparse.Namespace) -> int:
     else:
         where = (f"no bin ({decision.estimator})" if decision.bin is None else
                  f"bin {decision.bin} (p={decision.bin_proba.get(decision.bin, 0):.2f}, by {decision.estimator})")
-        print(f"{where} -> {decision.strategy.name} {decision.strategy.params()} at budget {decision.budget}: {decision.expectation()}")
+        print(f"{where} -> {_strategy_text(decision.strategy)} at budget {decision.budget}: {decision.expectation()}")
         print(f"source: {decision.source}")
         if decision.fallback:
             print(f"note: {decision.fallback}")
@@ -101,7 +113,7 @@ def _cmd_routed_solve(args: argparse.Namespace) -> int:
         return 0
     d, c = result.decision, result.cost
     print(f"answer:      {result.answer}")
-    print(f"routed:      {'no bin' if d.bin is None else f'bin {d.bin}'} -> {d.strategy.name} {d.strategy.params()} "
+    print(f"routed:      {'no bin' if d.bin is None else f'bin {d.bin}'} -> {_strategy_text(d.strategy)} "
           f"({d.expectation()})")
     print(f"source:      {d.source}")
     if d.fallback:
@@ -138,7 +150,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         return 0
     c = result.cost
     print(f"answer:      {result.answer}")
-    print(f"strategy:    {strategy.name} {strategy.params()}")
+    print(f"strategy:    {_strategy_text(strategy)}")
     print(f"engines:     policy={policy.id} prm={prm.id if prm else None}")
     print(f"rounds:      {list(result.rounds)} generations per round")
     print(
@@ -266,6 +278,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-selector", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: the cores this process may use, or TTS_SELECTOR_THREADS)")
+    parser.add_argument("--verbose", action="store_true", help="log engine loading, with the model-loading progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("solve", help="solve one question with a search strategy")
@@ -387,8 +402,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.policy_given = any(a == "--policy" or a.startswith("--policy=") for a in raw)
     args.prm_given = any(a == "--prm" or a.startswith("--prm=") for a in raw)
     from .errors import TTSError
+    from .threads import configure_threads
 
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        os.environ["TTS_SELECTOR_VERBOSE"] = "1"  # read by the backends' loaders (selector/backends/hf_common.py)
     try:
+        configure_threads(args.threads)  # before any engine imports torch
         return args.func(args)
     except (TTSError, ValueError, FileNotFoundError, ModuleNotFoundError) as exc:  # includes ConfigError, TableError
         if args.debug:

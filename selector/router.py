@@ -27,9 +27,10 @@ tree answer rule ``weighted``, 40 steps (the ``BeamSearch`` / ``DVTS`` / ``BestO
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -302,23 +303,96 @@ class _NoEstimator:
         return [Estimate(math.nan, 0, {}, Cost(), self.reason) for _ in prompts]
 
 
-class Router:
-    """Route prompts with a table (see module docstring). Build it with :meth:`load`."""
+class LazyEngines:
+    """A router's policy and PRM, loaded on first use: routing with a prompt estimator needs
+    neither, so ``route`` loads no weights; ``solve`` loads them once (``api.resolve_engines``
+    caches them per spec). ``check`` runs once on the loaded engines (e.g. the table's ids)."""
 
-    def __init__(self, table: TableDir, policy: Policy, prm: PRM | None, estimator: Any, estimator_name: str,
-                 tree_settings: dict[str, Any], sampling: SamplingParams | None = None, *,
+    def __init__(self, policy: str | Policy, prm: str | PRM | None,
+                 check: Callable[[Policy, PRM | None], None] | None = None):
+        self._specs = (policy, prm)
+        self._check = check
+        self._engines: tuple[Policy, PRM | None] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._engines is not None
+
+    @property
+    def specs(self) -> tuple[str | Policy, str | PRM | None]:
+        """What the engines are built from (spec strings or engine objects, not yet loaded)."""
+        return self._specs
+
+    def get(self) -> tuple[Policy, PRM | None]:
+        if self._engines is None:
+            with self._lock:
+                if self._engines is None:
+                    from .api import resolve_engines
+
+                    engines = resolve_engines(*self._specs)
+                    if self._check is not None:
+                        self._check(*engines)
+                    self._engines = engines
+        return self._engines
+
+
+class Router:
+    """Route prompts with a table (see module docstring). Build it with :meth:`load`.
+
+    ``policy``/``prm`` are engines, spec strings or a :class:`LazyEngines`; either way they are
+    loaded on first use (``router.policy``), not here. ``policy_params`` (parameters) stands
+    in for the policy's count until it is loaded (the table's record); ``sampling_overrides``
+    are applied to the policy's default sampling parameters when ``sampling`` is None.
+    """
+
+    def __init__(self, table: TableDir, policy: Policy | str | LazyEngines, prm: PRM | str | None, estimator: Any,
+                 estimator_name: str, tree_settings: dict[str, Any], sampling: SamplingParams | None = None, *,
                  cells: SelectionCells | PriorCells | None = None, source: str | None = None,
-                 choice: CatalogChoice | None = None):
+                 choice: CatalogChoice | None = None, policy_params: int | None = None,
+                 sampling_overrides: dict[str, Any] | None = None):
         self.table = table
-        self.policy = policy
-        self.prm = prm
+        self._engines = policy if isinstance(policy, LazyEngines) else LazyEngines(policy, prm)
         self.estimator = estimator
         self.estimator_name = estimator_name
-        self.sampling = sampling
+        self._sampling = sampling
+        self._sampling_overrides = sampling_overrides
+        self._policy_params = policy_params
         self._tree = tree_settings
         self._cells = cells if cells is not None else SelectionCells(table.selection())
         self.source = source if source is not None else f"table {table.path}"
         self.choice = choice  # the catalog's choice (None when loaded from a table directory)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy engine (loaded now if it was not)."""
+        return self._engines.get()[0]
+
+    @property
+    def prm(self) -> PRM | None:
+        """The PRM engine (loaded now if it was not)."""
+        return self._engines.get()[1]
+
+    @property
+    def engines_loaded(self) -> bool:
+        return self._engines.loaded
+
+    @property
+    def sampling(self) -> SamplingParams | None:
+        if self._sampling is None and self._sampling_overrides:
+            self._sampling = self.policy.default_sampling_params().replace(**self._sampling_overrides)
+        return self._sampling
+
+    def _params_for_estimate(self) -> int:
+        """The policy's parameter count for an estimate's FLOPs, without loading it if the
+        table records it."""
+        if not self._engines.loaded:
+            if self._policy_params is not None:
+                return self._policy_params
+            built = self._engines.specs[0]
+            if not isinstance(built, str):  # an engine object counts its parameters without loading
+                return built.num_parameters
+        return self.policy.num_parameters
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -343,7 +417,7 @@ class Router:
         needs ``policy`` and ``prm`` too (it is for any engine). ``dataset`` given with a table
         directory must be of the table's family.
         """
-        from .api import resolve_engines
+        from .api import build_engines
 
         if policy_params is not None and not (isinstance(policy_params, (int, float)) and math.isfinite(policy_params)
                                               and policy_params >= 1):
@@ -355,7 +429,7 @@ class Router:
                     f"{table_dir} is a catalog of tables: give policy= (spec or engine), prm= and dataset= (e.g. 'math500', "
                     f"or a family such as 'math') so it can pick a table, or pass one table directory"
                 )
-            policy, prm = resolve_engines(policy, prm)
+            policy, prm = build_engines(policy, prm)  # ids and sizes; weights load on first use
             choice = TableCatalog(table_dir).best_for(policy=policy, prm=prm, dataset=dataset, policy_params=policy_params)
             table_dir = choice.path
         table = TableDir(table_dir)
@@ -372,31 +446,37 @@ class Router:
         from .profile import manifest_config
 
         config = manifest_config(table_dir)
-        policy_engine, prm_engine = resolve_engines(
-            policy if policy is not None else _table_spec(table_dir, config, meta, "policy"),
-            prm if prm is not None else _table_spec(table_dir, config, meta, "prm"),
-        )
-        checks = [("policy", policy_engine, meta["policy_id"]), ("PRM", prm_engine, meta["prm_id"])]
-        if choice is not None and choice.kind == "nearest_size":
-            checks = checks[1:]  # a nearest-size table is profiled with another policy: that is the point
-        for kind, engine, want in checks:
-            have = engine.id if engine is not None else None
-            if have != want:
-                raise ValueError(
-                    f"{table_dir} was profiled with {kind} {want!r}, but the {kind} given is {have!r}: "
-                    f"route with the same {kind}, or profile a table for {have!r}"
-                )
+        skip_policy = choice is not None and choice.kind == "nearest_size"  # another policy: that is the point
+
+        def check(policy_engine: Policy, prm_engine: PRM | None) -> None:
+            checks = [("policy", policy_engine, meta["policy_id"]), ("PRM", prm_engine, meta["prm_id"])]
+            for kind, engine, want in checks[1:] if skip_policy else checks:
+                have = engine.id if engine is not None else None
+                if have != want:
+                    raise ValueError(
+                        f"{table_dir} was profiled with {kind} {want!r}, but the {kind} given is {have!r}: "
+                        f"route with the same {kind}, or profile a table for {have!r}"
+                    )
+
+        # A table may only name local engines; a server must come from the caller (_table_spec).
+        policy_spec = policy if policy is not None else _table_spec(table_dir, config, meta, "policy")
+        prm_spec = prm if prm is not None else _table_spec(table_dir, config, meta, "prm")
+        if policy is not None or prm is not None:
+            check(*build_engines(policy_spec, prm_spec))  # engines the caller chose: check them now (no weights)
+        # The table's own engines are built and loaded on first use: `route` needs none.
+        engines = LazyEngines(policy_spec, prm_spec, check)
         est, name = load_table_estimator(table, estimator)
         cells, note = table_cells(table, name)
         grid = config.get("grid", {})
         tree = {"max_steps": grid.get("max_steps", 40), "answer_rule": grid.get("answer_rule", "weighted"),
                 **{k: v for k, v in grid.items() if k in ("adaptive_rule", "adaptive_threshold")}}
-        if sampling is None and config.get("sampling"):
-            sampling = policy_engine.default_sampling_params().replace(**config["sampling"])
+        recorded = meta.get("policy_params")
+        params = None if skip_policy or not recorded else int(recorded)
         source = f"table {table.path}" + (f": {choice.summary}" if choice is not None else "")
         if note:
             source += f" ({note})"
-        return cls(table, policy_engine, prm_engine, est, name, tree, sampling, cells=cells, source=source, choice=choice)
+        return cls(table, engines, None, est, name, tree, sampling, cells=cells, source=source, choice=choice,
+                   policy_params=params, sampling_overrides=config.get("sampling") or None)
 
     @classmethod
     def _load_prior(
@@ -404,12 +484,12 @@ class Router:
         sampling: SamplingParams | None, policy_params: float | None, choice: CatalogChoice | None,
     ) -> "Router":
         """A router over a published prior: the size-range check replaces the policy-id check."""
-        from .api import resolve_engines
+        from .api import build_engines
 
         if policy is None or prm is None:
             raise ValueError(f"{table.path} is a published prior for any policy and PRM: give policy= and prm= "
                              "(it has no engines of its own to default to)")
-        policy_engine, prm_engine = resolve_engines(policy, prm)
+        policy_engine, prm_engine = build_engines(policy, prm)  # the size check needs no weights
         if prm_engine is None:
             raise ValueError(f"{table.path}: the published prior's strategies (beam search, DVTS, best-of-N) need a PRM; "
                              "give prm= (a PRM spec or engine)")
@@ -449,7 +529,7 @@ class Router:
         """The estimator's estimates for ``prompts`` (their cost included)."""
         if getattr(self.estimator, "needs_engines", False):  # pilots sample with our engines
             return self.estimator.estimate_batch(list(prompts), self.policy, self.prm, sampling=self.sampling, seed=seed)
-        return self.estimator.estimate_batch(list(prompts), self.policy.num_parameters)
+        return self.estimator.estimate_batch(list(prompts), self._params_for_estimate())
 
     def route(self, prompt: str, budget: int) -> Decision:
         """The decision for one prompt at ``budget`` (generations per round)."""

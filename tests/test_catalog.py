@@ -342,6 +342,10 @@ def test_cli_route_with_a_catalog(capsys):
     assert main(["route", "q", "--tables", str(SHIPPED), "--dataset", "gsm8k", "--policy", "sim", "--prm", "sim",
                  "--budget", "8"]) == 2
     assert "no table for dataset family 'gsm8k'" in capsys.readouterr().err
+    # On the command line only --dataset can be missing (--policy/--prm default): say that flag.
+    assert main(["route", "q", "--tables", str(SHIPPED), "--budget", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "give --dataset NAME" in err and "policy=" not in err
 
 
 def test_format_params():

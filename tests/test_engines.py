@@ -174,3 +174,13 @@ def test_simulated_prm_blind_spot_hides_some_flawed_confident_steps():
     seeing, half_blind = SimulatedPRM(noise=0.0), SimulatedPRM(noise=0.0, blind=0.5)
     assert mean_score(seeing) < 0.2  # sigmoid(-2)
     assert abs(mean_score(half_blind) - (0.5 * 0.119 + 0.5 * 0.881)) < 0.05  # half now look right
+
+
+def test_cli_text_mode_prints_strategies_as_words_and_help_as_plain_text(capsys):
+    from selector.cli import build_parser
+
+    assert cli_main(["solve", "q", "--strategy", "weighted_best_of_n", "--n", "8", "--aggregation", "prod",
+                     "--policy", "sim", "--prm", "sim"]) == 0
+    out = capsys.readouterr().out
+    assert "strategy:    weighted_best_of_n n=8 aggregation=prod" in out and "{" not in out.split("candidates:")[0]
+    assert "``" not in build_parser().format_help()

@@ -27,6 +27,7 @@ def test_notebook_is_committed_without_outputs(name):
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: clear the outputs before committing"
 
 
+@pytest.mark.slow  # a Jupyter kernel per notebook
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebook_executes_from_a_clean_kernel(name, monkeypatch):
     path = ROOT / "notebooks" / name

