@@ -42,7 +42,7 @@ def frame(kind: str, rows: int = 3, offset: int = 0) -> pd.DataFrame:
             "prompt_id": [f"p{i}" for i in r], "text_sha256": [f"{i:064x}" for i in r],
             "split": ["profile" if i % 3 else "heldout" for i in r],
             "oracle_pass1": [0.25 * (i % 4) for i in r], "predicted_pass1": [0.2 * (i % 5) for i in r],
-            "bin": [1 + i % 5 for i in r],
+            "difficulty_score": [0.2 * (i % 5) for i in r], "bin": [1 + i % 5 for i in r],
         },
         "results": {
             "bin": [1 + i % 5 for i in r], **cfg, "ci_low": [0.0] * rows, "ci_high": [1.0] * rows,
@@ -50,7 +50,8 @@ def frame(kind: str, rows: int = 3, offset: int = 0) -> pd.DataFrame:
             "mean_flops": [1e9] * rows,
         },
         "selection": {
-            "policy": ["smollm2-135m"] * rows, "prm": ["arith-check"] * rows, "bin": [1 + i % 5 for i in r],
+            "estimator": ["bins:predicted"] * rows, "policy": ["smollm2-135m"] * rows, "prm": ["arith-check"] * rows,
+            "bin": [1 + i % 5 for i in r],
             **cfg, "ci_low": [0.0] * rows, "ci_high": [1.0] * rows, "n_prompts": [10] * rows,
             "mean_flops": [1e9] * rows,
         },
@@ -60,6 +61,7 @@ def frame(kind: str, rows: int = 3, offset: int = 0) -> pd.DataFrame:
         },
         "rollouts": {
             "prompt_id": [f"p{i}" for i in r], "sample_id": list(r),
+            "role": ["difficulty" if i == 0 else "evaluation" for i in r],
             "steps": [[f"step {j}" for j in range(i % 3)] for i in r],
             "step_scores": [[0.5] * (i % 3) for i in r],
             "answer": [None if i % 2 else str(i) for i in r],
@@ -273,6 +275,18 @@ def test_newer_schema_version(tmp_path, monkeypatch):
             read()
         assert f"schema version {SCHEMA_VERSION + 1}" in str(err.value)
         assert "pip install -U tts-selector" in str(err.value)
+
+
+def test_older_schema_version_is_refused_with_the_regenerate_command(tmp_path, monkeypatch):
+    # Version-1 tables were binned on the samples their cells were scored on: never read.
+    path = tmp_path / "results.parquet"
+    monkeypatch.setattr(T, "SCHEMA_VERSION", 1)
+    write_table(frame("results"), path, "results", META)
+    monkeypatch.undo()
+    for read in (lambda: read_table(path, "results"), lambda: read_metadata(path)):
+        with pytest.raises(TableError, match="schema version 1") as err:
+            read()
+        assert "tts-selector profile CONFIG --out NEW_DIR" in str(err.value)
 
 
 def _write_with_raw_metadata(path, raw: bytes | None):
