@@ -158,7 +158,7 @@ def test_router_beats_fixed_strategies_on_the_simulator(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     run_profile(load_config(root / "configs" / "sim-router.yaml"), tmp_path / "t", progress=False)
-    report_cv, _, _ = train_on_table(tmp_path / "t", features="tfidf", folds=3)
+    report_cv, _, _ = train_on_table(tmp_path / "t", features="tfidf", folds=5)
     assert report_cv.metrics["spearman_rho"] > 0.6
     report = evaluate_router(tmp_path / "t", estimators=["prompt:tfidf"], bootstrap=200)
     e = report.efficiency
