@@ -308,6 +308,24 @@ def test_pilot_on_a_prior_uses_the_mean_final_step_score_without_fitting():
     assert res.estimate_cost.generations == 4
 
 
+def test_prior_pilot_is_calibrated_on_a_profiled_table_with_the_same_prm(tmp_path):
+    # Liu et al.'s thresholds are on true pass@1; a raw PRM mean is not that. With a profiled
+    # table of the same PRM in the catalog (here of another family, so the prior still decides),
+    # the pilot's mean is mapped to pass@1 by that table's calibration; without one it says so.
+    c = tmp_path / "catalog"
+    shutil.copytree(SHIPPED / PRIORS[0], c / PRIORS[0])
+    alone = Router.load(c, policy=sim(14e9), prm=prm(), dataset="math500", estimator="pilot:4")
+    assert "uncalibrated" in alone.estimator_name
+    run_profile(load_config(sim_config(tmp_path, prompts=24)), c / "sim-questions", progress=False)
+    router = Router.load(c, policy=sim(14e9), prm=prm(), dataset="math500", estimator="pilot:4")
+    assert router.choice.kind == "prior" and "calibrated to pass@1 on" in router.estimator_name
+    q = make_questions([0.5], prefix="calibrated")[0]
+    est = router.estimate_batch([q])[0]
+    raw = float(np.mean([c.step_scores[-1] for c in est.pilot]))
+    assert est.pass1 == pytest.approx(float(router.estimator.calibration_.predict([raw])[0]))
+    assert router.route(q, 8).bin == int(assign_bins(est.pass1, [0.1, 0.5])[0])
+
+
 def test_nearest_size_table_routes_a_different_policy_and_says_so(tmp_path):
     c = tmp_path / "catalog"
     run_profile(load_config(sim_config(tmp_path, prompts=16, dataset={"family": "math"})), c / "sim-1.5b", progress=False)
