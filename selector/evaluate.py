@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .binning import assign_bins
+from .errors import InputError
 from .router import SelectionCells, load_table_estimator
 from .tables import TableDir
 
@@ -57,6 +58,7 @@ class Method:
     flops: dict[int, np.ndarray] = field(default_factory=dict)
     generations: dict[int, np.ndarray] = field(default_factory=dict)
     reported: dict[int, np.ndarray] = field(default_factory=dict)  # routers: the cell's expected accuracy
+    reference: bool = False  # routers on bins no deployed router reproduces (oracle, level): not compared
 
 
 @dataclass
@@ -87,7 +89,11 @@ class EvalReport:
             lines.append(f"declared router {self.declared_router} against the best fixed strategy using no more FLOPs "
                          f"(margin [95% paired bootstrap CI]):")
             for v in declared:
-                best = f"{v['best_fixed']} N={v['best_fixed_budget']} {v['best_fixed_accuracy']:.3f}" if v["best_fixed"] else "none that cheap"
+                if not v["best_fixed"]:
+                    lines.append(f"  N={v['budget']:<4}{v['accuracy']:.3f} at {v['mean_flops']:.2g} FLOPs: no fixed strategy "
+                                 "is that cheap")
+                    continue
+                best = f"{v['best_fixed']} N={v['best_fixed_budget']} {v['best_fixed_accuracy']:.3f}"
                 lo, hi = v["margin_ci"]
                 lines.append(f"  N={v['budget']:<4}{v['accuracy']:.3f} at {v['mean_flops']:.2g} FLOPs vs {best}: "
                              f"{v['margin']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
@@ -124,7 +130,9 @@ def evaluate_router(
 
     ``estimators``: the routers to score (default: every trained prompt estimator and every
     profiled pilot); ``router``: the declared router of the headline (default: the table's
-    ``declared_router``)."""
+    ``declared_router``, fixed in the config before the held-out split was looked at; a router
+    named here after looking is exploratory). The declared router must be deployable: a
+    trained ``prompt:<features>`` or a profiled ``pilot:<k>``."""
     table = TableDir(table_dir)
     prompts = table.prompts()
     target = prompts[prompts["split"] == split].reset_index(drop=True)
@@ -132,6 +140,9 @@ def evaluate_router(
         raise ValueError(f"{table_dir}: no {split!r} prompts; profile with dataset.heldout > 0 to reserve some")
     meta = table.metadata
     declared = router or meta.get("declared_router", "prompt:tfidf")
+    if not declared.startswith(("prompt:", "pilot:")):
+        raise InputError(f"the declared router must be a deployable estimator ('prompt:<features>' or 'pilot:<k>'), "
+                         f"got {declared!r}: set evaluate.router in the config or pass --router")
     ev = table.evaluations()
     ev = ev[ev["prompt_id"].isin(set(target["prompt_id"]))].copy()
     ev["config"] = [_config_key(r) for r in ev.itertuples(index=False)]
@@ -156,7 +167,11 @@ def evaluate_router(
     # Routers: (estimator name) -> (bins, extra FLOPs, extra generations) per target prompt.
     own = meta.get("default_selection")
     routed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    if own:
+    k_own = int(meta.get("difficulty_samples", 0))
+    if own == "bins:predicted" and k_own:
+        # The table's own bins are a K-sample pilot's: priced as one (same bins, same edges).
+        routed[own] = _pilot_routing(table, target, k_own, meta["bin_edges"])
+    elif own:  # oracle or level bins: no router can reproduce them, a reference only
         routed[own] = (target["bin"].to_numpy(), np.zeros(len(ids)), np.zeros(len(ids)))
     pilots = meta.get("pilots", {})
     names = list(estimators) if estimators is not None else list(meta.get("estimators", {})) + sorted(pilots)
@@ -176,7 +191,9 @@ def evaluate_router(
         cells = SelectionCells(table.selection(name))
         for allocated in (False, True):
             label = f"router ({name}, allocated)" if allocated else f"router ({name})"
-            methods.append(_route(label, name, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup))
+            m = _route(label, name, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup)
+            m.reference = name in ("bins:oracle", "bins:level")
+            methods.append(m)
 
     rng = np.random.default_rng(seed)
     boot = rng.integers(0, len(ids), size=(bootstrap, len(ids)))
@@ -246,7 +263,7 @@ def _versus_fixed(methods: list[Method], budgets: list[int], boot: np.ndarray) -
     fixed = [(m, b) for m in methods if m.estimator is None for b in m.accuracy]
     out = []
     for m in methods:
-        if m.estimator is None:
+        if m.estimator is None or m.reference:
             continue
         for b in budgets:
             acc, flops = m.accuracy[b], float(m.flops[b].mean())
@@ -258,7 +275,9 @@ def _versus_fixed(methods: list[Method], budgets: list[int], boot: np.ndarray) -
                 "best_fixed": best[0].name.replace("fixed ", "") if best else None,
                 "best_fixed_budget": best[1] if best else None,
                 "best_fixed_accuracy": float(base.mean()) if best else None,
-                "margin": float(acc.mean() - base.mean()), "margin_ci": _ci(_boot_means(acc - base, boot)),
+                # No fixed configuration that cheap: no margin (not one against 0).
+                "margin": float(acc.mean() - base.mean()) if best else None,
+                "margin_ci": _ci(_boot_means(acc - base, boot)) if best else None,
             })
     return out
 

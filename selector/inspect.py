@@ -332,7 +332,7 @@ def _evaluation_lines(path: Path, width: int, budget: int | None = None) -> list
         lines.append("best fixed strategy: the most accurate fixed configuration at that N, whatever its FLOPs "
                      "(the full report compares at equal compute)")
     declared = report.get("declared_router")
-    margins = [v for v in report.get("versus_fixed", []) if v.get("method") == declared
+    margins = [v for v in report.get("versus_fixed", []) if v.get("method") == declared and v.get("margin") is not None
                and (budget is None or int(v["budget"]) == budget)]
     if margins:
         lines.append(f"declared router {declared} vs the best fixed strategy at equal compute, margin [95% paired CI]: "

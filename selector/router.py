@@ -137,18 +137,28 @@ class SelectionCells:
         """Per-cell source text (None: the router's table source says it all)."""
         return None
 
+    def nearest_bin(self, bin_: int) -> tuple[int, str | None]:
+        """``bin_``, or the nearest bin with cells when it has none (an estimator fitted on all
+        profiling prompts can predict a bin its out-of-fold predictions never gave), with a note."""
+        if bin_ in self.cells:
+            return bin_, None
+        if not self.cells:
+            raise ValueError("the table has no selection cells for this estimator")
+        near = min(self.cells, key=lambda b: (abs(b - bin_), b))
+        return near, f"bin {bin_} has no cells for this estimator: used the nearest bin {near}"
+
     def cell(self, bin_: int, budget: int) -> tuple[Any, str | None]:
         """The row for (bin, budget), or for the nearest lower budget with a note saying so."""
         self.check_budget(budget)
-        cells = self.cells.get(bin_)
-        if not cells:
-            raise ValueError(f"the table has no selection for bin {bin_} (bins: {sorted(self.cells)})")
+        bin_, moved = self.nearest_bin(int(bin_))
+        cells = self.cells[bin_]
         usable = [b for b in cells if b <= budget]
         if not usable:
             raise ValueError(f"bin {bin_} has no cell at or below budget {budget} (its budgets: {sorted(cells)})")
         chosen = max(usable)
         note = None if chosen == budget else f"no cell for budget {budget} in bin {bin_}: used the nearest lower budget {chosen}"
-        return cells[chosen], note
+        notes = "; ".join(n for n in (moved, note) if n)
+        return cells[chosen], notes or None
 
 
     def allocate(self, bins: Sequence[int], average_budget: float) -> list[int]:
@@ -160,7 +170,8 @@ class SelectionCells:
         at the smallest budget: the hard-bin/easy-bin trade-off.
         """
         self.check_budget(average_budget)
-        curves = [sorted((b, float(row.accuracy)) for b, row in self.cells[int(bin_)].items()) for bin_ in bins]
+        curves = [sorted((b, float(row.accuracy)) for b, row in self.cells[self.nearest_bin(int(bin_))[0]].items())
+                  for bin_ in bins]
         level = [0] * len(curves)
         total, cap = sum(c[0][0] for c in curves), average_budget * len(curves)
         while True:
@@ -498,7 +509,8 @@ class Router:
             raise ValueError(f"{table.path} is keyed by policy size, but policy {policy_engine.id!r} reports no parameter "
                              "count: pass policy_params= (parameters, e.g. 1.5e9) or --policy-params")
         cells = PriorCells(table.selection(), size, table.metadata, table.path)
-        est, name = load_prior_estimator(cells, estimator, table.path, calibration_table(choice, prm_engine))
+        k = int(estimator.partition(":")[2] or 4) if isinstance(estimator, str) and estimator.startswith("pilot:") else 1
+        est, name = load_prior_estimator(cells, estimator, table.path, calibration_table(choice, prm_engine, k))
         source = f"published prior {table.path}" + (f": {choice.reason}" if choice is not None else "")
         # No tree settings: beam search / DVTS run with their class defaults (see module docstring).
         return cls(table, policy_engine, prm_engine, est, name, {}, sampling, cells=cells, source=source, choice=choice)
@@ -648,7 +660,7 @@ class _PassOnePilot(PilotEstimator):
         return pass1, proba
 
 
-def calibration_table(choice: CatalogChoice | None, prm: PRM | None) -> TableDir | None:
+def calibration_table(choice: CatalogChoice | None, prm: PRM | None, k: int = 1) -> TableDir | None:
     """A profiled table of the catalog with the same PRM and difficulty samples, to calibrate a
     pilot's PRM mean to pass@1 (None when the router was not loaded from a catalog or none fits)."""
     if choice is None or prm is None:
@@ -656,21 +668,23 @@ def calibration_table(choice: CatalogChoice | None, prm: PRM | None) -> TableDir
     for entry in TableCatalog(choice.path.parent).entries():
         if not entry.prior and entry.prm_id == prm.id:
             table = TableDir(entry.path)
-            if table.metadata.get("difficulty_samples"):
+            if int(table.metadata.get("difficulty_samples", 0)) >= k:  # a k-sample pilot's scores are there
                 return table
     return None
 
 
 def _pilot_training(table: TableDir, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of the first ``k`` difficulty-sample scores and graded pass@1 of a table's profiling
-    prompts: what a ``k``-sample pilot sees, and what it should predict."""
+    """Mean of the first ``k`` difficulty-sample scores and the graded pass@1 of the evaluation
+    samples of a table's profiling prompts: what a ``k``-sample pilot sees, and what it should
+    predict, measured on samples the pilot's score was not computed from (a sample's score and
+    its correctness are correlated, so a target sharing them would make the fit too steep)."""
     prompts = table.prompts()
     prompts = prompts[prompts["split"] == "profile"]
     have = int(table.metadata.get("difficulty_samples", 0))
     if k > have:
         raise ValueError(f"{table.path}: a pilot:{k} needs {k} difficulty samples per prompt, the table has {have}")
     scores = np.array([float(np.mean(s[:k])) for s in prompts["difficulty_scores"]])
-    return scores, prompts["oracle_pass1"].to_numpy(dtype=float)
+    return scores, prompts["evaluation_pass1"].to_numpy(dtype=float)
 
 
 def table_cells(table: TableDir, estimator_name: str) -> tuple[SelectionCells, str | None]:

@@ -124,15 +124,21 @@ def test_evaluate_scores_routers_and_fixed_strategies_on_held_out_prompts(sim_ta
     for r in report.rows:
         assert r["ci_low"] <= r["accuracy"] <= r["ci_high"] and r["mean_flops"] > 0
     # the pilot router pays for its pilot whatever follows: k generations, and its FLOPs
-    pilot1 = next(r for r in report.rows if r["method"] == "router (pilot:4)" and r["budget"] == 1)
-    own1 = next(r for r in report.rows if r["method"] == "router (bins:predicted)" and r["budget"] == 1)
-    assert pilot1["mean_generations"] == own1["mean_generations"] + 4
-    assert pilot1["mean_flops"] > own1["mean_flops"]
+    at1 = {r["method"]: r for r in report.rows if r["budget"] == 1}
+    pilot1, own1, tfidf1 = at1["router (pilot:4)"], at1["router (bins:predicted)"], at1["router (prompt:tfidf)"]
+    assert pilot1["mean_generations"] == tfidf1["mean_generations"] + 4
+    assert pilot1["mean_flops"] > tfidf1["mean_flops"]
+    # the table's own bins are a 4-sample pilot's (4 difficulty samples): same bins, same price
+    assert (own1["accuracy"], own1["mean_generations"], own1["mean_flops"]) == (
+        pilot1["accuracy"], pilot1["mean_generations"], pilot1["mean_flops"])
     # headline: one declared router, margins with paired CIs, efficiency with its CI, calibration
     assert report.declared_router == "router (prompt:tfidf)"
     declared = [v for v in report.versus_fixed if v["method"] == report.declared_router]
     assert [v["budget"] for v in declared] == report.budgets
     for v in declared:
+        if v["best_fixed"] is None:  # nothing fixed is that cheap: no margin rather than one against 0
+            assert v["margin"] is None and v["margin_ci"] is None
+            continue
         lo, hi = v["margin_ci"]
         assert lo <= v["margin"] <= hi
     assert len(report.efficiency["ratio_ci"]) == 2
@@ -231,3 +237,22 @@ def test_an_engine_object_given_to_the_router_loads_on_the_first_solve_only(sim_
     router.solve(q, 4)
     router.solve(q, 8)
     assert policy.loads == 1
+
+
+def test_a_bin_without_cells_routes_to_the_nearest_bin_and_says_so():
+    # A prompt estimator fitted on all profiling prompts can predict a bin its out-of-fold
+    # predictions never gave, so that estimator's selection has no cells there.
+    import pandas as pd
+
+    from selector.router import SelectionCells
+
+    rows = pd.DataFrame([{"bin": b, "budget": n, "strategy": "majority", "n": n, "m": None, "aggregation": None,
+                          "accuracy": 0.1 * b, "ci_low": 0.0, "ci_high": 1.0, "mean_flops": 1.0}
+                         for b in (1, 3, 5) for n in (1, 4)])
+    cells = SelectionCells(rows)
+    row, note = cells.cell(2, 4)
+    assert (int(row.bin), int(row.budget)) == (1, 4) and "nearest bin 1" in note
+    row, note = cells.cell(4, 2)
+    assert int(row.bin) == 3 and "nearest bin 3" in note and "nearest lower budget 1" in note
+    assert cells.cell(5, 4)[1] is None
+    assert cells.allocate([2, 4, 6], 4)  # allocation uses the same fallback

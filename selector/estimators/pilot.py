@@ -77,8 +77,11 @@ class PilotEstimator(BaseEstimator):
         # Its own seed: the chosen strategy, run with ``seed``, must not redraw these very samples.
         results = run_search([(p, BestOfN(n=self.k)) for p in prompts], policy, prm, sampling=sampling,
                              seed=derive_seed(seed, "pilot"))
+        # Scored as the profiler scored the difficulty samples the edges were fitted on (an
+        # empty solution counts 0).
         predicted = np.array([
-            np.mean([aggregate(c.step_scores, "last") for c in r.candidates]) if r.candidates else 0.0 for r in results
+            np.mean([aggregate(c.step_scores, "last") if c.step_scores else 0.0 for c in r.candidates])
+            if r.candidates else 0.0 for r in results
         ])
         pass1, proba = self.from_scores(predicted)
         out = []

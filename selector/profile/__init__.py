@@ -331,6 +331,10 @@ def finish_tables(
         "oracle_pass1": difficulty["oracle_pass1"].to_numpy(dtype=float),
         "predicted_pass1": difficulty["predicted_pass1"].to_numpy(dtype=float),
         "difficulty_score": difficulty["difficulty_score"].to_numpy(dtype=float),
+        # Graded pass@1 of the evaluation samples: independent of the difficulty samples, so a
+        # pilot's calibration (its mean score -> pass@1) is fitted against a target it never saw.
+        "evaluation_pass1": rollouts[rollouts["sample_id"] >= k].groupby("prompt_id")["correct"].mean()
+                            .reindex(ids).to_numpy(dtype=float),
         "difficulty_scores": [list(map(float, x)) for x in difficulty["difficulty_scores"]],
         "bin": bins.to_numpy(dtype=int),
         "pool_size": [int(pool_sizes[pid]) for pid in ids],

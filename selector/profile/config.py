@@ -220,6 +220,11 @@ class EvaluateConfig:
     router: str = "prompt:tfidf"
 
     def check(self) -> None:
+        if not isinstance(self.router, str) or not self.router.startswith(("prompt:", "pilot:")):
+            raise ConfigError(
+                f"evaluate.router (the router evaluate's headline is for) must be a deployable estimator, "
+                f"'prompt:<features>' or 'pilot:<k>', got {self.router!r}"
+            )
         if self.subsamples < 1:
             raise ConfigError(f"evaluate.subsamples must be >= 1, got {self.subsamples}")
         if not self.seeds:
