@@ -57,8 +57,11 @@ def solve(
     ``policy``/``prm`` are engines or spec strings (default: the embedded CPU default,
     SmolLM2-135M with the ``arith-check`` verifier). Returns the answer, the candidates and the
     cost ledger (generations, tokens, FLOPs, seconds). ``pilot``: whole solutions already
-    sampled for this question (e.g. ``Estimate.pilot``); the best-of-N family counts them
-    inside its budget and draws only the rest, and their cost is not in this ledger.
+    sampled for this question; the best-of-N family counts them inside its budget and draws
+    only the rest, and their cost is not in this ledger. Samples that decided the question's
+    difficulty bin (a pilot's) should not be passed here if the result is to be compared with a
+    table's expected accuracy: the tables are scored on samples independent of the bin, and
+    the router never reuses its pilot's samples.
     """
     pilots = None if pilot is None else [tuple(pilot)]
     return solve_batch([question], strategy, policy=policy, prm=prm, sampling=sampling, seed=seed, pilots=pilots)[0]
