@@ -105,7 +105,7 @@ def train_on_table(
     prompts = table.prompts()
     prompts = prompts[prompts["split"] == "profile"]
     texts, pass1, bins = prompts["text"].tolist(), prompts["oracle_pass1"].to_numpy(), prompts["bin"].to_numpy()
-    report = cross_validate(texts, pass1, bins, features=features, folds=folds, seed=seed, target="oracle bin", progress=progress)
+    report = cross_validate(texts, pass1, bins, features=features, folds=folds, seed=seed, target="table bin", progress=progress)
     estimator = PromptEstimator(features=features).fit(texts, pass1, bins)
     path = Path(table_dir) / f"estimator-{features}{ESTIMATOR_SUFFIX}"
     sha = save_estimator(estimator, path)
@@ -113,7 +113,7 @@ def train_on_table(
     df, meta = read_table(selection_path, "selection")
     entries = dict(meta.get(ESTIMATORS_KEY, {}))
     entries[f"prompt:{features}"] = {
-        "file": path.name, "sha256": sha, "features": features, "target": "oracle bin",
+        "file": path.name, "sha256": sha, "features": features, "target": "table bin",
         "cv_metrics": report.metrics, "baseline_metrics": report.baseline, "folds": report.folds,
         "n_prompts": report.n_prompts, "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
