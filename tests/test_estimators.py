@@ -66,37 +66,39 @@ def test_math500_levels_are_predicted_from_the_text(shared_data):
 
 def test_tampered_estimator_is_refused_before_loading(tmp_path, monkeypatch):
     texts, pass1, bins = synthetic_prompts(60)
-    path = tmp_path / "estimator-tfidf.skops"
+    path = tmp_path / "estimator-tfidf.npz"
     sha = save_estimator(PromptEstimator().fit(texts, pass1, bins), path)
     assert load_estimator(path, sha).predict(texts[:3]).shape == (3,)
     path.write_bytes(path.read_bytes() + b"\0")
-    import skops.io
+    import numpy
 
     def never(*a, **k):
-        raise AssertionError("loaded a file whose hash did not match")
+        raise AssertionError("read a file whose hash did not match")
 
-    monkeypatch.setattr(skops.io, "loads", never)
+    monkeypatch.setattr(numpy, "load", never)
     with pytest.raises(EstimatorIntegrityError, match="does not match the recorded"):
         load_estimator(path, sha)
 
 
-def test_estimators_are_stored_as_data_with_only_trusted_types(tmp_path):
-    import skops.io
-
-    from selector.estimators.persist import TRUSTED_TYPES
+def test_estimators_are_stored_as_arrays_and_rebuilt_exactly(tmp_path):
+    import zipfile
 
     texts, pass1, bins = synthetic_prompts(60)
-    path = tmp_path / "estimator-tfidf.skops"
-    save_estimator(PromptEstimator().fit(texts, pass1, bins), path)
-    assert not path.read_bytes().startswith(b"\x80")  # not a pickle stream: a zip of JSON and arrays
-    assert set(skops.io.get_untrusted_types(file=path)) <= set(TRUSTED_TYPES)
+    est = PromptEstimator().fit(texts, pass1, bins)
+    path = tmp_path / "estimator-tfidf.npz"
+    sha = save_estimator(est, path)
+    assert not path.read_bytes().startswith(b"\x80")  # not a pickle stream: a zip of .npy arrays
+    with zipfile.ZipFile(path) as z:
+        assert all(name.endswith(".npy") for name in z.namelist())
+    back = load_estimator(path, sha)
+    assert np.allclose(back.predict_proba(texts), est.predict_proba(texts))
+    assert np.allclose(back.predict_pass1(texts), est.predict_pass1(texts))
 
 
-def test_pickled_and_untrusted_estimators_are_refused_with_the_retrain_command(tmp_path):
+def test_pickled_and_object_array_estimators_are_refused_with_the_retrain_command(tmp_path):
     import hashlib
+    import io
     import pickle
-
-    import skops.io
 
     target = tmp_path / "pwned"
     payload = pickle.dumps(_PickleBomb(str(target)))
@@ -104,10 +106,12 @@ def test_pickled_and_untrusted_estimators_are_refused_with_the_retrain_command(t
     old.write_bytes(payload)
     with pytest.raises(EstimatorIntegrityError, match=r"train-estimator .* --features tfidf"):
         load_estimator(old, hashlib.sha256(payload).hexdigest())
-    # A skops file holding a type outside the allow-list (here a plain Python class of this test).
-    odd = tmp_path / "estimator-tfidf.skops"
-    odd.write_bytes(skops.io.dumps({"x": _Plain()}))
-    with pytest.raises(EstimatorIntegrityError, match="untrusted types"):
+    # An .npz holding an object array (a pickle inside) is refused by allow_pickle=False.
+    buf = io.BytesIO()
+    np.savez(buf, header=np.asarray('{"format": "x"}'), classes=np.array([_PickleBomb(str(target))], dtype=object))
+    odd = tmp_path / "estimator-tfidf.npz"
+    odd.write_bytes(buf.getvalue())
+    with pytest.raises(EstimatorIntegrityError, match="not a readable estimator"):
         load_estimator(odd, hashlib.sha256(odd.read_bytes()).hexdigest())
     assert not target.exists()
 

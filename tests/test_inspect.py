@@ -272,7 +272,7 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert main(["inspect", str(DEMO), "--budget", "3"]) == 2
     assert "budget 3 is not in the table (budgets 1, 2, 4, 8, 16)" in capsys.readouterr().err
     half = tmp_path / "half"
-    shutil.copytree(DEMO, half, ignore=shutil.ignore_patterns("results.parquet", "rollouts", "state", "*.skops"))
+    shutil.copytree(DEMO, half, ignore=shutil.ignore_patterns("results.parquet", "rollouts", "state", "*.npz"))
     assert main(["inspect", str(half)]) == 2
     assert "unfinished table directory (missing results.parquet)" in capsys.readouterr().err
     assert main(["inspect", str(DEMO / "selection.parquet")]) == 2

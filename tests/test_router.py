@@ -102,7 +102,7 @@ def test_concurrent_solves_are_safe(sim_table):
 def test_tampered_estimator_is_refused_at_load(sim_table, tmp_path):
     copy = tmp_path / "table"
     shutil.copytree(sim_table, copy)
-    est = copy / "estimator-tfidf.skops"
+    est = copy / "estimator-tfidf.npz"
     est.write_bytes(est.read_bytes()[:-1] + b"x")
     with pytest.raises(EstimatorIntegrityError, match="does not match the recorded"):
         Router.load(copy)

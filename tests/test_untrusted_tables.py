@@ -8,6 +8,7 @@ that the listener sees no connection.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -18,6 +19,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from selector.backends.registry import remote_reason, require_local_spec
@@ -39,8 +41,8 @@ def table(tmp_path_factory):
     return tmp / "table"
 
 
-# A class whose deserialisation writes a file: in pickle through __reduce__, in skops through
-# __setstate__. It lives in its own module so the CLI's process could import it.
+# A class whose deserialisation writes a file (pickle, through __reduce__; also inside a numpy
+# object array). It lives in its own module so the CLI's process could import it.
 BOMB = textwrap.dedent('''
     import os
 
@@ -72,8 +74,6 @@ def _record_estimator(table_dir: Path, file: str) -> None:
 
 
 def test_a_hostile_table_neither_runs_code_nor_sends_prompts(table, tmp_path):
-    import skops.io
-
     (tmp_path / "bombmod.py").write_text(BOMB)
     sys.path.insert(0, str(tmp_path))
     try:
@@ -92,14 +92,17 @@ def test_a_hostile_table_neither_runs_code_nor_sends_prompts(table, tmp_path):
     assert "train-estimator" in r.stderr and "--features tfidf" in r.stderr
     assert not target.exists()
 
-    # 2. A skops file holding the bomb type, hash updated: refused by the type allow-list.
+    # 2. An .npz estimator holding the bomb in an object array (a pickle), hash updated:
+    #    refused by numpy.load(allow_pickle=False), nothing unpickled.
     hostile = tmp_path / "hostile"
     shutil.copytree(table, hostile)
-    (hostile / "estimator-tfidf.skops").write_bytes(skops.io.dumps(bombmod.Bomb(str(target))))
-    _record_estimator(hostile, "estimator-tfidf.skops")
+    buf = io.BytesIO()
+    np.savez(buf, header=np.asarray("{}"), classes=np.array([bombmod.Bomb(str(target))], dtype=object))
+    (hostile / "estimator-tfidf.npz").write_bytes(buf.getvalue())
+    _record_estimator(hostile, "estimator-tfidf.npz")
     r = _route(hostile, tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "untrusted types" in r.stderr and "bombmod.Bomb" in r.stderr
+    assert "not a readable estimator" in r.stderr and "train-estimator" in r.stderr
     assert not target.exists()
 
     # 3. A manifest naming an OpenAI server (a local listener that counts connections).
@@ -130,7 +133,7 @@ def test_a_hostile_table_neither_runs_code_nor_sends_prompts(table, tmp_path):
     assert _route(remote, tmp_path, "--policy", "sim").returncode == 0
 
     # The bomb is live: loading it the unsafe way would have written the file.
-    skops.io.loads((hostile / "estimator-tfidf.skops").read_bytes(), trusted=["bombmod.Bomb"])
+    np.load(hostile / "estimator-tfidf.npz", allow_pickle=True)["classes"]
     assert target.exists()
 
 

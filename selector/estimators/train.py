@@ -93,7 +93,7 @@ def train_on_table(
     table_dir: str | Path, *, features: str = "tfidf", folds: int = 5, seed: int = 0, progress: Callable | None = None,
 ) -> tuple[CVReport, Path, str]:
     """Cross-validate on the table's profiling prompts (the table's bins and oracle pass@1 as
-    targets), fit on all of them, save ``estimator-<features>.skops`` (data, not a pickle) next to the table and
+    targets), fit on all of them, save ``estimator-<features>.npz`` (arrays, not a pickle) next to the table and
     record its sha256 and metrics in ``selection.parquet``'s metadata under ``estimators``.
 
     The router with this estimator sends a prompt to the bin *it* predicts, not to the table's
