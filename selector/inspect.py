@@ -275,7 +275,8 @@ def _sample_lines(t: TableDir, few_prompts: int) -> list[str]:
     lines = [
         f"prompts:     {len(prompts)} ({int(split.get('profile', 0))} profiling, {int(split.get('heldout', 0))} held out"
         + "".join(f", {int(v)} {k}" for k, v in split.items() if k not in ("profile", "heldout")) + ")",
-        f"pool:        {n_pool if n_pool is not None else '?'} samples per prompt"
+        f"pool:        {n_pool if n_pool is not None else '?'} evaluation samples per prompt"
+        + (f" + {meta['difficulty_samples']} difficulty samples (bins only)" if meta.get("difficulty_samples") else "")
         + (f", {rollouts} rollouts" if rollouts is not None else ""),
         f"evaluations: {len(evaluations)} rows (prompt x configuration x budget); results: {len(results)} rows, "
         f"{configs} configurations",

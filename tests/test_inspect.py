@@ -88,7 +88,8 @@ def test_heatmap_cells_show_the_selection():
     legend = {t.get_text() for t in fig.legends[0].get_texts()}
     assert legend == set(sel["strategy"])
     ylabels = [t.get_text() for t in ax.get_yticklabels()]
-    assert "easiest" in ylabels[0] and "hardest" in ylabels[-1] and "pass@1 >= 0.66" in ylabels[0]
+    labels = TableDir(DEMO).metadata["bin_labels"]
+    assert "easiest" in ylabels[0] and "hardest" in ylabels[-1] and labels[str(bins[0])] in ylabels[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == [f"N = {b}" for b in budgets]
     assert "arith-check" in fig._suptitle.get_text()
 
@@ -126,9 +127,10 @@ def test_curves_one_panel_per_bin_with_ci_and_selection():
     for b, ax in zip(sorted(sel["bin"].unique()), panels):
         assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
         labels = [line.get_label() for line in ax.get_lines()]
-        strategies = [label.split("/")[0] for label in labels]
-        assert len(strategies) == len(set(strategies))  # one line per strategy: its best aggregation
-        assert set(strategies) == set(res[res["bin"] == b]["strategy"])
+        # one line per (strategy, M): its best aggregation (adaptive consistency's M is its window)
+        keys = [tuple(p for p in label.split("/") if not p.startswith(("last", "min", "prod", "mean"))) for label in labels]
+        assert len(keys) == len(set(keys)), labels
+        assert {k[0] for k in keys} == set(res[res["bin"] == b]["strategy"])
         stars = [c for c in ax.collections if isinstance(c, PathCollection)]
         assert len(stars) == len(sel[sel["bin"] == b])  # the selected configuration at every budget
         star_y = sorted(float(s.get_offsets()[0][1]) for s in stars)
@@ -137,7 +139,9 @@ def test_curves_one_panel_per_bin_with_ci_and_selection():
         assert len(bands) == len(labels)  # a CI band per line
     every = plots.accuracy_curves(DEMO, lines="configuration")
     configurations = res[res["bin"] == 1].drop_duplicates(["strategy", "m", "aggregation"])
-    assert len(every.axes[0].get_lines()) == len(configurations) == 11  # one line per (strategy, M, aggregation)
+    # one line per (strategy, M, aggregation): 22 in the demo grid (majority; best-of-N and weighted x 4
+    # aggregations; beam search, DVTS and particle filtering; adaptive consistency x 2 windows x 5 votes)
+    assert len(every.axes[0].get_lines()) == len(configurations) == 22
 
 
 def test_histogram_and_scatter():
@@ -209,22 +213,36 @@ def test_inspect_lists_every_bin_by_budget_selection(table):
             assert f"{r.n_prompts} prompts" in " ".join(cell)
 
 
+def _demo_prompts():
+    return TableDir(DEMO).prompts()
+
+
 def test_inspect_summary_sections_and_few_prompt_warnings():
+    import json
+
     text = inspect_table(DEMO, width=120)
-    for part in ("provenance:", "policy_id", "smollm2-135m-instruct-q4_1", "samples:", "84 (63 profiling, 21 held out)",
-                 "1344 rollouts", "router evaluation (evaluation-heldout.json: 21 heldout prompts",
-                 "best fixed strategy", "1.55x less compute"):
+    prompts = _demo_prompts()
+    profile, held = (prompts["split"] == "profile").sum(), (prompts["split"] == "heldout").sum()
+    report = json.loads((DEMO / "evaluation-heldout.json").read_text())
+    ratio = report["efficiency"]["ratio"]
+    for part in ("provenance:", "policy_id", "smollm2-135m-instruct-q4_1", "samples:",
+                 f"{len(prompts)} ({profile} profiling, {held} held out)", f"{len(TableDir(DEMO).rollouts())} rollouts",
+                 f"router evaluation (evaluation-heldout.json: {held} heldout prompts", "best fixed strategy",
+                 f"{ratio:.2f}x less compute", "declared router router (prompt:tfidf)", "calibration prompt:tfidf"):
         assert part in text, part
     warnings = [line for line in text.splitlines() if line.startswith("warning:")]
-    # demo bins 3 and 4 hold 3 and 5 profiling prompts; the others 12, 15, 28
-    assert len(warnings) == 2 and "bin 3" in warnings[0] and "3 prompts (< 10)" in warnings[0]
-    assert "bin 4" in warnings[1] and "5 prompts" in warnings[1]
-    assert "3 prompts (few!)" in text
+    # one warning per bin selected from fewer than 10 profiling prompts, and "(few!)" in its cells
+    sizes = prompts[prompts["split"] == "profile"].groupby("bin").size()
+    few = sizes[sizes < 10]
+    assert len(warnings) == len(few) > 0
+    for (b, n), line in zip(few.items(), warnings):
+        assert f"bin {b}" in line and f"{n} prompts (< 10)" in line
+    assert f"{few.iloc[0]} prompts (few!)" in text
     assert FEW_PROMPTS == 10
     quiet = inspect_table(DEMO, few_prompts=3, width=120)
     assert "warning:" not in quiet and "(few!)" not in quiet
-    strict = inspect_table(DEMO, few_prompts=13, width=120)
-    assert sum(line.startswith("warning:") for line in strict.splitlines()) == 3  # bin 1 (12 prompts) too
+    strict = inspect_table(DEMO, few_prompts=int(sizes.max()) + 1, width=120)
+    assert sum(line.startswith("warning:") for line in strict.splitlines()) == len(sizes)  # every bin then
 
 
 def test_inspect_wraps_budget_columns_to_the_width():
