@@ -185,7 +185,7 @@ def test_request_errors(tiny):
         tiny.generate_steps([StepRequest("hi", -1, GREEDY, seed=0)])
     with pytest.raises(TypeError, match="StepRequest"):
         tiny.generate_steps(["hi"])
-    with pytest.raises(ValueError, match="reads at most 512"):
+    with pytest.raises(ValueError, match="model.s context is 512 tokens"):
         tiny.generate_steps([StepRequest("word " * 600, 1, GREEDY, seed=0)])
     assert tiny.generate_steps([]) == []
 

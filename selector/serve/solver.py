@@ -60,9 +60,11 @@ class Solver:
             raise bad_request(f"unknown strategy {name!r}: use one of {sorted(STRATEGIES)}", param, "unknown_strategy")
         n = budget if budget is not None else (self.default_budget or self.max_budget)
         params: dict[str, Any] = {"n": n}
-        if "m" in {f for f in STRATEGIES[name].__dataclass_fields__}:
+        takes = set(STRATEGIES[name].__dataclass_fields__)
+        if "m" in takes:
             m = min(4, n)
-            params.update(self.router._tree, m=m, n=n - n % m)
+            # The table's tree settings this strategy takes (adaptive-consistency keys are not beam search's).
+            params.update({k: v for k, v in self.router._tree.items() if k in takes}, m=m, n=n - n % m)
         return make_strategy(name, **params)
 
     def solve(self, jobs: Sequence[Job]) -> list[RoutedResult | BaseException]:
