@@ -46,6 +46,7 @@ import pandas as pd
 
 from .binning import assign_bins
 from .errors import InputError
+from .profile.difficulty import pilot_scores
 from .router import SelectionCells, load_table_estimator
 from .tables import TableDir
 
@@ -237,7 +238,7 @@ def _pilot_routing(table: TableDir, target: pd.DataFrame, k: int, edges: list[fl
     it spends: ``k`` generations; one request, so the prompt once plus the samples' tokens; and
     the samples' PRM scorings, whatever strategy follows."""
     meta = table.metadata
-    scores = np.array([float(np.mean(s[:k])) for s in target["difficulty_scores"]])
+    scores = pilot_scores(target["difficulty_scores"], k).to_numpy(dtype=float)
     bins = assign_bins(scores, edges)
     rollouts = table.rollouts(["prompt_id", "sample_id", "tokens", "prm_tokens", "prompt_tokens"])
     first = rollouts[rollouts["sample_id"] < k].groupby("prompt_id")

@@ -683,7 +683,9 @@ def _pilot_training(table: TableDir, k: int) -> tuple[np.ndarray, np.ndarray]:
     have = int(table.metadata.get("difficulty_samples", 0))
     if k > have:
         raise ValueError(f"{table.path}: a pilot:{k} needs {k} difficulty samples per prompt, the table has {have}")
-    scores = np.array([float(np.mean(s[:k])) for s in prompts["difficulty_scores"]])
+    from .profile.difficulty import pilot_scores
+
+    scores = pilot_scores(prompts["difficulty_scores"], k).to_numpy(dtype=float)
     return scores, prompts["evaluation_pass1"].to_numpy(dtype=float)
 
 

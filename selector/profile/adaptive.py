@@ -23,7 +23,7 @@ from ..search.aggregate import select_answer
 from ..search.base import Node, SearchContext
 from ..search.runner import candidates_of
 from .config import ADAPTIVE, ProfileConfig
-from .evaluate import EVAL_COLUMNS
+from .evaluate import EVAL_COLUMNS, pool_cost_columns
 
 
 def adaptive_configs(cfg: ProfileConfig) -> list[AdaptiveConsistency]:
@@ -102,10 +102,7 @@ def adaptive_consistency_rows(
                 "budget": strategy.n, "accuracy": float(hit), "accuracy_std": 0.0,
                 # Each window is a new request at the root: its prompt is counted as computed (an
                 # engine with a prefix cache serves windows 2.. cheaper; this is the upper bound).
-                "generations": float(used), "policy_tokens": float(policy_tokens), "policy_cached_tokens": 0.0,
-                "prm_tokens": float(prm_tokens), "tokens": float(policy_tokens + prm_tokens),
-                "flops": 2.0 * policy_params * policy_tokens + 2.0 * prm_params * prm_tokens,
-                "flops_no_cache": 2.0 * policy_params * policy_tokens + 2.0 * prm_params * prm_tokens,
+                **pool_cost_columns(used, policy_tokens, prm_tokens, policy_params, prm_params),
             })
         if bar is not None:
             bar.update(1)

@@ -89,15 +89,16 @@ def prompt_difficulty(cfg: ProfileConfig, problems: Sequence[Problem], rollouts:
     return out
 
 
-def pilot_scores(difficulty: pd.DataFrame, k: int) -> pd.Series:
-    """Mean final-step score of each prompt's first ``k`` difficulty samples: a pilot's estimate."""
-    return difficulty["difficulty_scores"].apply(lambda s: float(np.mean(s[:k])) if len(s) else np.nan)
+def pilot_scores(difficulty_scores: pd.Series, k: int) -> pd.Series:
+    """Mean final-step score of each prompt's first ``k`` difficulty samples (``difficulty_scores``:
+    one list per prompt, as in ``prompts.parquet``): what a ``k``-sample pilot computes."""
+    return difficulty_scores.apply(lambda s: float(np.mean(s[:k])) if len(s) else np.nan)
 
 
 def pilot_bins(cfg: ProfileConfig, difficulty: pd.DataFrame, k: int, profile_ids: list[str]) -> tuple[pd.Series, list[float]]:
     """Bins a ``k``-sample pilot assigns to every prompt, and their edges (fitted, with the
     config's binning scheme, on the profiling prompts' pilot scores)."""
-    scores = pilot_scores(difficulty, k)
+    scores = pilot_scores(difficulty["difficulty_scores"], k)
     b = cfg.binning
     edges = bin_edges(scores.loc[profile_ids].to_numpy(), b.scheme, b.k, b.thresholds)
     return pd.Series(assign_bins(scores.to_numpy(), edges), index=scores.index), edges

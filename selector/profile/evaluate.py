@@ -41,6 +41,16 @@ a prefix cache excluded: ``policy_cached_tokens``); ``flops_no_cache`` the same 
 prompt token computed. Selection compares ``flops``."""
 
 
+def pool_cost_columns(generations: float, policy_tokens: float, prm_tokens: float, policy_params: int,
+                      prm_params: int) -> dict[str, float]:
+    """Cost columns of a row scored from pooled samples: nothing served from a prefix cache, so
+    ``flops`` (computed tokens) equals ``flops_no_cache``. Units: generations, tokens, FLOPs."""
+    flops = 2.0 * policy_params * policy_tokens + 2.0 * prm_params * prm_tokens
+    return {"generations": float(generations), "policy_tokens": float(policy_tokens), "policy_cached_tokens": 0.0,
+            "prm_tokens": float(prm_tokens), "tokens": float(policy_tokens + prm_tokens), "flops": flops,
+            "flops_no_cache": flops}
+
+
 def subsets(pool_size: int, n: int, count: int, seed: int) -> np.ndarray:
     """Index matrix (rows = subsets, sorted ascending) of n-subsets of range(pool_size).
 
@@ -128,10 +138,7 @@ def best_of_n_family_rows(
                         # From the pool: these samples were already paid for in stage 1, so the
                         # family adds no generations; the cost columns say what a live run would spend.
                         # One request of n samples: the prompt is prefilled once, nothing is cached.
-                        "generations": float(n), "policy_tokens": policy_tokens, "policy_cached_tokens": 0.0,
-                        "prm_tokens": prm_tokens, "tokens": policy_tokens + prm_tokens,
-                        "flops": 2.0 * policy_params * policy_tokens + 2.0 * prm_params * prm_tokens,
-                        "flops_no_cache": 2.0 * policy_params * policy_tokens + 2.0 * prm_params * prm_tokens,
+                        **pool_cost_columns(n, policy_tokens, prm_tokens, policy_params, prm_params),
                     })
         if bar is not None:
             bar.update(1)
