@@ -237,13 +237,21 @@ def _cmd_train_estimator(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_router
-
-    report = evaluate_router(args.tables, split=args.split, estimators=args.estimators, bootstrap=args.bootstrap,
-                             router=args.router)
-    out = Path(args.out) if args.out else Path(args.tables) / f"evaluation-{args.split}.json"
     from .tables import atomic_write_text
 
+    if args.learning_curve:
+        from .learning_curve import learning_curve, learning_curve_path
+
+        progress = None if (args.json or args.quiet) else __import__("tqdm.auto", fromlist=["tqdm"]).tqdm
+        report = learning_curve(args.tables, sizes=args.sizes, draws=args.draws, split=args.split, router=args.router,
+                                bootstrap=args.bootstrap, progress=progress)
+        out = Path(args.out) if args.out else learning_curve_path(args.tables, args.split)
+    else:
+        from .evaluate import evaluate_router
+
+        report = evaluate_router(args.tables, split=args.split, estimators=args.estimators, bootstrap=args.bootstrap,
+                                 router=args.router)
+        out = Path(args.out) if args.out else Path(args.tables) / f"evaluation-{args.split}.json"
     atomic_write_text(out, report.to_json())
     if args.json:  # stdout is the one JSON object, nothing else (`evaluate --json | jq`)
         print(report.to_json())
@@ -352,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router", default=None,
                    help="the declared router of the headline figures (default: the table's declared_router)")
     p.add_argument("--json", action="store_true", help="print the JSON report (only) to stdout")
+    p.add_argument("--learning-curve", action="store_true",
+                   help="held-out accuracy vs number of profiling prompts: subsample them, re-select, score on the "
+                        "same split (no generation); writes <tables>/learning-curve-<split>.json unless --out")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="--learning-curve: profiling-prompt counts (default 50 100 200 300, and always all)")
+    p.add_argument("--draws", type=int, default=5, help="--learning-curve: random subsets per size (default 5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("merge", help="join --shard output directories of one config and finish the tables")

@@ -146,12 +146,11 @@ def evaluate_router(
                          f"got {declared!r}: set evaluate.router in the config or pass --router")
     ev = table.evaluations()
     ev = ev[ev["prompt_id"].isin(set(target["prompt_id"]))].copy()
-    ev["config"] = [_config_key(r) for r in ev.itertuples(index=False)]
-    ev["family"] = [_family_key(r) for r in ev.itertuples(index=False)]  # the config without its n
+    ev["config"] = [config_key(r) for r in ev.itertuples(index=False)]
+    ev["family"] = [family_key(r) for r in ev.itertuples(index=False)]  # the config without its n
     budgets = sorted(int(b) for b in table.selection()["budget"].unique())
     ids = target["prompt_id"].tolist()
-    lookup = {(pid, cfg, int(b)): (acc, fl, g) for pid, cfg, b, acc, fl, g in
-              ev[["prompt_id", "config", "budget", "accuracy", "flops", "generations"]].itertuples(index=False)}
+    lookup = outcome_lookup(ev)
     methods: list[Method] = []
 
     # Fixed configurations (every one evaluated on all target prompts at that budget).
@@ -171,7 +170,7 @@ def evaluate_router(
     k_own = int(meta.get("difficulty_samples", 0))
     if own == "bins:predicted" and k_own:
         # The table's own bins are a K-sample pilot's: priced as one (same bins, same edges).
-        routed[own] = _pilot_routing(table, target, k_own, meta["bin_edges"])
+        routed[own] = pilot_routing(table, target, k_own, meta["bin_edges"])
     elif own:  # oracle or level bins: no router can reproduce them, a reference only
         routed[own] = (target["bin"].to_numpy(), np.zeros(len(ids)), np.zeros(len(ids)))
     pilots = meta.get("pilots", {})
@@ -182,7 +181,7 @@ def evaluate_router(
         if name.startswith("pilot:"):
             if name not in pilots:
                 raise ValueError(f"{table_dir}: no {name} profiled (have {sorted(pilots)})")
-            routed[name] = _pilot_routing(table, target, int(pilots[name]["k"]), pilots[name]["edges"])
+            routed[name] = pilot_routing(table, target, int(pilots[name]["k"]), pilots[name]["edges"])
         else:
             est, _ = load_table_estimator(table, name)
             estimates = est.estimate_batch(target["text"].tolist(), int(meta.get("policy_params", 0)))
@@ -192,12 +191,11 @@ def evaluate_router(
         cells = SelectionCells(table.selection(name))
         for allocated in (False, True):
             label = f"router ({name}, allocated)" if allocated else f"router ({name})"
-            m = _route(label, name, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup)
+            m = route_prompts(label, name, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup)
             m.reference = name in ("bins:oracle", "bins:level")
             methods.append(m)
 
-    rng = np.random.default_rng(seed)
-    boot = rng.integers(0, len(ids), size=(bootstrap, len(ids)))
+    boot = bootstrap_indices(len(ids), bootstrap, seed)
     rows = []
     for m in methods:
         for b in budgets:
@@ -217,7 +215,19 @@ def evaluate_router(
     )
 
 
-def _route(name, estimator, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup) -> Method:
+def outcome_lookup(ev: pd.DataFrame) -> dict[tuple[str, str, int], tuple[float, float, float]]:
+    """``(prompt_id, config key, budget) -> (accuracy, FLOPs, generations)`` from evaluation rows
+    that carry a ``config`` column (:func:`config_key`)."""
+    return {(pid, cfg, int(b)): (acc, fl, g) for pid, cfg, b, acc, fl, g in
+            ev[["prompt_id", "config", "budget", "accuracy", "flops", "generations"]].itertuples(index=False)}
+
+
+def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) prompt indices; every method of one report shares them (paired CIs)."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def route_prompts(name, estimator, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup) -> Method:
     """Per-prompt outcomes of routing each prompt by its bin: at budget B for every prompt, or
     (``allocated``) at per-prompt budgets with mean <= B chosen from the table's curves."""
     m = Method(name, estimator)
@@ -226,14 +236,14 @@ def _route(name, estimator, ids, bins, extra_flops, extra_gen, allocated, budget
         acc, fl, gen, rep = (np.empty(len(ids)) for _ in range(4))
         for i, (pid, bin_, pb) in enumerate(zip(ids, bins, per_prompt)):
             row, _ = cells.cell(int(bin_), pb)
-            a, f, g = lookup[(pid, _config_key(row), int(row.budget))]
+            a, f, g = lookup[(pid, config_key(row), int(row.budget))]
             acc[i], rep[i] = a, float(row.accuracy)
             gen[i], fl[i] = g + extra_gen[i], f + extra_flops[i]
         m.accuracy[b], m.flops[b], m.generations[b], m.reported[b] = acc, fl, gen, rep
     return m
 
 
-def _pilot_routing(table: TableDir, target: pd.DataFrame, k: int, edges: list[float]) -> tuple[np.ndarray, ...]:
+def pilot_routing(table: TableDir, target: pd.DataFrame, k: int, edges: list[float]) -> tuple[np.ndarray, ...]:
     """Bins a ``k``-sample pilot gives (from each prompt's first ``k`` difficulty samples) and what
     it spends: ``k`` generations; one request, so the prompt once plus the samples' tokens; and
     the samples' PRM scorings, whatever strategy follows."""
@@ -253,7 +263,7 @@ def _boot_means(values: np.ndarray, boot: np.ndarray) -> np.ndarray:
     return values[boot].mean(axis=1)
 
 
-def _ci(samples: np.ndarray) -> list[float]:
+def ci95(samples: np.ndarray) -> list[float]:
     return [float(np.quantile(samples, 0.025)), float(np.quantile(samples, 0.975))]
 
 
@@ -278,7 +288,7 @@ def _versus_fixed(methods: list[Method], budgets: list[int], boot: np.ndarray) -
                 "best_fixed_accuracy": float(base.mean()) if best else None,
                 # No fixed configuration that cheap: no margin (not one against 0).
                 "margin": float(acc.mean() - base.mean()) if best else None,
-                "margin_ci": _ci(_boot_means(acc - base, boot)) if best else None,
+                "margin_ci": ci95(_boot_means(acc - base, boot)) if best else None,
             })
     return out
 
@@ -314,7 +324,7 @@ def _efficiency(router: Method | None, reference: tuple[Method, int], budgets: l
 
     point, budget, flops = ratio(slice(None))
     samples = np.array([ratio(rows)[0] for rows in boot])
-    out.update(ratio_ci=_ci(samples), reached_share=float(np.mean(samples > 0)))
+    out.update(ratio_ci=ci95(samples), reached_share=float(np.mean(samples > 0)))
     if budget is not None:
         out.update(router_budget=budget, router_flops=flops, ratio=point)
     return out
@@ -331,22 +341,22 @@ def _calibration(methods: list[Method], boot: np.ndarray) -> dict[str, dict[str,
         reported = np.mean([m.reported[b] for b in budgets], axis=0)
         out[m.estimator] = {
             "reported": float(reported.mean()), "realized": float(realized.mean()),
-            "ci": _ci(_boot_means(realized, boot)), "gap": float(realized.mean() - reported.mean()),
-            "gap_ci": _ci(_boot_means(realized - reported, boot)),
+            "ci": ci95(_boot_means(realized, boot)), "gap": float(realized.mean() - reported.mean()),
+            "gap_ci": ci95(_boot_means(realized - reported, boot)),
             "by_budget": {str(b): {"reported": float(m.reported[b].mean()), "realized": float(m.accuracy[b].mean())}
                           for b in budgets},
         }
     return out
 
 
-def _family_key(row: Any) -> str:
+def family_key(row: Any) -> str:
     """A fixed strategy across budgets: strategy, beam width and aggregation (n = the budget)."""
     m = "" if pd.isna(row.m) else f"/m={int(row.m)}"
     agg = f"/{row.aggregation}" if isinstance(row.aggregation, str) else ""
     return f"{row.strategy}{m}{agg}"
 
 
-def _config_key(row: Any) -> str:
+def config_key(row: Any) -> str:
     m = "" if pd.isna(row.m) else f"/{int(row.m)}"
     agg = f"/{row.aggregation}" if isinstance(row.aggregation, str) else ""
     return f"{row.strategy}/{int(row.n)}{m}{agg}"

@@ -22,7 +22,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from .inspect import (FEW_PROMPTS, bin_titles, cell_lines, check_budget, config_label, flops_known,
+from .labels import (FEW_PROMPTS, bin_titles, cell_lines, check_budget, config_label, flops_known,
                       present as _present, provenance_rows, selection_columns)
 from .tables import TableDir
 
@@ -41,7 +41,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environm
 __all__ = [
     "FEW_PROMPTS", "TableLike", "accuracy_curves", "as_table", "bin_titles", "compare_provenance",
     "compare_selected_curves", "compare_selection_heatmaps", "config_label", "difficulty_scatter",
-    "flops_known", "pass1_histogram", "provenance", "selection_heatmap", "strategy_color",
+    "flops_known", "learning_curve_plot", "pass1_histogram", "provenance", "selection_heatmap", "strategy_color",
 ]
 
 TableLike = Union[TableDir, str, Path]
@@ -515,4 +515,60 @@ def compare_selected_curves(tables: Sequence[TableLike], names: Sequence[str] | 
         fig.legend(handles=markers, loc="outside lower center", ncols=len(markers), fontsize=8.5, frameon=False,
                    title="marker: selected strategy", title_fontsize=8.5)
     fig.suptitle("Best configuration per bin: accuracy vs budget (bands: 95% CI)", fontsize=11)
+    return fig
+
+
+# ----------------------------------------------------------------------------- learning curve
+
+_CURVE_COLORS = {"router": _TAB20[0], "selection": _TAB20[4], "one strategy": _TAB20[14]}
+
+
+def learning_curve_plot(curve: Any, *, budgets: Sequence[int] | None = None, ncols: int = 3) -> Figure:
+    """Held-out accuracy vs number of profiling prompts, one panel per budget N.
+
+    ``curve``: a :class:`selector.learning_curve.LearningCurve`, the path of its JSON report
+    (``tts-selector evaluate --learning-curve``), or a table directory holding
+    ``learning-curve-heldout.json``. One line per method (the declared router, the table's own
+    selection, one strategy for every prompt), each re-learned from the same subsets; bands:
+    95% bootstrap CI over the held-out prompts. Profiling-prompt axis log2.
+    """
+    from .learning_curve import LearningCurve, learning_curve_path, read_learning_curve
+
+    if not isinstance(curve, LearningCurve):
+        path = Path(curve)
+        curve = read_learning_curve(learning_curve_path(path) if path.is_dir() else path)
+    df = curve.frame()
+    shown = [int(b) for b in (budgets or curve.budgets)]
+    ncols = max(1, min(ncols, len(shown)))
+    nrows = max(1, math.ceil(len(shown) / ncols))
+    fig = Figure(figsize=(4.2 * ncols, 3.1 * nrows + 1.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel())
+    handles: dict[str, Any] = {}
+    for ax, b in zip(axes, shown):
+        at = df[df["budget"] == b]
+        for method, g in at.groupby("method", sort=False):
+            g = g.sort_values("n_profile")
+            color = _CURVE_COLORS.get(method.split(" (")[0], _TAB20[6])
+            (h,) = ax.plot(g["n_profile"], g["accuracy"], marker="o", markersize=4, linewidth=1.5, color=color)
+            ax.fill_between(g["n_profile"], g["ci_low"].astype(float), g["ci_high"].astype(float), color=color,
+                            alpha=0.12, linewidth=0)
+            handles.setdefault(method, h)
+        ax.set_title(f"N = {b}", fontsize=9.5)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(curve.sizes, [str(s) for s in curve.sizes])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(-0.03, 1.03)
+        ax.tick_params(labelbottom=True)
+    for ax in axes[len(shown):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel(f"held-out accuracy ({curve.n_heldout} prompts)")
+    for ax in axes[:len(shown)][-ncols:]:
+        ax.set_xlabel("profiling prompts")
+    fig.suptitle(_wrap(f"How many profiling prompts a table needs: held-out accuracy vs profiling prompts "
+                       f"({curve.draws} draws per size; bands: 95% CI)\n{Path(curve.table).name}", 4.2 * ncols, 11),
+                 fontsize=11)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 3),
+               fontsize=8.5, frameon=False)
     return fig

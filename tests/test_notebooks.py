@@ -10,7 +10,7 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = {"inspect_tables.ipynb": 9, "compare_tables.ipynb": 2}  # name -> figures it must show at least
+NOTEBOOKS = {"inspect_tables.ipynb": 10, "compare_tables.ipynb": 2}  # name -> figures it must show at least
 CELL_TIMEOUT_S = 180
 
 

@@ -178,6 +178,38 @@ def test_the_ledger_records_the_pool_stages_wall_seconds(tmp_path):
     assert summary.ledger["pool"]["seconds"] == pool["seconds"] and " s\n" in summary.render().split("ledger pool")[1]
 
 
+def test_the_profiling_cost_report_adds_up(tmp_path):
+    """metadata["profiling_cost"]: per stage and in total, the shards' wall seconds split into
+    engine calls and the profiler's own time, and the tokens generated / read / scored."""
+    from selector.tables import read_metadata, rollout_shards
+
+    out = tmp_path / "t"
+    # latency: engine time the report must attribute to the policy, not to the profiler
+    summary = run_profile(load_config(sim_config(tmp_path, latency=0.002)), out, progress=False)
+    meta = TableDir(out).metadata
+    cost = meta["profiling_cost"]
+    ledger = meta["ledger"]
+    trees = _tree_checkpoints(out)
+    assert cost["pool"]["shards"] == len(rollout_shards(out)) and cost["tree"]["shards"] == len(trees) > 0
+    for stage, files in (("pool", rollout_shards(out)), ("tree", trees)):
+        c = cost[stage]
+        assert c["wall_seconds"] == pytest.approx(sum(read_metadata(f)["shard_seconds"] for f in files))
+        assert c["policy_seconds"] > 0 and c["prm_seconds"] >= 0 and c["profiler_seconds"] >= 0
+        assert c["policy_seconds"] + c["prm_seconds"] + c["profiler_seconds"] == pytest.approx(c["wall_seconds"])
+    rollouts = TableDir(out).rollouts()
+    assert cost["pool"]["generated_tokens"] == int(rollouts["tokens"].sum())
+    runs = pd.concat([pd.read_parquet(f) for f in trees])
+    assert cost["tree"]["generated_tokens"] == int(runs["policy_generated_tokens"].sum()) > 0
+    assert cost["tree"]["generated_tokens"] + cost["tree"]["prompt_tokens"] == int(runs["policy_tokens"].sum())
+    assert ledger["beam_search/dvts (live)"]["policy_generated_tokens"] == cost["tree"]["generated_tokens"]
+    total = cost["total"]
+    for key in ("wall_seconds", "generated_tokens", "prm_tokens", "generations"):
+        assert total[key] == pytest.approx(cost["pool"][key] + cost["tree"][key])
+    assert 0.0 <= total["profiler_share"] < 1.0
+    assert total["profiler_share"] == pytest.approx(total["profiler_seconds"] / total["wall_seconds"])
+    assert "profiling cost: " in summary.render() and "tokens generated" in summary.render()
+
+
 def test_tree_generations_match_the_ledger(tmp_path):
     cfg = load_config(sim_config(tmp_path))
     policy = RecordingPolicy(SimulatedPolicy())

@@ -56,6 +56,7 @@ class ProfileSummary:
     seconds: float = 0.0
     bin_labels: dict[int, str] = field(default_factory=dict)
     executor: ExecutorReport | None = None  # how the pool and tree shards ran
+    cost: dict[str, Any] = field(default_factory=dict)  # the table's profiling_cost
 
     def render(self) -> str:
         lines = [f"table directory: {self.out_dir}"]
@@ -94,6 +95,10 @@ class ProfileSummary:
                         f"/{r['aggregation']}" if isinstance(r["aggregation"], str) else "")
                     cells.append(f"{name} {r['accuracy']:.2f} [{r['ci_low']:.2f},{r['ci_high']:.2f}]".ljust(36))
                 lines.append(f"{b:<5}" + " ".join(cells))
+        if self.cost:
+            from ..labels import cost_text
+
+            lines.append("profiling cost: " + cost_text(self.cost))
         lines.append(f"wall time: {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -278,14 +283,55 @@ def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_
     )
     tree = Cost()
     if not runs.empty:
+        policy = int(runs["policy_tokens"].sum())
+        # Runs written before generated tokens were kept separately count every token as generated.
+        generated = int(runs["policy_generated_tokens"].sum()) if "policy_generated_tokens" in runs else policy
         tree = Cost(
-            generations=int(runs["generations"].sum()), policy_prompt_tokens=0,
-            policy_generated_tokens=int(runs["policy_tokens"].sum()), prm_tokens=int(runs["prm_tokens"].sum()),
+            generations=int(runs["generations"].sum()), policy_prompt_tokens=policy - generated,
+            policy_cached_tokens=int(runs["policy_cached_tokens"].sum()) if "policy_cached_tokens" in runs else 0,
+            policy_generated_tokens=generated, prm_tokens=int(runs["prm_tokens"].sum()),
             policy_flops=float(runs["policy_flops"].sum()), prm_flops=float(runs["prm_flops"].sum()),
             seconds=float(runs["seconds"].sum()) if "seconds" in runs else 0.0,
         )
     # The best-of-N family is evaluated from the pool: it spends nothing beyond stage 1.
     return {"pool": pool.to_dict(), "best_of_n_family (from pool)": Cost().to_dict(), "beam_search/dvts (live)": tree.to_dict()}
+
+
+def profiling_cost(out_dir: Path, ledger: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """What profiling spent, per stage and in total: wall seconds (summed over the shards, so
+    engine start-up and the finishing stages are not in it), of which inside policy and PRM
+    calls, the rest being the profiler's own (batching, search bookkeeping, grading, writing);
+    tokens generated, prompt tokens read (and served from a prefix cache), PRM tokens.
+    Shards written before the time breakdown was recorded count as unknown (``None``)."""
+    from ..tables import read_metadata, rollout_shards
+
+    stages = {"pool": (rollout_shards(out_dir), ledger.get("pool", {})),
+              "tree": (sorted((out_dir / "state").glob("tree-shard-*.parquet")), ledger.get("beam_search/dvts (live)", {}))}
+    out: dict[str, Any] = {}
+    for stage, (files, cost) in stages.items():
+        metas = [read_metadata(f) for f in files]
+        known = bool(metas) and all("shard_policy_seconds" in m for m in metas)
+        seconds = float(sum(m.get("shard_seconds", 0.0) for m in metas))
+        engine = float(sum(m.get("shard_policy_seconds", 0.0) + m.get("shard_prm_seconds", 0.0) for m in metas))
+        out[stage] = {
+            "shards": len(files), "wall_seconds": seconds,
+            "policy_seconds": float(sum(m.get("shard_policy_seconds", 0.0) for m in metas)) if known else None,
+            "prm_seconds": float(sum(m.get("shard_prm_seconds", 0.0) for m in metas)) if known else None,
+            "profiler_seconds": seconds - engine if known else None,
+            "generations": int(cost.get("generations", 0)),
+            "generated_tokens": int(cost.get("policy_generated_tokens", 0)),
+            "prompt_tokens": int(cost.get("policy_prompt_tokens", 0)),
+            "cached_prompt_tokens": int(cost.get("policy_cached_tokens", 0)),
+            "prm_tokens": int(cost.get("prm_tokens", 0)),
+        }
+    total = {key: sum(out[s][key] for s in out) for key in ("shards", "wall_seconds", "generations", "generated_tokens",
+                                                              "prompt_tokens", "cached_prompt_tokens", "prm_tokens")}
+    known = all(out[s]["profiler_seconds"] is not None for s in out if out[s]["shards"])
+    profiler = sum(out[s]["profiler_seconds"] or 0.0 for s in out)
+    total["profiler_seconds"] = profiler if known else None
+    total["profiler_share"] = profiler / total["wall_seconds"] if known and total["wall_seconds"] > 0 else None
+    out["total"] = total
+    return out
 
 
 def _level_labels(prompts: pd.DataFrame) -> dict[int, str]:
@@ -369,7 +415,7 @@ def finish_tables(
     metadata = {key: v for key, v in metadata.items() if key != "dataset_family_note"}
     labels = bin_labels(edges) if cfg.difficulty != "level" else _level_labels(prompts[prompts["split"] == "profile"])
     meta = dict(metadata, **_family_metadata(cfg), bin_edges=edges, bin_labels={str(b): v for b, v in labels.items()},
-                ledger=ledger, grader_timeouts=_grader_timeouts(out_dir), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                ledger=ledger, profiling_cost=profiling_cost(out_dir, ledger), grader_timeouts=_grader_timeouts(out_dir), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 difficulty_samples=k, difficulty_source=DESCRIPTIONS[cfg.difficulty].format(k=k),
                 default_selection=own, pilots=pilots, declared_router=cfg.evaluate.router,
                 aggregations=list(cfg.grid.aggregations),
@@ -386,4 +432,5 @@ def finish_tables(
     return ProfileSummary(
         out_dir, True, ledger=ledger, bin_sizes=bins.loc[profile_ids].value_counts().sort_index().to_dict(),
         bin_edges=edges, selection=selection[selection["estimator"] == own], pass1_histogram=hist, bin_labels=labels,
+        cost=meta["profiling_cost"],
     )

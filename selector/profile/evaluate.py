@@ -26,11 +26,11 @@ from ..backends.base import PRM, Policy
 from ..grading import is_equivalent
 from ..search.aggregate import AGGREGATIONS
 from ..search.base import make_strategy
-from ..search.runner import run_search
+from ..search.runner import RunStats, run_search
 from ..seeds import derive_seed
 from ..tables import read_table, write_table
 from .config import BEST_OF_N_FAMILY, TREE_STRATEGIES, WIDTH_STRATEGIES, ProfileConfig
-from .pool import Shard
+from .pool import Shard, shard_time_metadata
 
 EVAL_COLUMNS = [
     "prompt_id", "strategy", "n", "m", "aggregation", "budget", "accuracy", "accuracy_std",
@@ -184,18 +184,19 @@ def run_tree_shards(
     todo = [s for s in shards if not tree_checkpoint(table_dir, s.index).exists()]
     bar = progress(total=len(shards), initial=len(shards) - len(todo), desc="beam search / DVTS", unit="shard") if progress else None
     for shard in todo:
-        rows, _ = tree_shard_rows(cfg, shard, policy, prm)
-        write_tree_shard(table_dir, shard.index, rows, metadata)
+        rows, stats = tree_shard_rows(cfg, shard, policy, prm)
+        write_tree_shard(table_dir, shard.index, rows, metadata, stats)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
 
 
-def tree_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM | None) -> tuple[pd.DataFrame, float]:
-    """One shard's raw tree runs (one row per prompt, configuration and seed) and the seconds
-    they took. The same call in every executor (this process, a Ray actor)."""
-    t0 = time.perf_counter()
+def tree_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM | None) -> tuple[pd.DataFrame, dict]:
+    """One shard's raw tree runs (one row per prompt, configuration and seed) and its stats
+    (``seconds`` it took, of which ``policy_seconds`` / ``prm_seconds`` inside engine calls).
+    The same call in every executor (this process, a Ray actor)."""
+    t0, run = time.perf_counter(), RunStats()
     configs = tree_configs(cfg)
     sampling = policy.default_sampling_params()
     if cfg.sampling:
@@ -203,7 +204,7 @@ def tree_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM |
     rows = []
     for seed in cfg.evaluate.seeds:
         jobs = [(p, c) for p in shard.problems for c in configs]
-        results = run_search([(p.problem, c) for p, c in jobs], policy, prm, sampling=sampling, seed=seed)
+        results = run_search([(p.problem, c) for p, c in jobs], policy, prm, sampling=sampling, seed=seed, stats=run)
         for (problem, config), r in zip(jobs, results):
             c = r.cost
             rows.append({
@@ -211,16 +212,19 @@ def tree_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM |
                 "aggregation": config.aggregation, "seed": seed,
                 "correct": bool(is_equivalent(r.answer, problem.answer)),
                 "generations": c.generations, "policy_tokens": c.policy_tokens,
+                "policy_generated_tokens": c.policy_generated_tokens,
                 "policy_cached_tokens": c.policy_cached_tokens, "prm_tokens": c.prm_tokens,
                 "policy_flops": c.policy_flops, "prm_flops": c.prm_flops, "seconds": c.seconds,
             })
-    return pd.DataFrame(rows), time.perf_counter() - t0
+    return pd.DataFrame(rows), {"seconds": time.perf_counter() - t0, "policy_seconds": run.policy_seconds,
+                                "prm_seconds": run.prm_seconds}
 
 
-def write_tree_shard(table_dir: Path, index: int, rows: pd.DataFrame, metadata: dict, seconds: float = 0.0) -> Path:
-    """Write one shard's tree-run checkpoint atomically (once; never run again after)."""
+def write_tree_shard(table_dir: Path, index: int, rows: pd.DataFrame, metadata: dict, stats: dict | None = None) -> Path:
+    """Write one shard's tree-run checkpoint atomically (once; never run again after), with its
+    time breakdown (``stats`` from :func:`tree_shard_rows`) in the file's metadata."""
     path = tree_checkpoint(table_dir, index)
-    write_table(rows, path, "tree_runs", metadata)
+    write_table(rows, path, "tree_runs", dict(metadata, **shard_time_metadata(stats)) if stats else metadata)
     return path
 
 

@@ -39,8 +39,8 @@ class Stage:
 
     name: str
     desc: str  # progress bar label
-    rows: Callable[[ProfileConfig, Shard, Policy, PRM | None], tuple[pd.DataFrame, float]]
-    write: Callable[[Path, int, pd.DataFrame, dict, float], Path]
+    rows: Callable[[ProfileConfig, Shard, Policy, PRM | None], tuple[pd.DataFrame, dict]]  # rows, time stats
+    write: Callable[[Path, int, pd.DataFrame, dict, dict], Path]
 
 
 STAGES: dict[str, Stage] = {
@@ -189,7 +189,7 @@ class _ShardWorker:
         """CPU seconds this actor's process has used (all its threads), for the report."""
         return time.process_time()
 
-    def run(self, job: ShardJob) -> tuple[pd.DataFrame, float]:
+    def run(self, job: ShardJob) -> tuple[pd.DataFrame, dict]:
         import ray
 
         ray.get(self.attempts.started.remote(job.key))  # before the work: a death mid-job still counts
@@ -291,14 +291,14 @@ class RayExecutor:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 actor, job = in_flight.pop(ready[0])
                 try:
-                    rows, seconds = ray.get(ready[0])
+                    rows, stats = ray.get(ready[0])
                 except ray.exceptions.RayError as exc:
                     raise EngineError(
                         f"{job.stage} shard {job.shard.index} failed after {self.config.max_retries} retries: {exc}\n"
                         "the shards already written are kept: fix the cause and rerun the command to resume"
                     ) from None
                 submit(actor)
-                STAGES[job.stage].write(table_dir, job.shard.index, rows, metadata, seconds)
+                STAGES[job.stage].write(table_dir, job.shard.index, rows, metadata, stats)
                 written += 1
                 if job.stage in bars:
                     bars[job.stage].update(1)

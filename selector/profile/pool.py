@@ -26,7 +26,7 @@ from ..backends.base import PRM, Policy
 from ..datasets import Problem
 from ..grading import equivalent_many, extract_answer, group_keys, is_equivalent, timeout_count
 from ..search.best_of_n import BestOfN
-from ..search.runner import run_search
+from ..search.runner import RunStats, run_search
 from ..steps import split_steps
 from ..tables import rollout_shards, write_rollout_shard
 from .config import ProfileConfig
@@ -69,8 +69,8 @@ def generate_pool(
     todo = [s for s in shards if s.index not in done]
     bar = progress(total=len(shards), initial=len(shards) - len(todo), desc="pool", unit="shard") if progress else None
     for shard in todo:
-        rows, seconds = pool_shard_rows(cfg, shard, policy, prm)
-        write_pool_shard(table_dir, shard.index, rows, metadata, seconds)
+        rows, stats = pool_shard_rows(cfg, shard, policy, prm)
+        write_pool_shard(table_dir, shard.index, rows, metadata, stats)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -79,26 +79,36 @@ def generate_pool(
 
 def pool_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM | None) -> tuple[pd.DataFrame, dict]:
     """One pool shard's rollout rows (difficulty + evaluation samples per prompt) and its stats
-    (``seconds`` it took, ``grader_timeouts``: answers graded by normalized string because the
-    grader ran out of time). The same call in every executor (this process, a Ray actor), so
+    (``seconds`` it took, of which ``policy_seconds`` / ``prm_seconds`` inside engine calls, and
+    ``grader_timeouts``: answers graded by normalized string because the grader ran out of time). The same call in every executor (this process, a Ray actor), so
     the rows are identical."""
     t0, timeouts = time.perf_counter(), timeout_count()
     sampling = policy.default_sampling_params()
     if cfg.sampling:
         sampling = sampling.replace(**cfg.sampling)
     sampler = BestOfN(n=cfg.pool.difficulty_samples + cfg.pool.n)
-    results = run_search([(p.problem, sampler) for p in shard.problems], policy, prm, sampling=sampling, seed=cfg.seed)
+    run = RunStats()
+    results = run_search([(p.problem, sampler) for p in shard.problems], policy, prm, sampling=sampling, seed=cfg.seed,
+                         stats=run)
     rows = []
     for problem, result in zip(shard.problems, results):
         rows.extend(_rollout_rows(problem, result.candidates, result.cost.policy_prompt_tokens,
                                   cfg.pool.difficulty_samples))
-    return pd.DataFrame(rows), {"seconds": time.perf_counter() - t0, "grader_timeouts": timeout_count() - timeouts}
+    return pd.DataFrame(rows), {"seconds": time.perf_counter() - t0, "policy_seconds": run.policy_seconds,
+                                "prm_seconds": run.prm_seconds, "grader_timeouts": timeout_count() - timeouts}
 
 
 def write_pool_shard(table_dir: Path, index: int, rows: pd.DataFrame, metadata: dict, stats: dict) -> Path:
     """Write one pool shard's rows atomically (once; a shard on disk is never generated again)."""
     return write_rollout_shard(rows, table_dir, index, dict(
-        metadata, shard_seconds=stats["seconds"], grader_timeouts=stats["grader_timeouts"]))
+        metadata, grader_timeouts=stats["grader_timeouts"], **shard_time_metadata(stats)))
+
+
+def shard_time_metadata(stats: dict) -> dict:
+    """A shard's wall seconds and the part spent inside policy / PRM calls (the rest is the
+    profiler's own: batching, grading, bookkeeping), as shard-file metadata."""
+    return {"shard_seconds": float(stats["seconds"]), "shard_policy_seconds": float(stats.get("policy_seconds", 0.0)),
+            "shard_prm_seconds": float(stats.get("prm_seconds", 0.0))}
 
 
 def sample_role(sample_id: int, difficulty_samples: int) -> str:

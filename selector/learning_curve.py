@@ -1,0 +1,273 @@
+"""How many profiling prompts does a table need? Held-out accuracy against the profiling size.
+
+No new generation: the table's ``evaluations.parquet`` already holds every configuration's
+outcome on every prompt. For each size ``n`` (profiling prompts) and each of ``draws``
+seeded random subsets of that size, everything that the profiling prompts decide is redone
+on the subset alone, exactly as ``profile`` and ``train-estimator`` do it on the whole
+profiling split:
+
+- the bin edges (the config's binning scheme, fitted on the subset's difficulty scores, or
+  on its ``k``-sample pilot scores for a ``pilot:k`` router);
+- ``selection (<the table's own bins>)``: the cells chosen (the config's select rule,
+  cross-fitted) on the subset's bins; a held-out prompt is routed by its own difficulty
+  samples' bin under the subset's edges (the table's predicted bins are a K-sample pilot);
+- ``router (<declared router>)``: for ``prompt:<features>``, the estimator cross-validated and
+  fitted on the subset (targets: the subset's bins and oracle pass@1), its cells chosen on
+  its out-of-fold bins; for ``pilot:k``, the pilot's edges and cells refitted on the subset;
+- ``one strategy``: the single configuration per budget the same rule picks over the whole
+  subset (no bins): what routing has to beat when both learn from the same prompts.
+
+Each method is scored on the **same held-out split** as ``tts-selector evaluate``. At each
+(size, budget) the reported accuracy is the mean over held-out prompts of the per-prompt
+accuracy averaged over the draws, with a percentile bootstrap CI over held-out prompts (the
+resamples ``evaluate`` uses; the draws' spread is reported beside it as ``draw_range``), and
+``margin_ci``: the paired bootstrap CI of router minus one strategy. The largest size is the
+whole profiling split (one draw: every draw is the same), so its router row reproduces the
+router of ``tts-selector evaluate`` when the estimator was trained with the same folds.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .binning import assign_bins, bin_edges
+from .errors import InputError
+from .evaluate import bootstrap_indices, ci95, config_key, outcome_lookup, pilot_routing, route_prompts
+from .profile.difficulty import pilot_scores
+from .router import SelectionCells
+from .tables import TableDir
+
+DEFAULT_SIZES = (50, 100, 200, 300)
+ONE_STRATEGY = "one strategy"
+
+
+@dataclass
+class LearningCurve:
+    """Held-out accuracy per (method, profiling size, budget); see the module docstring."""
+
+    table: str
+    split: str
+    n_heldout: int
+    n_profile: int
+    sizes: list[int]
+    draws: int
+    budgets: list[int]
+    declared_router: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(r["method"] for r in self.rows))
+
+    def render(self) -> str:
+        lines = [f"{self.table}: learning curve on {self.n_heldout} {self.split} prompts (never used to select); "
+                 f"profiling subsets of {', '.join(map(str, self.sizes))} of {self.n_profile} prompts, {self.draws} "
+                 f"seeded draws each (one at the full size); accuracy [95% bootstrap CI over held-out prompts]"]
+        for method in self.methods():
+            lines.append(f"{method}:")
+            lines.append(f"  {'prompts':<9}" + "".join(f"{'N=' + str(b):<22}" for b in self.budgets))
+            for n in self.sizes:
+                cells = []
+                for b in self.budgets:
+                    r = next((r for r in self.rows if r["method"] == method and r["n_profile"] == n and r["budget"] == b), None)
+                    cells.append("-".ljust(22) if r is None else
+                                 f"{r['accuracy']:.3f} [{r['ci_low']:.2f},{r['ci_high']:.2f}]".ljust(22))
+                lines.append(f"  {n:<9}" + "".join(cells))
+        router = f"router ({self.declared_router})"
+        margins = [r for r in self.rows if r["method"] == router and r.get("margin_ci")]
+        if margins:
+            lines.append(f"{router} minus {ONE_STRATEGY} (chosen on the same prompts), paired 95% CI:")
+            for n in self.sizes:
+                cells = [f"{r['margin']:+.3f} [{r['margin_ci'][0]:+.2f},{r['margin_ci'][1]:+.2f}]".ljust(22)
+                         for b in self.budgets for r in margins if r["n_profile"] == n and r["budget"] == b]
+                lines.append(f"  {n:<9}" + "".join(cells))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "split": self.split, "n_heldout": self.n_heldout, "n_profile": self.n_profile,
+                "sizes": self.sizes, "draws": self.draws, "budgets": self.budgets,
+                "declared_router": self.declared_router, "rows": self.rows}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=float)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LearningCurve":
+        return cls(d["table"], d["split"], int(d["n_heldout"]), int(d["n_profile"]), [int(x) for x in d["sizes"]],
+                   int(d["draws"]), [int(b) for b in d["budgets"]], d["declared_router"], list(d["rows"]))
+
+
+def learning_curve_path(table_dir: str | Path, split: str = "heldout") -> Path:
+    """Where ``evaluate --learning-curve`` writes its report by default."""
+    return Path(table_dir) / f"learning-curve-{split}.json"
+
+
+def read_learning_curve(path: str | Path) -> LearningCurve:
+    """A report written by :func:`learning_curve` (``to_json``)."""
+    try:
+        return LearningCurve.from_dict(json.loads(Path(path).read_text()))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: not a learning-curve report ({exc}): rewrite it with "
+                         f"`tts-selector evaluate --tables {Path(path).parent} --learning-curve`") from None
+
+
+def learning_curve(
+    table_dir: str | Path, *, sizes: Sequence[int] | None = None, draws: int = 5, split: str = "heldout",
+    router: str | None = None, bootstrap: int = 1000, seed: int = 0, progress: Callable | None = None,
+) -> LearningCurve:
+    """Held-out accuracy of the declared router, the table's own selection and the best single
+    strategy, each re-learned from subsets of the profiling prompts (module docstring).
+
+    ``sizes``: numbers of profiling prompts (default 50, 100, 200, 300; sizes at or above the
+    profiling split's size are dropped and the full split is always the last); ``draws``:
+    random subsets per size; ``router``: default the table's ``declared_router``.
+
+    Raises:
+        InputError: no prompts in ``split``, a size below 2 x the bin count, a router that is
+            neither ``prompt:<features>`` nor a profiled ``pilot:<k>``, ``draws`` < 1.
+    """
+    table = TableDir(table_dir)
+    meta = table.metadata
+    prompts = table.prompts()
+    target = prompts[prompts["split"] == split].reset_index(drop=True)
+    profile = prompts[prompts["split"] == "profile"].reset_index(drop=True)
+    if target.empty:
+        raise InputError(f"{table_dir}: no {split!r} prompts to score on; profile with dataset.heldout > 0")
+    if draws < 1:
+        raise InputError(f"--draws must be at least 1, got {draws}")
+    declared = router or meta.get("declared_router", "prompt:tfidf")
+    if not declared.startswith(("prompt:", "pilot:")):
+        raise InputError(f"the router must be 'prompt:<features>' or 'pilot:<k>', got {declared!r}")
+    binning, sel = _configs(table)
+    n_full = len(profile)
+    min_size = 2 * max(binning.k if binning.scheme == "quantile" else len(binning.thresholds) + 1, sel.folds)
+    wanted = sorted({int(s) for s in (sizes or DEFAULT_SIZES) if int(s) < n_full} | {n_full})
+    if wanted[0] < min_size:
+        raise InputError(f"size {wanted[0]} is too small: a subset needs at least {min_size} prompts "
+                         f"(2 x max(bins, select folds)); pass larger --sizes")
+
+    ev = table.evaluations()
+    ev["config"] = [config_key(r) for r in ev.itertuples(index=False)]
+    budgets = sorted(int(b) for b in table.selection()["budget"].unique())
+    held_ids = target["prompt_id"].tolist()
+    lookup = outcome_lookup(ev[ev["prompt_id"].isin(set(held_ids))])
+    ev_profile = ev[ev["prompt_id"].isin(set(profile["prompt_id"]))]
+    own = meta.get("default_selection", "bins:predicted")
+    k_own = int(meta.get("difficulty_samples", 0))
+    # The table's own bins are priced as the K-sample pilot they are (as in `evaluate`).
+    own_spend = (pilot_routing(table, target, k_own, meta["bin_edges"])[1:] if own == "bins:predicted" and k_own
+                 else (np.zeros(len(target)), np.zeros(len(target))))
+    pilot_k = int(declared.split(":", 1)[1]) if declared.startswith("pilot:") else None
+    if pilot_k is not None and pilot_k > k_own:
+        raise InputError(f"{declared}: the table has {k_own} difficulty samples per prompt; a pilot reads at most that many")
+
+    boot = bootstrap_indices(len(target), bootstrap, seed)
+    names = [f"router ({declared})", f"selection ({own})", ONE_STRATEGY]
+    rows: list[dict[str, Any]] = []
+    bar = progress(total=sum(1 if n == n_full else draws for n in wanted), desc="learning curve", unit="subset") if progress else None
+    for n in wanted:
+        per_method: dict[str, dict[int, list[np.ndarray]]] = {m: {b: [] for b in budgets} for m in names}
+        flops: dict[str, dict[int, list[float]]] = {m: {b: [] for b in budgets} for m in names}
+        for d in range(1 if n == n_full else draws):
+            rng = np.random.default_rng([seed, n, d])
+            sub = profile if n == n_full else profile.iloc[np.sort(rng.choice(n_full, size=n, replace=False))]
+            sub_ids = sub["prompt_id"].tolist()
+            sub_ev = ev_profile[ev_profile["prompt_id"].isin(set(sub_ids))]
+            meth = {
+                names[0]: _declared_router(declared, pilot_k, sub, target, table, sub_ev, binning, sel, meta),
+                names[1]: _own_bins(sub, target, sub_ev, binning, sel, meta) + own_spend,
+                names[2]: _one_strategy(sub_ids, target, sub_ev, sel, meta),
+            }
+            for name, (cells, bins, extra_flops, extra_gen) in meth.items():
+                m = route_prompts(name, name, held_ids, bins, extra_flops, extra_gen, False, budgets, cells, lookup)
+                for b in budgets:
+                    per_method[name][b].append(m.accuracy[b])
+                    flops[name][b].append(float(m.flops[b].mean()))
+            if bar is not None:
+                bar.update(1)
+        for name in names:
+            for b in budgets:
+                acc = np.mean(per_method[name][b], axis=0)  # per held-out prompt, averaged over draws
+                draw_means = [float(a.mean()) for a in per_method[name][b]]
+                row = {"method": name, "n_profile": n, "budget": b, "accuracy": float(acc.mean()),
+                       **dict(zip(("ci_low", "ci_high"), ci95(acc[boot].mean(axis=1)))),
+                       "draw_range": [min(draw_means), max(draw_means)], "mean_flops": float(np.mean(flops[name][b])),
+                       "draws": len(draw_means)}
+                if name == names[0]:
+                    base = np.mean(per_method[ONE_STRATEGY][b], axis=0)
+                    row.update(margin=float((acc - base).mean()), margin_ci=ci95((acc - base)[boot].mean(axis=1)))
+                rows.append(row)
+    if bar is not None:
+        bar.close()
+    return LearningCurve(str(table_dir), split, len(target), n_full, wanted, draws, budgets, declared, rows)
+
+
+def _configs(table: TableDir):
+    """The binning and select settings the table was profiled with (its manifest)."""
+    from .profile import manifest_config
+    from .profile.config import BinningConfig, SelectConfig, _build
+
+    raw = manifest_config(table.path)
+    if not raw:
+        raise InputError(f"{table.path}: no state/manifest.json recording the profile config; a learning curve "
+                         "re-selects with the table's own binning and select settings")
+    binning = _build(BinningConfig, raw.get("binning", {}), f"{table.path} manifest binning")
+    sel = _build(SelectConfig, raw.get("select", {}), f"{table.path} manifest select")
+    return binning, sel
+
+
+def _edges(scores: np.ndarray, binning) -> list[float]:
+    return bin_edges(scores, binning.scheme, binning.k, binning.thresholds)
+
+
+def _select(ev: pd.DataFrame, bins: pd.Series, sel, meta: dict, name: str) -> SelectionCells:
+    from .profile.select import select_tables
+
+    _, rows = select_tables(ev, bins, sel, meta["policy_id"], meta["prm_id"], estimator=name)
+    return SelectionCells(rows)
+
+
+def _own_bins(sub, target, sub_ev, binning, sel, meta) -> tuple:
+    edges = _edges(sub["difficulty_score"].to_numpy(dtype=float), binning)
+    bins = pd.Series(assign_bins(sub["difficulty_score"].to_numpy(dtype=float), edges), index=sub["prompt_id"])
+    cells = _select(sub_ev, bins, sel, meta, meta.get("default_selection", ""))
+    return (cells, assign_bins(target["difficulty_score"].to_numpy(dtype=float), edges))
+
+
+def _one_strategy(sub_ids, target, sub_ev, sel, meta) -> tuple:
+    cells = _select(sub_ev, pd.Series(1, index=sub_ids), sel, meta, ONE_STRATEGY)
+    n = len(target)
+    return cells, np.ones(n, dtype=int), np.zeros(n), np.zeros(n)
+
+
+def _declared_router(declared, pilot_k, sub, target, table, sub_ev, binning, sel, meta) -> tuple:
+    n = len(target)
+    if pilot_k is not None:
+        scores = pilot_scores(sub["difficulty_scores"], pilot_k).to_numpy(dtype=float)
+        edges = _edges(scores, binning)
+        cells = _select(sub_ev, pd.Series(assign_bins(scores, edges), index=sub["prompt_id"]), sel, meta, declared)
+        return (cells, *pilot_routing(table, target, pilot_k, edges))
+    from .estimators.prompt import PromptEstimator
+    from .estimators.train import cross_validate
+
+    features = declared.split(":", 1)[1]
+    record = meta.get("estimators", {}).get(declared, {})
+    # The subset's table bins (its own edges), as `train-estimator` would see them on that table.
+    scores = sub["difficulty_score"].to_numpy(dtype=float)
+    bins = assign_bins(scores, _edges(scores, binning))
+    texts, pass1 = sub["text"].tolist(), sub["oracle_pass1"].to_numpy(dtype=float)
+    with warnings.catch_warnings():  # a small subset's rarest bin may have fewer prompts than folds: expected
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        report = cross_validate(texts, pass1, bins, features=features, folds=int(record.get("folds", 5)), seed=0)
+    cells = _select(sub_ev, pd.Series(report.oof_bins, index=sub["prompt_id"]), sel, meta, declared)
+    est = PromptEstimator(features=features).fit(texts, pass1, bins)
+    estimates = est.estimate_batch(target["text"].tolist(), int(meta.get("policy_params", 0)))
+    return cells, np.array([e.bin for e in estimates]), np.array([e.cost.flops for e in estimates]), np.zeros(n)
