@@ -139,3 +139,22 @@ def test_the_plot_has_a_panel_per_budget_and_a_line_per_method(curve):
     for ax in panels:
         assert len(ax.lines) == len(curve.methods())
         assert np.allclose(sorted({x for line in ax.lines for x in line.get_xdata()}), curve.sizes)
+
+
+def test_the_router_diagnosis_benchmark_is_consistent_with_evaluate():
+    """benchmarks/router_diagnosis.py: the per-prompt oracle bounds one strategy from above, one
+    quantile bin is one strategy, and the pilot row is evaluate's router on the table's own bins."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from router_diagnosis import diagnose, render
+
+    d = diagnose(str(DEMO), bootstrap=200)
+    report = evaluate_router(DEMO, estimators=[], bootstrap=200)
+    own = {r["budget"]: r["accuracy"] for r in report.rows if r["method"] == "router (bins:predicted)"}
+    for b in d["budgets"]:
+        h = d["headroom"][str(b)]
+        assert h["per_prompt_oracle"]["margin"] >= 0.0 and h["per_prompt_oracle"]["margin_ci"][0] >= 0.0
+        assert d["bin_count"]["1"][str(b)]["margin"] == 0.0
+        assert d["bin_count"]["1"][str(b)]["accuracy"] == pytest.approx(h["one_strategy"]["accuracy"])
+        pilot = d["estimator_quality"]["pilot (PRM-predicted pass@1 of the difficulty samples)"][str(b)]
+        assert pilot["accuracy"] == pytest.approx(own[b], abs=1e-12)
+    assert "1. headroom" in render(d) and "4. bin count" in render(d)

@@ -1,0 +1,178 @@
+"""Why does (or doesn't) the router beat the best fixed strategy? Evidence from a table, no generation.
+
+For a table with a held-out split, every figure on the held-out prompts (95% bootstrap CI over
+them, the same resamples for every row, so differences are paired):
+
+1. **Headroom**: per budget, the best fixed configuration chosen on the profiling prompts
+   (one strategy for all), the per-prompt oracle (the best configuration for each held-out
+   prompt: no router can beat it), and pass@N of the pool (the verifier's ceiling).
+2. **Heterogeneity**: per budget, each bin's chosen configuration and its in-sample margin
+   over the one-strategy choice on the same bin's profiling prompts: routing can only gain
+   where bins want different configurations.
+3. **Estimator quality**: the table's own selection routed by the bins of (a) the declared
+   prompt estimator's prediction, (b) the PRM-predicted pass@1 of the difficulty samples (a
+   K-sample pilot, the table's own bins), (c) the graded pass@1 of the same difficulty samples
+   (oracle bins: what a perfect K-sample difficulty reading would give; not deployable);
+   cells always chosen on the profiling prompts' bins of the same kind.
+4. **Bin count**: the table's own (predicted) bins with k = 1, 2, 3, 5, 8 quantile bins,
+   re-selected on the profiling prompts.
+
+    python benchmarks/router_diagnosis.py tables/smollm2-135m__arith-check__arithmetic-400 [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from selector.binning import assign_bins, bin_edges  # noqa: E402
+from selector.evaluate import bootstrap_indices, ci95, config_key, outcome_lookup, route_prompts  # noqa: E402
+from selector.learning_curve import _configs, _declared_router, _select  # noqa: E402
+from selector.tables import TableDir  # noqa: E402
+
+
+def _row(acc: np.ndarray, boot: np.ndarray, base: np.ndarray | None = None) -> dict:
+    out = {"accuracy": float(acc.mean()), "ci": ci95(acc[boot].mean(axis=1))}
+    if base is not None:
+        out.update(margin=float((acc - base).mean()), margin_ci=ci95((acc - base)[boot].mean(axis=1)))
+    return out
+
+
+def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
+    table = TableDir(table_dir)
+    meta = table.metadata
+    prompts = table.prompts()
+    held = prompts[prompts["split"] == "heldout"].reset_index(drop=True)
+    prof = prompts[prompts["split"] == "profile"].reset_index(drop=True)
+    binning, sel = _configs(table)
+    ev = table.evaluations()
+    ev["config"] = [config_key(r) for r in ev.itertuples(index=False)]
+    budgets = sorted(int(b) for b in table.selection()["budget"].unique())
+    ids = held["prompt_id"].tolist()
+    lookup = outcome_lookup(ev[ev["prompt_id"].isin(set(ids))])
+    ev_prof = ev[ev["prompt_id"].isin(set(prof["prompt_id"]))]
+    boot = bootstrap_indices(len(ids), bootstrap, seed)
+    zeros = np.zeros(len(ids))
+
+    def routed(cells, bins, name):
+        return route_prompts(name, name, ids, np.asarray(bins), zeros, zeros, False, budgets, cells, lookup)
+
+    one = routed(_select(ev_prof, pd.Series(1, index=prof["prompt_id"]), sel, meta, "one"), np.ones(len(ids), int), "one")
+    out: dict = {"table": table_dir, "n_heldout": len(ids), "n_profile": len(prof), "budgets": budgets}
+
+    # 1. Headroom: one strategy vs the per-prompt oracle vs pass@N of the pool.
+    rollouts = table.rollouts(["prompt_id", "sample_id", "correct"])
+    k = int(meta.get("difficulty_samples", 0))
+    scored = rollouts[(rollouts["sample_id"] >= k) & rollouts["prompt_id"].isin(set(ids))]
+    head = {}
+    for b in budgets:
+        at = ev[(ev["budget"] == b) & ev["prompt_id"].isin(set(ids))]
+        oracle = at.groupby("prompt_id")["accuracy"].max().reindex(ids).to_numpy()
+        # pass@b of the evaluation samples: 1 - C(n - c, b) / C(n, b) per prompt
+        g = scored.groupby("prompt_id")["correct"].agg(["sum", "count"]).reindex(ids)
+        n, c = g["count"].to_numpy(), g["sum"].to_numpy()
+        pass_at = np.array([1.0 - np.prod([(nn - cc - i) / (nn - i) for i in range(b)]) if nn - cc >= b else 1.0
+                            for nn, cc in zip(n, c)]) if b <= n.min() else None
+        head[str(b)] = {"one_strategy": _row(one.accuracy[b], boot), "per_prompt_oracle": _row(oracle, boot, one.accuracy[b]),
+                        "pass_at_n": _row(pass_at, boot) if pass_at is not None else None}
+    out["headroom"] = head
+
+    # 2. Heterogeneity: per bin, the chosen configuration vs the one-strategy choice, in-sample.
+    own = table.selection()
+    hetero = {}
+    for b in budgets:
+        one_cfg = config_key(one_row(_select(ev_prof, pd.Series(1, index=prof["prompt_id"]), sel, meta, "one"), b))
+        rows = []
+        for r in own[own["budget"] == b].itertuples(index=False):
+            in_bin = set(prof.loc[prof["bin"] == r.bin, "prompt_id"])
+            e = ev_prof[(ev_prof["budget"] == b) & ev_prof["prompt_id"].isin(in_bin)]
+            by = e.groupby("config")["accuracy"].mean()
+            rows.append({"bin": int(r.bin), "chosen": config_key(r), "chosen_in_sample": float(by.get(config_key(r), np.nan)),
+                         "one_strategy": one_cfg, "one_strategy_in_sample": float(by.get(one_cfg, np.nan)),
+                         "n_prompts": len(in_bin)})
+        hetero[str(b)] = rows
+    out["heterogeneity"] = hetero
+
+    # 3. Estimator quality: cells and routing from the same kind of bins.
+    def by_scores(col_prof, col_held, name):
+        edges = bin_edges(col_prof, binning.scheme, binning.k, binning.thresholds)
+        cells = _select(ev_prof, pd.Series(assign_bins(col_prof, edges), index=prof["prompt_id"]), sel, meta, name)
+        return routed(cells, assign_bins(col_held, edges), name)
+
+    quality = {
+        "pilot (PRM-predicted pass@1 of the difficulty samples)": by_scores(
+            prof["difficulty_score"].to_numpy(float), held["difficulty_score"].to_numpy(float), "pilot"),
+        "oracle bins (graded pass@1 of the difficulty samples)": by_scores(
+            prof["oracle_pass1"].to_numpy(float), held["oracle_pass1"].to_numpy(float), "oracle"),
+    }
+    declared = meta.get("declared_router", "prompt:tfidf")
+    if declared.startswith("prompt:"):
+        cells, bins, _, _ = _declared_router(declared, None, prof, held, table, ev_prof, binning, sel, meta)
+        quality[f"declared router ({declared})"] = routed(cells, bins, declared)
+    out["estimator_quality"] = {name: {str(b): _row(m.accuracy[b], boot, one.accuracy[b]) for b in budgets}
+                                for name, m in quality.items()}
+    if declared.startswith("prompt:"):
+        rec = meta.get("estimators", {}).get(declared, {})
+        out["estimator_cv"] = {"metrics": rec.get("cv_metrics"), "baseline": rec.get("baseline_metrics")}
+
+    # 4. Bin count.
+    counts = {}
+    for kk in (1, 2, 3, 5, 8):
+        scores = prof["difficulty_score"].to_numpy(float)
+        edges = bin_edges(scores, "quantile", kk, ())
+        cells = _select(ev_prof, pd.Series(assign_bins(scores, edges), index=prof["prompt_id"]), sel, meta, f"k{kk}")
+        m = routed(cells, assign_bins(held["difficulty_score"].to_numpy(float), edges), f"k{kk}")
+        counts[str(kk)] = {str(b): _row(m.accuracy[b], boot, one.accuracy[b]) for b in budgets}
+    out["bin_count"] = counts
+    return out
+
+
+def one_row(cells, budget):
+    return cells.cell(1, budget)[0]
+
+
+def render(d: dict) -> str:
+    f = lambda r: f"{r['accuracy']:.3f} [{r['ci'][0]:.2f},{r['ci'][1]:.2f}]"  # noqa: E731
+    g = lambda r: f"{r['margin']:+.3f} [{r['margin_ci'][0]:+.2f},{r['margin_ci'][1]:+.2f}]"  # noqa: E731
+    lines = [f"{d['table']}: {d['n_heldout']} held-out prompts, {d['n_profile']} profiling prompts"]
+    lines.append("1. headroom per budget: one strategy (chosen on the profiling prompts) | per-prompt oracle "
+                 "(margin over one strategy) | pass@N of the pool")
+    for b, h in d["headroom"].items():
+        p = f(h["pass_at_n"]) if h["pass_at_n"] else "-"
+        lines.append(f"   N={b:<3} {f(h['one_strategy'])} | {f(h['per_prompt_oracle'])} ({g(h['per_prompt_oracle'])}) | {p}")
+    lines.append("2. per bin: chosen configuration (in-sample accuracy) vs the one strategy on the same bin's prompts")
+    for b, rows in d["heterogeneity"].items():
+        cells = "; ".join(f"bin {r['bin']} ({r['n_prompts']}): {r['chosen']} {r['chosen_in_sample']:.2f} vs "
+                          f"{r['one_strategy_in_sample']:.2f}" for r in rows)
+        lines.append(f"   N={b:<3} one strategy {rows[0]['one_strategy'] if rows else '-'}; {cells}")
+    lines.append("3. routed held-out accuracy by the bins' source (margin over one strategy, paired 95% CI)")
+    for name, per in d["estimator_quality"].items():
+        lines.append(f"   {name}:")
+        lines.append("     " + "  ".join(f"N={b} {f(r)} {g(r)}" for b, r in per.items()))
+    if d.get("estimator_cv"):
+        lines.append(f"   declared estimator CV: {d['estimator_cv']}")
+    lines.append("4. bin count (the table's predicted bins, k quantile bins): held-out accuracy, margin over one strategy")
+    for kk, per in d["bin_count"].items():
+        lines.append(f"   k={kk}: " + "  ".join(f"N={b} {f(r)} {g(r)}" for b, r in per.items()))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("table")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    args = ap.parse_args()
+    d = diagnose(args.table, args.bootstrap)
+    print(json.dumps(d, indent=1, default=float) if args.json else render(d))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
