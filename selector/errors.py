@@ -20,4 +20,9 @@ class EngineError(TTSError, RuntimeError):
     """An engine or server failed (timeout, bad response, HTTP error); the message says which and what to try."""
 
 
-__all__ = ["EngineError", "InputError", "TTSError"]
+class DependencyError(TTSError, ImportError):
+    """An optional dependency a backend or feature needs is not importable; the message says
+    what to install (``pip install ...``, or which environment to run from)."""
+
+
+__all__ = ["DependencyError", "EngineError", "InputError", "TTSError"]

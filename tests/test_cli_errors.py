@@ -78,6 +78,10 @@ def _cases(tmp: Path) -> list[tuple[str, list, bytes | None, list[str]]]:
          ["UTF-8", "0xff"]),
         ("--policy-params inf", ["route", "What is 2 + 3?", "--tables", str(tmp), "--budget", "4", "--policy-params", "inf"],
          None, ["--policy-params", "'inf'", "finite"]),
+        # Where vLLM is not importable (here it lives in .venv-vllm): a typed error naming where to get it.
+        *([("vllm not importable here", ["solve", "What is 2 + 3?", "--policy", "vllm:preset=smollm2-135m", "--prm", "sim"],
+            None, ["vLLM", "not importable", "install_vllm_cpu.sh"])]
+          if __import__("importlib").util.find_spec("vllm") is None else []),
         ("--policy-params -5", ["route", "What is 2 + 3?", "--tables", str(tmp), "--budget", "4", "--policy-params", "-5"],
          None, ["--policy-params", "'-5'", ">= 1"]),
     ]

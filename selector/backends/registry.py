@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..errors import InputError
+from ..errors import DependencyError, InputError
 from .arith_check import ArithCheckPRM
 from .base import PRM, Policy
 from .simulated import SimulatedPolicy, SimulatedPRM
@@ -150,7 +150,7 @@ def _transformers_policy(**kwargs: Any) -> Policy:
     try:
         from .transformers import TransformersPolicy
     except ImportError as exc:  # torch/transformers are the `cpu` extra
-        raise ImportError(
+        raise DependencyError(
             f"the transformers backend needs the 'cpu' extra ({exc}); "
             "install with: pip install torch==2.13.0 && pip install 'tts-selector[cpu]'"
         ) from exc
@@ -161,7 +161,7 @@ def _vllm_policy_class() -> Any:
     try:
         from .vllm import VLLMPolicy
     except ImportError as exc:  # torch/transformers format the prompts (the `cpu` extra)
-        raise ImportError(
+        raise DependencyError(
             f"the vllm backend needs torch and transformers for its prompts ({exc}); vLLM's own "
             "environment has them (scripts/install_vllm_cpu.sh on a CPU, pip install 'tts-selector[vllm]' on a GPU)"
         ) from exc
@@ -259,7 +259,7 @@ def _hf_prm(arg: str | None) -> PRM:
     try:
         from .hf_prm import HFPRM
     except ImportError as exc:
-        raise ImportError(f"the hf-prm backend needs the 'cpu' extra (torch, transformers): {exc}") from exc
+        raise DependencyError(f"the hf-prm backend needs the 'cpu' extra (torch, transformers): {exc}") from exc
     return _construct(HFPRM, kwargs, f"hf-prm:{arg}")
 
 
@@ -274,7 +274,7 @@ def _vllm_prm(arg: str | None) -> PRM:
         from .vllm import split_engine_kwargs
         from .vllm_prm import VLLMPRM
     except ImportError as exc:
-        raise ImportError(
+        raise DependencyError(
             f"the vllm-prm backend needs torch and transformers to build its inputs ({exc}); vLLM's own "
             "environment has them (scripts/install_vllm_cpu.sh on a CPU, pip install 'tts-selector[vllm]' on a GPU)"
         ) from exc

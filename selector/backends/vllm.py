@@ -73,7 +73,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import EngineError
+from ..errors import DependencyError, EngineError
 from .base import Continuation, FinishReason, SamplingParams, StepOutput, StepRequest, check_step_requests
 from .hf_common import (
     bos_to_prepend,
@@ -120,7 +120,7 @@ def import_vllm() -> Any:
     try:
         import vllm
     except ImportError as exc:
-        raise ImportError(f"the vllm backends need vLLM, which is not importable ({exc}). {INSTALL_HINT}") from exc
+        raise DependencyError(f"the vllm backends need vLLM, which is not importable ({exc}). {INSTALL_HINT}") from exc
     version = str(getattr(vllm, "__version__", "unknown"))
     if version.split("+")[0] not in TESTED_VLLM_VERSIONS and version not in _NOTED_VERSIONS:
         _NOTED_VERSIONS.add(version)
