@@ -1,21 +1,30 @@
 """Why does (or doesn't) the router beat the best fixed strategy? Evidence from a table, no generation.
 
-For a table with a held-out split, every figure on the held-out prompts (95% bootstrap CI over
-them, the same resamples for every row, so differences are paired):
+For a table with a held-out split and difficulty samples. Sections 1, 3 and 4 are on the
+held-out prompts (95% bootstrap CI over them, the same resamples for every row, so differences
+are paired); section 2 is in-sample on the profiling prompts, without CIs (the chosen
+configuration was picked on those prompts, so its margin there is optimistic). Everything is
+exploratory: many rows, no multiplicity correction, and no row here is a headline figure
+(those are ``tts-selector evaluate``'s, for the declared router).
 
-1. **Headroom**: per budget, the best fixed configuration chosen on the profiling prompts
-   (one strategy for all), the per-prompt oracle (the best configuration for each held-out
-   prompt: no router can beat it), and pass@N of the pool (the verifier's ceiling).
-2. **Heterogeneity**: per budget, each bin's chosen configuration and its in-sample margin
-   over the one-strategy choice on the same bin's profiling prompts: routing can only gain
+1. **Headroom**: per budget, the configuration the table's select rule picks for all
+   profiling prompts together (one strategy for all), the per-prompt oracle (the best
+   configuration for each held-out prompt; a maximum over noisy per-prompt estimates, so
+   biased upward: no router reaches it), and pass@N of the pool's evaluation samples (the
+   best-of-N family's ceiling; tree strategies draw other samples).
+2. **Heterogeneity**: per budget, each bin's chosen configuration and its in-sample accuracy
+   against the one-strategy choice on the same bin's profiling prompts: routing can only gain
    where bins want different configurations.
 3. **Estimator quality**: the table's own selection routed by the bins of (a) the declared
    prompt estimator's prediction, (b) the PRM-predicted pass@1 of the difficulty samples (a
    K-sample pilot, the table's own bins), (c) the graded pass@1 of the same difficulty samples
    (oracle bins: what a perfect K-sample difficulty reading would give; not deployable);
    cells always chosen on the profiling prompts' bins of the same kind.
-4. **Bin count**: the table's own (predicted) bins with k = 1, 2, 3, 5, 8 quantile bins,
+4. **Bin count**: PRM-predicted pass@1 bins with k = 1, 2, 3, 5, 8 quantile bins,
    re-selected on the profiling prompts.
+
+Sections 3 and 4 compare accuracy at the same budget N: a pilot's or an embedder's own cost
+is left out (``evaluate`` prices it).
 
     python benchmarks/router_diagnosis.py tables/smollm2-135m__arith-check__arithmetic-400 [--json]
 """
@@ -51,6 +60,10 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
     held = prompts[prompts["split"] == "heldout"].reset_index(drop=True)
     prof = prompts[prompts["split"] == "profile"].reset_index(drop=True)
     binning, sel = _configs(table)
+    k = int(meta.get("difficulty_samples", 0))
+    if held.empty or not k:
+        # Without difficulty samples, oracle pass@1 is read from the scored samples themselves.
+        raise SystemExit(f"{table_dir}: needs a held-out split and difficulty samples (pool.difficulty_samples)")
     ev = table.evaluations()
     ev["config"] = [config_key(r) for r in ev.itertuples(index=False)]
     budgets = sorted(int(b) for b in table.selection()["budget"].unique())
@@ -63,12 +76,12 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
     def routed(cells, bins, name):
         return route_prompts(name, name, ids, np.asarray(bins), zeros, zeros, False, budgets, cells, lookup)
 
-    one = routed(_select(ev_prof, pd.Series(1, index=prof["prompt_id"]), sel, meta, "one"), np.ones(len(ids), int), "one")
+    one_cells = _select(ev_prof, pd.Series(1, index=prof["prompt_id"]), sel, meta, "one")
+    one = routed(one_cells, np.ones(len(ids), int), "one")
     out: dict = {"table": table_dir, "n_heldout": len(ids), "n_profile": len(prof), "budgets": budgets}
 
     # 1. Headroom: one strategy vs the per-prompt oracle vs pass@N of the pool.
     rollouts = table.rollouts(["prompt_id", "sample_id", "correct"])
-    k = int(meta.get("difficulty_samples", 0))
     scored = rollouts[(rollouts["sample_id"] >= k) & rollouts["prompt_id"].isin(set(ids))]
     head = {}
     for b in budgets:
@@ -87,7 +100,7 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
     own = table.selection()
     hetero = {}
     for b in budgets:
-        one_cfg = config_key(one_row(_select(ev_prof, pd.Series(1, index=prof["prompt_id"]), sel, meta, "one"), b))
+        one_cfg = config_key(one_cells.cell(1, b)[0])
         rows = []
         for r in own[own["budget"] == b].itertuples(index=False):
             in_bin = set(prof.loc[prof["bin"] == r.bin, "prompt_id"])
@@ -107,7 +120,7 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
 
     quality = {
         "pilot (PRM-predicted pass@1 of the difficulty samples)": by_scores(
-            prof["difficulty_score"].to_numpy(float), held["difficulty_score"].to_numpy(float), "pilot"),
+            prof["predicted_pass1"].to_numpy(float), held["predicted_pass1"].to_numpy(float), "pilot"),
         "oracle bins (graded pass@1 of the difficulty samples)": by_scores(
             prof["oracle_pass1"].to_numpy(float), held["oracle_pass1"].to_numpy(float), "oracle"),
     }
@@ -124,17 +137,13 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
     # 4. Bin count.
     counts = {}
     for kk in (1, 2, 3, 5, 8):
-        scores = prof["difficulty_score"].to_numpy(float)
+        scores = prof["predicted_pass1"].to_numpy(float)
         edges = bin_edges(scores, "quantile", kk, ())
         cells = _select(ev_prof, pd.Series(assign_bins(scores, edges), index=prof["prompt_id"]), sel, meta, f"k{kk}")
-        m = routed(cells, assign_bins(held["difficulty_score"].to_numpy(float), edges), f"k{kk}")
+        m = routed(cells, assign_bins(held["predicted_pass1"].to_numpy(float), edges), f"k{kk}")
         counts[str(kk)] = {str(b): _row(m.accuracy[b], boot, one.accuracy[b]) for b in budgets}
     out["bin_count"] = counts
     return out
-
-
-def one_row(cells, budget):
-    return cells.cell(1, budget)[0]
 
 
 def render(d: dict) -> str:
@@ -157,7 +166,7 @@ def render(d: dict) -> str:
         lines.append("     " + "  ".join(f"N={b} {f(r)} {g(r)}" for b, r in per.items()))
     if d.get("estimator_cv"):
         lines.append(f"   declared estimator CV: {d['estimator_cv']}")
-    lines.append("4. bin count (the table's predicted bins, k quantile bins): held-out accuracy, margin over one strategy")
+    lines.append("4. bin count (PRM-predicted pass@1, k quantile bins): held-out accuracy, margin over one strategy")
     for kk, per in d["bin_count"].items():
         lines.append(f"   k={kk}: " + "  ".join(f"N={b} {f(r)} {g(r)}" for b, r in per.items()))
     return "\n".join(lines)

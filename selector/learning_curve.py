@@ -18,12 +18,19 @@ profiling split:
   subset (no bins): what routing has to beat when both learn from the same prompts.
 
 Each method is scored on the **same held-out split** as ``tts-selector evaluate``. At each
-(size, budget) the reported accuracy is the mean over held-out prompts of the per-prompt
-accuracy averaged over the draws, with a percentile bootstrap CI over held-out prompts (the
-resamples ``evaluate`` uses; the draws' spread is reported beside it as ``draw_range``), and
-``margin_ci``: the paired bootstrap CI of router minus one strategy. The largest size is the
-whole profiling split (one draw: every draw is the same), so its router row reproduces the
-router of ``tts-selector evaluate`` when the estimator was trained with the same folds.
+(size, budget) the reported accuracy is the mean over the draws and the held-out prompts.
+Its 95% CI is a two-way percentile bootstrap: each resample redraws the held-out prompts (the
+resamples ``evaluate`` uses) and, independently, the subsets (draws, with replacement), so it
+covers both the held-out sampling and which profiling prompts a table of that size happened
+to get (with few draws, the second part only roughly). The JSON rows also give the draws'
+own range (``draw_range``). ``margin`` / ``margin_ci``: router minus one strategy **at the
+same budget N**, paired (same prompts, same draws in every resample); the two methods' mean
+FLOPs are in the rows (a router's bins may cost extra: a pilot's samples, an embedder).
+The largest size is the whole profiling split: one draw (every draw would be the same), so
+its CI covers the held-out sampling only, and its router row reproduces ``tts-selector
+evaluate``'s (the estimator is re-trained with the folds and seed recorded when it was
+trained). A ``selection`` on oracle or level bins is a reference (no deployable router
+reproduces those bins), as in ``evaluate``.
 """
 from __future__ import annotations
 
@@ -67,7 +74,8 @@ class LearningCurve:
     def render(self) -> str:
         lines = [f"{self.table}: learning curve on {self.n_heldout} {self.split} prompts (never used to select); "
                  f"profiling subsets of {', '.join(map(str, self.sizes))} of {self.n_profile} prompts, {self.draws} "
-                 f"seeded draws each (one at the full size); accuracy [95% bootstrap CI over held-out prompts]"]
+                 f"seeded draws each (one at the full size); accuracy [95% CI, bootstrap over held-out prompts and "
+                 f"draws]"]
         for method in self.methods():
             lines.append(f"{method}:")
             lines.append(f"  {'prompts':<9}" + "".join(f"{'N=' + str(b):<22}" for b in self.budgets))
@@ -81,7 +89,8 @@ class LearningCurve:
         router = f"router ({self.declared_router})"
         margins = [r for r in self.rows if r["method"] == router and r.get("margin_ci")]
         if margins:
-            lines.append(f"{router} minus {ONE_STRATEGY} (chosen on the same prompts), paired 95% CI:")
+            lines.append(f"{router} minus {ONE_STRATEGY} (chosen on the same prompts) at the same budget N, "
+                         f"paired 95% CI:")
             for n in self.sizes:
                 cells = [f"{r['margin']:+.3f} [{r['margin_ci'][0]:+.2f},{r['margin_ci'][1]:+.2f}]".ljust(22)
                          for b in self.budgets for r in margins if r["n_profile"] == n and r["budget"] == b]
@@ -130,9 +139,14 @@ def learning_curve(
     profiling split's size are dropped and the full split is always the last); ``draws``:
     random subsets per size; ``router``: default the table's ``declared_router``.
 
+    A ``prompt:<features>`` router is trained on each subset whether or not the table has one
+    trained (its record, when present, gives the folds and seed); a ``pilot:<k>`` needs only
+    ``k`` difficulty samples per prompt (its edges are refitted on each subset).
+
     Raises:
         InputError: no prompts in ``split``, a size below 2 x the bin count, a router that is
-            neither ``prompt:<features>`` nor a profiled ``pilot:<k>``, ``draws`` < 1.
+            neither ``prompt:<features>`` nor ``pilot:<k>`` with ``k`` at most the table's
+            difficulty samples, ``draws`` < 1.
     """
     table = TableDir(table_dir)
     meta = table.metadata
@@ -193,21 +207,32 @@ def learning_curve(
                     flops[name][b].append(float(m.flops[b].mean()))
             if bar is not None:
                 bar.update(1)
+        n_draws = len(per_method[names[0]][budgets[0]])
+        # Two-way bootstrap: every resample redraws the held-out prompts and the subsets.
+        draw_boot = np.random.default_rng([seed, n, 2]).integers(0, n_draws, size=(len(boot), n_draws))
         for name in names:
             for b in budgets:
-                acc = np.mean(per_method[name][b], axis=0)  # per held-out prompt, averaged over draws
-                draw_means = [float(a.mean()) for a in per_method[name][b]]
+                acc = np.asarray(per_method[name][b])  # (draws, held-out prompts)
+                draw_means = acc.mean(axis=1)
                 row = {"method": name, "n_profile": n, "budget": b, "accuracy": float(acc.mean()),
-                       **dict(zip(("ci_low", "ci_high"), ci95(acc[boot].mean(axis=1)))),
-                       "draw_range": [min(draw_means), max(draw_means)], "mean_flops": float(np.mean(flops[name][b])),
-                       "draws": len(draw_means)}
+                       **dict(zip(("ci_low", "ci_high"), ci95(_two_way(acc, draw_boot, boot)))),
+                       "draw_range": [float(draw_means.min()), float(draw_means.max())],
+                       "mean_flops": float(np.mean(flops[name][b])), "draws": n_draws,
+                       "reference": name == names[1] and own in ("bins:oracle", "bins:level")}
                 if name == names[0]:
-                    base = np.mean(per_method[ONE_STRATEGY][b], axis=0)
-                    row.update(margin=float((acc - base).mean()), margin_ci=ci95((acc - base)[boot].mean(axis=1)))
+                    diff = acc - np.asarray(per_method[ONE_STRATEGY][b])
+                    row.update(margin=float(diff.mean()), margin_ci=ci95(_two_way(diff, draw_boot, boot)),
+                               one_strategy_mean_flops=float(np.mean(flops[ONE_STRATEGY][b])))
                 rows.append(row)
     if bar is not None:
         bar.close()
     return LearningCurve(str(table_dir), split, len(target), n_full, wanted, draws, budgets, declared, rows)
+
+
+def _two_way(values: np.ndarray, draw_boot: np.ndarray, boot: np.ndarray) -> np.ndarray:
+    """Bootstrap means of a (draws, prompts) array: resample ``r`` averages the draws
+    ``draw_boot[r]`` over the prompts ``boot[r]``."""
+    return np.array([values[d][:, p].mean() for d, p in zip(draw_boot, boot)])
 
 
 def _configs(table: TableDir):
@@ -266,7 +291,8 @@ def _declared_router(declared, pilot_k, sub, target, table, sub_ev, binning, sel
     texts, pass1 = sub["text"].tolist(), sub["oracle_pass1"].to_numpy(dtype=float)
     with warnings.catch_warnings():  # a small subset's rarest bin may have fewer prompts than folds: expected
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        report = cross_validate(texts, pass1, bins, features=features, folds=int(record.get("folds", 5)), seed=0)
+        report = cross_validate(texts, pass1, bins, features=features, folds=int(record.get("folds", 5)),
+                                seed=int(record.get("seed", 0)))
     cells = _select(sub_ev, pd.Series(report.oof_bins, index=sub["prompt_id"]), sel, meta, declared)
     est = PromptEstimator(features=features).fit(texts, pass1, bins)
     estimates = est.estimate_batch(target["text"].tolist(), int(meta.get("policy_params", 0)))

@@ -114,7 +114,7 @@ def train_on_table(
     entries = dict(meta.get(ESTIMATORS_KEY, {}))
     entries[f"prompt:{features}"] = {
         "file": path.name, "sha256": sha, "features": features, "target": "table bin",
-        "cv_metrics": report.metrics, "baseline_metrics": report.baseline, "folds": report.folds,
+        "cv_metrics": report.metrics, "baseline_metrics": report.baseline, "folds": report.folds, "seed": int(seed),
         "n_prompts": report.n_prompts, "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     name = f"prompt:{features}"
