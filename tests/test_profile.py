@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,6 +261,14 @@ def test_shards_merge_into_the_full_table(tmp_path):
         assert not part.complete
     with pytest.raises(ConfigError, match="remaining --shard slices"):
         merge_profiles(tmp_path / "partial", [tmp_path / "part0"], progress=False)
+    # A slice whose tree stage has not finished (its pool is complete) is refused, not merged
+    # into a table whose cells silently lack the live strategies on its prompts.
+    unfinished = tmp_path / "part2-unfinished"
+    shutil.copytree(tmp_path / "part2", unfinished)
+    _tree_checkpoints(unfinished)[-1].unlink()
+    with pytest.raises(ConfigError, match="live tree strategies have not run on .* resume the --shard slices"):
+        merge_profiles(tmp_path / "early", [tmp_path / "part0", tmp_path / "part1", unfinished], progress=False)
+    assert not (tmp_path / "early" / "selection.parquet").exists()
     merge_profiles(tmp_path / "merged", [tmp_path / f"part{i}" for i in range(3)], progress=False)
     got, want = read_tables(tmp_path / "merged"), read_tables(tmp_path / "full")
     for kind in TABLES:

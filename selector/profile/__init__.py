@@ -297,6 +297,25 @@ def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_
     return {"pool": pool.to_dict(), "best_of_n_family (from pool)": Cost().to_dict(), "beam_search/dvts (live)": tree.to_dict()}
 
 
+def _check_tree_runs(cfg: ProfileConfig, runs: pd.DataFrame, ids: list[str], out_dir: Path) -> None:
+    """Refuse to finish while a prompt lacks a live tree run the grid asks for (a slice that
+    has not finished its tree stage): selection would silently drop those configurations."""
+    from .evaluate import tree_configs
+
+    configs = tree_configs(cfg)
+    if not configs:
+        return
+    want = len(configs) * len(cfg.evaluate.seeds)
+    have = runs.groupby("prompt_id").size() if not runs.empty else pd.Series(dtype=int)
+    short = [pid for pid in ids if int(have.get(pid, 0)) < want]
+    if short:
+        raise ConfigError(
+            f"{out_dir}: the live tree strategies have not run on {len(short)} of {len(ids)} prompts yet "
+            f"(e.g. {short[:3]}): resume the --shard slices that hold them (rerun the same `tts-selector profile "
+            "--shard i/k` commands; they resume), then `tts-selector merge` again"
+        )
+
+
 def profiling_cost(out_dir: Path, ledger: dict[str, dict[str, float]]) -> dict[str, Any]:
     """What profiling spent, per stage and in total: wall seconds (summed over the shards, so
     engine start-up and the finishing stages are not in it), of which inside policy and PRM
@@ -389,6 +408,7 @@ def finish_tables(
     # Stage 3: evaluations (all prompts; selection below only sees the profiling split). The
     # best-of-N family is scored on the evaluation samples only.
     runs = read_tree_runs(out_dir)
+    _check_tree_runs(cfg, runs, ids, out_dir)
     policy_params, prm_params = int(metadata.get("policy_params", 0)), int(metadata.get("prm_params", 0))
     scored = rollouts[rollouts["sample_id"] >= k]
     evaluations = pd.concat(
