@@ -23,6 +23,10 @@ exploratory: many rows, no multiplicity correction, and no row here is a headlin
 4. **Bin count**: PRM-predicted pass@1 bins with k = 1, 2, 3, 5, 8 quantile bins,
    re-selected on the profiling prompts.
 
+5. **PRM**: AUROC of the PRM's final-step score for a correct final answer over the held-out
+   prompts' evaluation samples, pooled and within a prompt (mean over prompts with both
+   outcomes; what best-of-N's choice depends on), with a bootstrap CI over prompts.
+
 Sections 3 and 4 compare accuracy at the same budget N: a pilot's or an embedder's own cost
 is left out (``evaluate`` prices it).
 
@@ -43,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selector.binning import assign_bins, bin_edges  # noqa: E402
 from selector.evaluate import bootstrap_indices, ci95, config_key, outcome_lookup, route_prompts  # noqa: E402
 from selector.learning_curve import _configs, _declared_router, _select  # noqa: E402
+from selector.metrics import auroc  # noqa: E402
 from selector.tables import TableDir  # noqa: E402
 
 
@@ -143,6 +148,25 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
         m = routed(cells, assign_bins(held["predicted_pass1"].to_numpy(float), edges), f"k{kk}")
         counts[str(kk)] = {str(b): _row(m.accuracy[b], boot, one.accuracy[b]) for b in budgets}
     out["bin_count"] = counts
+
+    # 5. PRM: does the final-step score separate correct from wrong answers?
+    samples = table.rollouts(["prompt_id", "sample_id", "correct", "step_scores"])
+    samples = samples[(samples["sample_id"] >= k) & samples["prompt_id"].isin(set(ids))]
+    samples = samples.assign(score=[float(x[-1]) if len(x) else 0.0 for x in samples["step_scores"]])
+    within = samples.groupby("prompt_id").apply(lambda g: auroc(g["score"], g["correct"]), include_groups=False)
+    within = within.dropna()
+    rng = np.random.default_rng(seed)
+    by_prompt = {pid: g for pid, g in samples.groupby("prompt_id")}
+    pids = list(by_prompt)
+    pooled_boot = []
+    for _ in range(200):  # AUROC is not a mean over prompts: resample prompts, recompute
+        pick = pd.concat([by_prompt[pids[i]] for i in rng.integers(0, len(pids), len(pids))])
+        pooled_boot.append(auroc(pick["score"], pick["correct"]))
+    w = within.to_numpy()
+    out["prm"] = {"pooled_auroc": float(auroc(samples["score"], samples["correct"])), "pooled_ci": ci95(np.array(pooled_boot)),
+                  "within_prompt_auroc": float(w.mean()) if len(w) else None,
+                  "within_ci": ci95(w[rng.integers(0, len(w), (1000, len(w)))].mean(axis=1)) if len(w) else None,
+                  "prompts_with_both_outcomes": int(len(w)), "samples": int(len(samples))}
     return out
 
 
@@ -169,6 +193,12 @@ def render(d: dict) -> str:
     lines.append("4. bin count (PRM-predicted pass@1, k quantile bins): held-out accuracy, margin over one strategy")
     for kk, per in d["bin_count"].items():
         lines.append(f"   k={kk}: " + "  ".join(f"N={b} {f(r)} {g(r)}" for b, r in per.items()))
+    p = d["prm"]
+    lines.append(f"5. PRM final-step score vs correctness ({p['samples']} held-out evaluation samples): AUROC pooled "
+                 f"{p['pooled_auroc']:.3f} [{p['pooled_ci'][0]:.3f},{p['pooled_ci'][1]:.3f}], within a prompt "
+                 + (f"{p['within_prompt_auroc']:.3f} [{p['within_ci'][0]:.3f},{p['within_ci'][1]:.3f}] "
+                    f"({p['prompts_with_both_outcomes']} prompts with both outcomes)" if p["within_prompt_auroc"] is not None
+                    else "n/a (no prompt has both outcomes)"))
     return "\n".join(lines)
 
 

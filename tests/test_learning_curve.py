@@ -158,3 +158,7 @@ def test_the_router_diagnosis_benchmark_is_consistent_with_evaluate():
         pilot = d["estimator_quality"]["pilot (PRM-predicted pass@1 of the difficulty samples)"][str(b)]
         assert pilot["accuracy"] == pytest.approx(own[b], abs=1e-12)
     assert "1. headroom" in render(d) and "4. bin count" in render(d)
+    prm = d["prm"]
+    assert 0.5 < prm["pooled_auroc"] <= 1.0 and prm["pooled_ci"][0] <= prm["pooled_auroc"] <= prm["pooled_ci"][1]
+    n_eval = int(TableDir(DEMO).metadata["n_pool"]) * d["n_heldout"]
+    assert prm["samples"] == n_eval  # the held-out prompts' evaluation samples only
