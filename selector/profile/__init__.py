@@ -24,7 +24,7 @@ from .. import __version__
 from ..backends.base import PRM, Policy
 from ..binning import assign_bins, bin_edges, bin_labels
 from ..datasets import JsonlFormat, Problem, load_dataset
-from ..tables import atomic_write_text, read_rollouts, write_table
+from ..tables import read_rollouts, write_table
 from ..types import Cost
 from .adaptive import adaptive_consistency_rows
 from .config import ConfigError, ProfileConfig, _build, load_config
@@ -330,13 +330,12 @@ def profiling_cost(out_dir: Path, ledger: dict[str, dict[str, float]]) -> dict[s
     for stage, (files, cost) in stages.items():
         metas = [read_metadata(f) for f in files]
         known = bool(metas) and all("shard_policy_seconds" in m for m in metas)
-        seconds = float(sum(m.get("shard_seconds", 0.0) for m in metas))
-        engine = float(sum(m.get("shard_policy_seconds", 0.0) + m.get("shard_prm_seconds", 0.0) for m in metas))
+        seconds, policy, prm = (float(sum(m.get(key, 0.0) for m in metas))
+                                for key in ("shard_seconds", "shard_policy_seconds", "shard_prm_seconds"))
         out[stage] = {
             "shards": len(files), "wall_seconds": seconds,
-            "policy_seconds": float(sum(m.get("shard_policy_seconds", 0.0) for m in metas)) if known else None,
-            "prm_seconds": float(sum(m.get("shard_prm_seconds", 0.0) for m in metas)) if known else None,
-            "profiler_seconds": seconds - engine if known else None,
+            "policy_seconds": policy if known else None, "prm_seconds": prm if known else None,
+            "profiler_seconds": seconds - policy - prm if known else None,
             "generations": int(cost.get("generations", 0)),
             "generated_tokens": int(cost.get("policy_generated_tokens", 0)),
             "prompt_tokens": int(cost.get("policy_prompt_tokens", 0)),
