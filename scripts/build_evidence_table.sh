@@ -18,7 +18,7 @@ pids=()
 for i in 0 1; do
   # pin each slice to its own core when taskset exists (util-linux)
   pin=(); command -v taskset >/dev/null && pin=(taskset -c "$i")
-  "${pin[@]}" tts-selector profile "$CONFIG" --shard "$i/2" --out "$OUT-part$i" > "$OUT-part$i.log" 2>&1 &
+  "${pin[@]}" tts-selector profile "$CONFIG" --shard "$i/2" --out "$OUT-part$i" >> "$OUT-part$i.log" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done

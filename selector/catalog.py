@@ -5,7 +5,8 @@ directory, and its metadata says which policy (id and parameter count), PRM and 
 was profiled on (selector/tables.py). ``TableCatalog(path).best_for(policy=..., prm=...,
 dataset=...)`` picks, in order:
 
-1. ``exact``: a profiled table of the same policy id, PRM id and dataset family;
+1. ``exact``: a profiled table of the same policy id, PRM id and dataset family; of several,
+   the one profiled on the most prompts (its cells' CIs are the narrowest), then by name;
 2. ``nearest_size``: a profiled table with the same PRM and dataset family whose policy is
    nearest in size on a log scale (|log(params_table / params_policy)|; so 8B is nearer to
    4B than 1B is). It needs the policy's parameter count (``policy_params=``, or the engine's
@@ -89,7 +90,8 @@ class CatalogEntry:
     ``policy_params`` is None when the table does not declare its policy's size (imported pools
     whose source does not say it): such a table is only an exact match. ``budgets`` is empty for
     a prior that names none. ``policy_spec`` / ``prm_spec`` are the spec strings it was profiled
-    with (from its manifest), when recorded.
+    with (from its manifest), when recorded. ``n_prompts`` is how many profiling prompts its
+    default selection's cells were chosen on (0 for a prior).
     """
 
     path: Path
@@ -107,6 +109,7 @@ class CatalogEntry:
     policy_spec: str | None = None
     prm_spec: str | None = None
     citation: str | None = None
+    n_prompts: int = 0
 
     @classmethod
     def from_table(cls, path: str | Path) -> "CatalogEntry":
@@ -120,9 +123,12 @@ class CatalogEntry:
 
         path = Path(path)
         meta = TableDir(path).metadata
-        cells, _ = read_table(path / "selection.parquet", "selection", columns=["bin", "budget"])
+        cells, _ = read_table(path / "selection.parquet", "selection", columns=["estimator", "bin", "budget", "n_prompts"])
         config = manifest_config(path)
         params = meta.get("policy_params")
+        default = cells[cells["estimator"] == meta.get("default_selection")]
+        # every prompt is in one bin of each budget: the largest per-budget sum is the prompt count
+        n_prompts = default.groupby("budget")["n_prompts"].sum().max() if len(default) else 0
         return cls(
             path=path, name=path.name, policy_id=str(meta.get("policy_id")),
             policy_params=int(params) if params else None, prm_id=str(meta.get("prm_id")),
@@ -131,7 +137,7 @@ class CatalogEntry:
             bins=tuple(sorted(int(b) for b in cells["bin"].unique())),
             budgets=tuple(sorted(int(b) for b in cells["budget"].dropna().unique())),
             prior=bool(meta.get("prior", False)), policy_spec=config.get("policy"), prm_spec=config.get("prm"),
-            citation=meta.get("citation"),
+            citation=meta.get("citation"), n_prompts=int(n_prompts) if pd.notna(n_prompts) else 0,
         )
 
     def matches_policy(self, policy: Any) -> bool:
@@ -219,14 +225,14 @@ class TableCatalog:
 
     def summary(self) -> pd.DataFrame:
         """One row per table: name, kind (profiled | prior), policy, size, PRM, dataset, family,
-        binning, bins, budgets, citation, path (for ``tts-selector inspect`` and notebooks)."""
+        profiling prompts, binning, bins, budgets, citation, path (for ``tts-selector inspect`` and notebooks)."""
         rows = []
         for e in self.entries():
             row = dataclasses.asdict(e)
             row.update(kind="prior" if e.prior else "profiled", path=str(e.path), bins=list(e.bins),
                        budgets=list(e.budgets), bin_edges=list(e.bin_edges))
             rows.append(row)
-        columns = ["name", "kind", "policy_id", "policy_params", "prm_id", "dataset", "dataset_family",
+        columns = ["name", "kind", "policy_id", "policy_params", "prm_id", "dataset", "dataset_family", "n_prompts",
                    "binning_scheme", "bin_edges", "bins", "budgets", "prior", "citation", "policy_spec", "prm_spec", "path"]
         out = pd.DataFrame(rows, columns=columns)
         out["policy_params"] = out["policy_params"].astype("Int64")  # null: the table declares no size
@@ -251,9 +257,11 @@ class TableCatalog:
         size = policy_size(policy, policy_params)
         profiled = [e for e in self.entries() if not e.prior and e.dataset_family == family]
 
-        exact = [e for e in profiled if e.matches_policy(policy) and e.matches_prm(prm)]
+        exact = sorted((e for e in profiled if e.matches_policy(policy) and e.matches_prm(prm)),
+                       key=lambda e: (-e.n_prompts, e.name))
         if exact:
-            others = f"; {len(exact) - 1} other exact match(es) not used: {[e.name for e in exact[1:]]}" if len(exact) > 1 else ""
+            others = (f"; the one profiled on the most prompts ({exact[0].n_prompts}) of {len(exact)}, not used: "
+                      f"{[f'{e.name} ({e.n_prompts} prompts)' for e in exact[1:]]}") if len(exact) > 1 else ""
             return CatalogChoice(exact[0], "exact", (
                 f"table {exact[0].path}: exact match (policy {pid!r}, PRM {prm_id!r}, dataset family {family!r}){others}"
             ), size)

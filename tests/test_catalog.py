@@ -57,7 +57,7 @@ class FixedPass1:
 
 
 def write_fake_table(path: Path, *, policy: str, params: int, prm_id: str, family: str | None,
-                     dataset: str = "math500", budgets=(1, 4)) -> Path:
+                     dataset: str = "math500", budgets=(1, 4), n_prompts: int = 10) -> Path:
     """A minimal profiled table written directly (selection only matters to the catalog)."""
     meta = {"policy_id": policy, "policy_params": params, "prm_id": prm_id, "prm_params": 0, "dataset": dataset,
             "binning_scheme": "quantile", "bin_edges": [0.5], "config_hash": f"h-{path.name}"}
@@ -65,7 +65,7 @@ def write_fake_table(path: Path, *, policy: str, params: int, prm_id: str, famil
         meta["dataset_family"] = family
     meta["default_selection"] = "bins:predicted"
     rows = [{"estimator": "bins:predicted", "policy": policy, "prm": prm_id, "bin": b, "budget": n, "strategy": "best_of_n", "n": n, "m": None,
-             "aggregation": "last", "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n_prompts": 10, "mean_flops": 1e9}
+             "aggregation": "last", "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n_prompts": n_prompts, "mean_flops": 1e9}
             for b in (1, 2) for n in budgets]
     write_table(pd.DataFrame(rows), path / "selection.parquet", "selection", meta)
     return path
@@ -136,6 +136,18 @@ def test_exact_match_wins_over_a_nearer_size(catalog_dir):
     # ids as strings work too; the family, not the data set's name, is what matches
     choice = TableCatalog(catalog_dir).best_for(policy="pol-8b", prm="prm-a", dataset="math")
     assert choice.kind == "exact" and choice.entry.name == "p8b"
+
+
+def test_of_several_exact_matches_the_one_profiled_on_most_prompts_wins(tmp_path):
+    c = tmp_path / "cat"
+    write_fake_table(c / "a-small", policy="pol-1b", params=1 * B, prm_id="prm-a", family="math", n_prompts=10)
+    write_fake_table(c / "b-large", policy="pol-1b", params=1 * B, prm_id="prm-a", family="math", n_prompts=150)
+    cat = TableCatalog(c)
+    assert {e.name: e.n_prompts for e in cat} == {"a-small": 20, "b-large": 300}  # 2 bins per budget
+    choice = cat.best_for(policy="pol-1b", prm="prm-a", dataset="math500")
+    assert choice.kind == "exact" and choice.entry.name == "b-large"
+    assert "most prompts (300) of 2" in choice.reason and "a-small (20 prompts)" in choice.reason
+    assert cat.summary().set_index("name")["n_prompts"].to_dict() == {"a-small": 20, "b-large": 300}
 
 
 def test_nearest_size_is_on_a_log_scale_and_needs_the_same_prm(catalog_dir):
