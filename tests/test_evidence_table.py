@@ -1,0 +1,94 @@
+"""The shipped 400-prompt evidence table (configs/cpu-evidence.yaml; issue 16): valid, what its
+config produces, every strategy of the grid in it, and its held-out report reproducible."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from selector.evaluate import evaluate_router
+from selector.inspect import inspect_table
+from selector.profile import load_config
+from selector.tables import TableDir
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "tables" / "smollm2-135m__arith-check__arithmetic-400"
+CONFIG = ROOT / "configs" / "cpu-evidence.yaml"
+
+
+@pytest.fixture(scope="module")
+def table():
+    t = TableDir(TABLE)
+    t.validate()
+    return t
+
+
+def test_the_table_is_what_its_config_produces(table):
+    from selector.datasets import load_dataset
+
+    cfg = load_config(CONFIG)
+    meta = table.metadata
+    assert meta["config_hash"] == cfg.config_hash
+    _, sha = load_dataset("arithmetic", size=cfg.dataset.size, seed=cfg.dataset.seed)
+    assert meta["dataset_sha256"] == sha
+    prompts = table.prompts()
+    assert len(prompts) == cfg.dataset.size >= 400
+    assert set(prompts["level"]) == {1, 2, 3, 4, 5, 6}  # every level of the generator
+    assert (prompts["split"] == "heldout").sum() == round(0.25 * len(prompts))
+    assert cfg.pool.difficulty_samples >= 8 and cfg.pool.n >= 32
+    assert (prompts["pool_size"] == cfg.pool.difficulty_samples + cfg.pool.n).all()
+    rollouts = table.rollouts(["prompt_id", "sample_id", "role"])
+    assert rollouts.groupby("role").size().to_dict() == {"difficulty": 8 * len(prompts), "evaluation": 32 * len(prompts)}
+
+
+def test_every_strategy_of_the_grid_is_profiled(table):
+    ev = table.evaluations()
+    assert set(ev["strategy"]) == {"majority", "best_of_n", "weighted_best_of_n", "beam_search", "dvts",
+                                   "particle_filtering", "adaptive_consistency"}
+    for strategy in ("beam_search", "dvts"):
+        got = {(int(n), int(m)) for n, m in ev.loc[ev["strategy"] == strategy, ["n", "m"]].itertuples(index=False)}
+        assert got == {(n, m) for n in (4, 8, 16) for m in (2, 4)}, strategy
+    assert set(ev.loc[ev["strategy"] == "particle_filtering", "n"]) == {4, 8, 16}
+    assert set(ev.loc[ev["strategy"] == "best_of_n", "n"]) == {1, 2, 4, 8, 16, 32}
+    n_prompts = len(table.prompts())
+    assert (ev.groupby(["strategy", "n", "m", "aggregation"], dropna=False)["prompt_id"].nunique() == n_prompts).all()
+    assert {"bins:predicted", "pilot:4", "prompt:tfidf", "prompt:minilm"} <= set(table.selection_estimators())
+    assert {"prompt:tfidf", "prompt:minilm"} <= set(table.metadata["estimators"])
+
+
+def test_the_profiling_cost_is_recorded(table):
+    cost = table.metadata["profiling_cost"]
+    total = cost["total"]
+    assert total["wall_seconds"] > 3600 and total["generated_tokens"] > 0 and total["prm_tokens"] > 0
+    assert 0.0 <= total["profiler_share"] < 1.0
+    assert cost["pool"]["generations"] == 40 * len(table.prompts())
+
+
+def test_evaluate_reproduces_the_shipped_report_exactly(table):
+    shipped = json.loads((TABLE / "evaluation-heldout.json").read_text())
+    # the report records the table path it was given: the README's command, from the checkout's root
+    assert shipped["table"] == f"tables/{TABLE.name}"
+    again = json.loads(evaluate_router(TABLE).to_json())
+    assert again == {**shipped, "table": str(TABLE)}
+    assert shipped["declared_router"] == "router (prompt:tfidf)" and shipped["n_prompts"] == 100
+
+
+def test_inspect_shows_every_strategy_and_the_held_out_evaluation(table):
+    text = inspect_table(table, width=400)
+    assert "router evaluation (evaluation-heldout.json: 100 heldout prompts" in text
+    assert "learning curve (learning-curve-heldout.json)" in text
+    assert "profiling cost" in text
+    results = table.results()
+    assert set(results["strategy"]) == set(table.evaluations()["strategy"])  # every strategy is in the results
+
+
+def test_the_learning_curve_is_shipped_and_plots(table):
+    pytest.importorskip("matplotlib")
+    from selector.learning_curve import learning_curve_path, read_learning_curve
+    from selector.plots import learning_curve_plot
+
+    curve = read_learning_curve(learning_curve_path(TABLE))
+    assert curve.sizes[-1] == curve.n_profile == 300 and curve.sizes[0] <= 50
+    fig = learning_curve_plot(TABLE)
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == len(curve.budgets)
