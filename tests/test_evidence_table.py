@@ -63,6 +63,7 @@ def test_the_profiling_cost_is_recorded(table):
     assert total["wall_seconds"] > 3600 and total["generated_tokens"] > 0 and total["prm_tokens"] > 0
     assert 0.0 <= total["profiler_share"] < 1.0
     assert cost["pool"]["generations"] == 40 * len(table.prompts())
+    assert not [k for k in table.metadata if k.startswith("shard_")]  # one shard's figures are not the table's
 
 
 def test_evaluate_reproduces_the_shipped_report_exactly(table):

@@ -273,6 +273,9 @@ def test_shards_merge_into_the_full_table(tmp_path):
     got, want = read_tables(tmp_path / "merged"), read_tables(tmp_path / "full")
     for kind in TABLES:
         pd.testing.assert_frame_equal(got[kind], want[kind])
+    # a shard's own figures (seconds, timeouts) stay in its file; the table has profiling_cost
+    meta = TableDir(tmp_path / "merged").metadata
+    assert not [k for k in meta if k.startswith("shard_")] and meta["profiling_cost"]["pool"]["shards"] > 0
 
 
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path):

@@ -254,7 +254,9 @@ def _base_metadata_from_rollouts(out_dir: Path) -> dict[str, Any]:
     if not shards:
         raise ConfigError(f"{out_dir}: no rollout shards to merge")
     meta = read_metadata(shards[0])
-    return {k: v for k, v in meta.items() if k not in ("kind", "schema_version", "shard_seconds", "grader_timeouts", "created_at")}
+    # a shard's own figures (its seconds, grader timeouts) are not the table's: profiling_cost sums them
+    return {k: v for k, v in meta.items()
+            if k not in ("kind", "schema_version", "grader_timeouts", "created_at") and not k.startswith("shard_")}
 
 
 def _grader_timeouts(out_dir: Path) -> int:
