@@ -128,7 +128,7 @@ class CatalogEntry:
         params = meta.get("policy_params")
         default = cells[cells["estimator"] == meta.get("default_selection")]
         # every prompt is in one bin of each budget: the largest per-budget sum is the prompt count
-        n_prompts = default.groupby("budget")["n_prompts"].sum().max() if len(default) else 0
+        n_prompts = default.groupby("budget")["n_prompts"].sum().max()  # NaN: no measured cells (a prior)
         return cls(
             path=path, name=path.name, policy_id=str(meta.get("policy_id")),
             policy_params=int(params) if params else None, prm_id=str(meta.get("prm_id")),
