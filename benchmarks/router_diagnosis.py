@@ -7,11 +7,14 @@ configuration was picked on those prompts, so its margin there is optimistic). E
 exploratory: many rows, no multiplicity correction, and no row here is a headline figure
 (those are ``tts-selector evaluate``'s, for the declared router).
 
-1. **Headroom**: per budget, the configuration the table's select rule picks for all
-   profiling prompts together (one strategy for all), the per-prompt oracle (the best
-   configuration for each held-out prompt; a maximum over noisy per-prompt estimates, so
-   biased upward: no router reaches it), and pass@N of the pool's evaluation samples (the
-   best-of-N family's ceiling; tree strategies draw other samples).
+1. **Headroom**: per budget, the profile pick (one configuration for all, chosen on the
+   profiling prompts within N samples' compute), the **split-half per-prompt choice** of the
+   pool-scored configurations (best-of-N family and adaptive consistency): each held-out
+   prompt's evaluation samples are split in two halves, the configuration best on one half
+   is scored on the other (and the other way round), against the single configuration best
+   on the same halves of all prompts. An in-sample maximum over noisy per-prompt estimates
+   would be biased upward and is not reported. And pass@N of the pool's evaluation samples
+   (the best-of-N family's ceiling; tree strategies draw other samples).
 2. **Heterogeneity**: per budget, each bin's chosen configuration and its in-sample accuracy
    against the one-strategy choice on the same bin's profiling prompts: routing can only gain
    where bins want different configurations.
@@ -35,6 +38,7 @@ is left out (``evaluate`` prices it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -48,7 +52,38 @@ from selector.binning import assign_bins, bin_edges  # noqa: E402
 from selector.evaluate import bootstrap_indices, ci95, config_key, outcome_lookup, route_prompts  # noqa: E402
 from selector.learning_curve import _configs, _declared_router, _select  # noqa: E402
 from selector.metrics import auroc  # noqa: E402
+from selector.profile import config_from_manifest  # noqa: E402
+from selector.profile.adaptive import adaptive_consistency_rows  # noqa: E402
+from selector.profile.evaluate import best_of_n_family_rows  # noqa: E402
 from selector.tables import TableDir  # noqa: E402
+
+
+def _split_half(cfg, scored: pd.DataFrame, ids: list[str]) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
+    """Per budget b (up to half the pool): per prompt, the accuracy on one half of its evaluation
+    samples of the pool-scored configuration (best-of-N family, adaptive consistency) at b that
+    was best on the other half, averaged over both directions; the same for the single
+    configuration best on that half over all prompts; and how many configurations competed."""
+    order = scored.sort_values(["prompt_id", "sample_id"])
+    position = order.groupby("prompt_id").cumcount()
+    parts = [order[position % 2 == h].assign(sample_id=lambda d: d.groupby("prompt_id").cumcount()) for h in (0, 1)]
+    size = int(min(p.groupby("prompt_id").size().min() for p in parts))
+    cfg = dataclasses.replace(cfg, pool=dataclasses.replace(cfg.pool, n=size),
+                              grid=dataclasses.replace(cfg.grid, budgets=tuple(b for b in cfg.grid.budgets if b <= size)))
+    tables = []
+    for part in parts:
+        ev = pd.concat([best_of_n_family_rows(cfg, part), adaptive_consistency_rows(cfg, part)], ignore_index=True)
+        ev["config"] = [config_key(r) for r in ev.itertuples(index=False)]
+        tables.append(ev)
+    out = {}
+    for b in cfg.grid.budgets:
+        acc = [t[t["budget"] == b].pivot(index="prompt_id", columns="config", values="accuracy").reindex(ids)
+               .dropna(axis=1) for t in tables]
+        common = sorted(set(acc[0].columns) & set(acc[1].columns))
+        a, c = acc[0][common].to_numpy(), acc[1][common].to_numpy()
+        per_prompt = (c[np.arange(len(ids)), a.argmax(axis=1)] + a[np.arange(len(ids)), c.argmax(axis=1)]) / 2
+        one = (c[:, a.mean(axis=0).argmax()] + a[:, c.mean(axis=0).argmax()]) / 2
+        out[int(b)] = (per_prompt, one, len(common))
+    return out
 
 
 def _row(acc: np.ndarray, boot: np.ndarray, base: np.ndarray | None = None) -> dict:
@@ -85,19 +120,21 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
     one = routed(one_cells, np.ones(len(ids), int), "one")
     out: dict = {"table": table_dir, "n_heldout": len(ids), "n_profile": len(prof), "budgets": budgets}
 
-    # 1. Headroom: one strategy vs the per-prompt oracle vs pass@N of the pool.
-    rollouts = table.rollouts(["prompt_id", "sample_id", "correct"])
+    # 1. Headroom: the profile pick, the split-half per-prompt choice, pass@N of the pool.
+    rollouts = table.rollouts()
     scored = rollouts[(rollouts["sample_id"] >= k) & rollouts["prompt_id"].isin(set(ids))]
+    halves = _split_half(config_from_manifest(table_dir), scored, ids)
     head = {}
     for b in budgets:
-        at = ev[(ev["budget"] == b) & ev["prompt_id"].isin(set(ids))]
-        oracle = at.groupby("prompt_id")["accuracy"].max().reindex(ids).to_numpy()
         # pass@b of the evaluation samples: 1 - C(n - c, b) / C(n, b) per prompt
         g = scored.groupby("prompt_id")["correct"].agg(["sum", "count"]).reindex(ids)
         n, c = g["count"].to_numpy(), g["sum"].to_numpy()
         pass_at = np.array([1.0 - np.prod([(nn - cc - i) / (nn - i) for i in range(b)]) if nn - cc >= b else 1.0
                             for nn, cc in zip(n, c)]) if b <= n.min() else None
-        head[str(b)] = {"one_strategy": _row(one.accuracy[b], boot), "per_prompt_oracle": _row(oracle, boot, one.accuracy[b]),
+        split = halves.get(b)
+        head[str(b)] = {"one_strategy": _row(one.accuracy[b], boot),
+                        "split_half": ({"per_prompt": _row(split[0], boot, split[1]), "one_config": _row(split[1], boot),
+                                        "configs": split[2]} if split is not None else None),
                         "pass_at_n": _row(pass_at, boot) if pass_at is not None else None}
     out["headroom"] = head
 
@@ -174,11 +211,13 @@ def render(d: dict) -> str:
     f = lambda r: f"{r['accuracy']:.3f} [{r['ci'][0]:.2f},{r['ci'][1]:.2f}]"  # noqa: E731
     g = lambda r: f"{r['margin']:+.3f} [{r['margin_ci'][0]:+.2f},{r['margin_ci'][1]:+.2f}]"  # noqa: E731
     lines = [f"{d['table']}: {d['n_heldout']} held-out prompts, {d['n_profile']} profiling prompts"]
-    lines.append("1. headroom per budget: one strategy (chosen on the profiling prompts) | per-prompt oracle "
-                 "(margin over one strategy) | pass@N of the pool")
+    lines.append("1. headroom per budget: profile pick | split-half per-prompt choice of the pool-scored configurations "
+                 "(margin over the one configuration best on the same halves) | pass@N of the pool")
     for b, h in d["headroom"].items():
         p = f(h["pass_at_n"]) if h["pass_at_n"] else "-"
-        lines.append(f"   N={b:<3} {f(h['one_strategy'])} | {f(h['per_prompt_oracle'])} ({g(h['per_prompt_oracle'])}) | {p}")
+        s = h["split_half"]
+        half = f"{f(s['per_prompt'])} ({g(s['per_prompt'])}, {s['configs']} configurations)" if s else "-"
+        lines.append(f"   N={b:<3} {f(h['one_strategy'])} | {half} | {p}")
     lines.append("2. per bin: chosen configuration (in-sample accuracy) vs the one strategy on the same bin's prompts")
     for b, rows in d["heterogeneity"].items():
         cells = "; ".join(f"bin {r['bin']} ({r['n_prompts']}): {r['chosen']} {r['chosen_in_sample']:.2f} vs "

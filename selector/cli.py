@@ -213,6 +213,15 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reprice(args: argparse.Namespace) -> int:
+    from .profile import reprice_table
+
+    summary = reprice_table(args.table, prefix_cache=args.prefix_cache, shared_prefix_tokens=args.shared_prefix_tokens,
+                            progress=not args.quiet)
+    print(summary.render())
+    return 0
+
+
 def _cmd_train_estimator(args: argparse.Namespace) -> int:
     from .estimators.train import report_json, train_on_dataset_levels, train_on_table
 
@@ -250,7 +259,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from .evaluate import evaluate_router
 
         report = evaluate_router(args.tables, split=args.split, estimators=args.estimators, bootstrap=args.bootstrap,
-                                 router=args.router)
+                                 router=args.router, prefix_cache=args.prefix_cache)
         out = Path(args.out) if args.out else Path(args.tables) / f"evaluation-{args.split}.json"
     atomic_write_text(out, report.to_json())
     if args.json:  # stdout is the one JSON object, nothing else (`evaluate --json | jq`)
@@ -366,8 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="--learning-curve: profiling-prompt counts (default 50 100 200 300, and always all)")
     p.add_argument("--draws", type=int, default=5, help="--learning-curve: random subsets per size (default 5)")
+    p.add_argument("--prefix-cache", dest="prefix_cache", default=None, choices=["none", "prompt", "shared"],
+                   help="re-price the table under this cost model and re-select its cells, in memory (default: the "
+                        "table's declared model; see selector/cost_model.py)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("reprice", help="re-price a table's rows under a cost model and re-select its cells (no generation)")
+    p.add_argument("table", help="a profiled table directory (with its rollouts/ and state/)")
+    p.add_argument("--prefix-cache", dest="prefix_cache", default=None, choices=["none", "prompt", "shared"],
+                   help="none: every request computes its prefix; prompt: once per question; shared: a preamble common "
+                        "to all questions once in all (default: the config's cost.prefix_cache)")
+    p.add_argument("--shared-prefix-tokens", dest="shared_prefix_tokens", type=int, default=None,
+                   help="tokens of the preamble every prompt shares, for tables whose pool did not measure it")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_reprice)
 
     p = sub.add_parser("merge", help="join --shard output directories of one config and finish the tables")
     p.add_argument("dirs", nargs="+", help="shard output directories")
@@ -390,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=int, default=None, help="default budget N per request (default: the table's largest)")
     budget.add_argument("--average-budget", dest="average_budget", type=float, default=None,
-                        help="instead: per-bin budgets averaging at most B generations per round over the table's prompt mix")
+                        help="instead: per-bin budgets averaging at most B scored samples' compute over the table's prompt mix")
     p.add_argument("--max-budget", dest="max_budget", type=int, default=64, help="with a published prior: the largest budget served")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     p.add_argument("--port", type=int, default=8000)

@@ -1,20 +1,25 @@
-"""Offline evaluation of the router against fixed strategies on prompts the selection never saw.
+"""Offline evaluation of the router on prompts the selection never saw.
 
 Every held-out prompt was pooled and evaluated by the profiler like the others (its
-``evaluations.parquet`` rows hold the expected accuracy and cost of every configuration at
-every budget), but the selection never used it. So a routing policy is scored on it without
-new generation: estimate the prompt's bin, take the table's choice for (bin, budget) *from the
+``evaluations.parquet`` rows hold the expected accuracy and token counts of every
+configuration), but the selection never used it. So a routing policy is scored on it without
+new generation: estimate the prompt's bin, take the table's cell for (bin, budget) *from the
 selection made on that estimator's own bins*, and read that prompt's accuracy and cost for
-that choice. Compared at each budget, estimation included:
+that cell's configuration. A budget B is B scored samples' compute (``selector/cost_model.py``);
+every cost is on the table's one cost axis, under its declared cost model, or under another
+one with ``prefix_cache=`` (the rows are re-priced from their token counts and every router's
+cells re-selected, without generating). Compared at each budget, estimation included:
 
 - the router with each estimator: prompt-only estimators add their FLOPs; a ``pilot:k``
   router's bin is read from the prompt's first ``k`` difficulty samples (never its evaluation
-  samples) and it pays what a pilot spends: ``k`` generations, the prompt once (one request of
-  ``k`` samples), the ``k`` samples' tokens and their ``k`` PRM scorings, whatever strategy
-  follows (the router does not reuse pilot samples);
+  samples) and it pays what a pilot spends (its samples' tokens and PRM scorings, and its
+  prompt when the cost model computes every request's prefix; all in ``prompts.parquet``),
+  whatever strategy follows;
 - the router on the table's own bins (``bins:<difficulty>``): a reference;
-- each router also ``allocated``: per-prompt budgets with mean <= the column's budget, chosen
-  from the table's accuracy curves (exploratory: no headline figure uses it);
+- each router also ``allocated``: per-prompt cells with mean compute <= the column's budget,
+  chosen from the table's accuracy curves (exploratory: no headline figure uses it);
+- the **profile pick**: at each budget, the one configuration most accurate on the profiling
+  prompts within the budget's compute (what a user would deploy without a router);
 - every fixed configuration.
 
 Every accuracy is a mean over prompts with a percentile bootstrap CI (resampling prompts, the
@@ -22,10 +27,13 @@ same resamples for every method, so differences are paired). Headline figures ar
 pre-declared router**: the table's ``declared_router`` (``evaluate.router`` in the profile
 config, fixed before the held-out split is looked at), at the table's budgets:
 
-- ``versus_fixed``: at each budget, its margin over the most accurate fixed configuration
-  whose mean FLOPs are no higher (equal compute), with a paired bootstrap CI ``margin_ci``.
-  That fixed configuration is picked on the held-out prompts themselves, which favours the
-  baseline: the margin is conservative. Rows for the other routers are given too;
+- ``versus_profile_pick``: at each budget, its margin over the profile pick with a paired
+  bootstrap CI ``margin_ci``, and one ``"budget": "pooled"`` object: the mean margin over the
+  budgets (per prompt, then over prompts) with its CI. This is the comparison that matters:
+  the alternative a user would deploy;
+- ``versus_fixed`` (the **oracle reference**): at each budget, the margin over the most
+  accurate fixed configuration whose mean cost is no higher, picked on the held-out prompts
+  themselves: an upper reference no deployable choice reaches, never a headline;
 - ``efficiency``: best-of-N's accuracy at the largest budget (``best_of_n`` with the grid's
   first aggregation, declared, not picked) divided into the compute the router needs to reach
   it (its cheapest budget at least as accurate), with a bootstrap CI ``ratio_ci`` (a resample
@@ -45,10 +53,13 @@ import numpy as np
 import pandas as pd
 
 from .binning import assign_bins
+from .cost_model import CostModel, sample_cost
 from .errors import InputError
 from .profile.difficulty import pilot_scores
 from .router import SelectionCells, load_table_estimator
 from .tables import TableDir
+
+PROFILE_PICK = "profile pick"
 
 
 @dataclass
@@ -57,9 +68,11 @@ class Method:
     estimator: str | None = None  # routers: the estimator whose selection it uses
     accuracy: dict[int, np.ndarray] = field(default_factory=dict)  # budget -> per-prompt accuracy
     flops: dict[int, np.ndarray] = field(default_factory=dict)
+    cost: dict[int, np.ndarray] = field(default_factory=dict)  # on the table's cost axis
     generations: dict[int, np.ndarray] = field(default_factory=dict)
     reported: dict[int, np.ndarray] = field(default_factory=dict)  # routers: the cell's expected accuracy
     reference: bool = False  # routers on bins no deployed router reproduces (oracle, level): not compared
+    configs: dict[int, str] = field(default_factory=dict)  # profile pick: its configuration per budget
 
 
 @dataclass
@@ -73,9 +86,25 @@ class EvalReport:
     versus_fixed: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     declared_router: str = ""
+    versus_profile_pick: list[dict[str, Any]] = field(default_factory=list)
+    cost_model: dict[str, Any] = field(default_factory=dict)
 
     def render(self) -> str:
-        lines = [f"{self.table}: {self.n_prompts} {self.split} prompts; accuracy [95% CI] / mean FLOPs per prompt"]
+        axis = self.cost_model.get("axis", "flops")
+        lines = [f"{self.table}: {self.n_prompts} {self.split} prompts; accuracy [95% CI] / mean FLOPs per prompt; "
+                 f"budget N = N scored samples' compute ({axis}, prefix cache: "
+                 f"{self.cost_model.get('prefix_cache', '?')})"]
+        if self.versus_profile_pick:
+            lines.append(f"declared router {self.declared_router} against the profile pick (the one configuration "
+                         "chosen on the profiling prompts; margin [95% paired bootstrap CI]):")
+            for v in self.versus_profile_pick:
+                lo, hi = v["margin_ci"]
+                if v["budget"] == "pooled":
+                    lines.append(f"  pooled over budgets: {v['margin']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                    continue
+                lines.append(f"  N={v['budget']:<4}{v['router_accuracy']:.3f} ({v['router_flops']:.2g} FLOPs) vs "
+                             f"{v['fixed']} {v['fixed_accuracy']:.3f} ({v['fixed_flops']:.2g} FLOPs): "
+                             f"{v['margin']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         names = list(dict.fromkeys(r["method"] for r in self.rows))
         lines.append(f"{'method':<34}" + "".join(f"{'N=' + str(b):<30}" for b in self.budgets))
         for name in names:
@@ -87,8 +116,8 @@ class EvalReport:
             lines.append(f"{name[:33]:<34}" + "".join(cells))
         declared = [v for v in self.versus_fixed if v["method"] == self.declared_router]
         if declared:
-            lines.append(f"declared router {self.declared_router} against the best fixed strategy using no more FLOPs "
-                         f"(margin [95% paired bootstrap CI]):")
+            lines.append("oracle reference (not deployable): the best fixed configuration with no more compute, picked on "
+                         f"the {self.split} prompts themselves:")
             for v in declared:
                 if not v["best_fixed"]:
                     lines.append(f"  N={v['budget']:<4}{v['accuracy']:.3f} at {v['mean_flops']:.2g} FLOPs: no fixed strategy "
@@ -116,7 +145,10 @@ class EvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table, "split": self.split, "n_prompts": self.n_prompts, "budgets": self.budgets,
-                "declared_router": self.declared_router, "rows": self.rows, "versus_fixed": self.versus_fixed,
+                "declared_router": self.declared_router, "cost_model": self.cost_model,
+                "versus_profile_pick": self.versus_profile_pick, "rows": self.rows,
+                "versus_fixed": self.versus_fixed, "versus_fixed_note": (
+                    "oracle reference: the fixed configuration is picked on the evaluated prompts themselves"),
                 "efficiency": self.efficiency, "calibration": self.calibration}
 
     def to_json(self) -> str:
@@ -125,15 +157,18 @@ class EvalReport:
 
 def evaluate_router(
     table_dir: str | Path, *, split: str = "heldout", estimators: Sequence[str] | None = None,
-    bootstrap: int = 1000, seed: int = 0, router: str | None = None,
+    bootstrap: int = 1000, seed: int = 0, router: str | None = None, prefix_cache: str | None = None,
 ) -> EvalReport:
-    """Score routing policies and fixed configurations on ``split`` prompts (see module docstring).
+    """Score routing policies, the profile pick and fixed configurations on ``split`` prompts
+    (see module docstring).
 
     ``estimators``: the routers to score (default: every trained prompt estimator and every
     profiled pilot); ``router``: the declared router of the headline (default: the table's
     ``declared_router``, fixed in the config before the held-out split was looked at; a router
     named here after looking is exploratory). The declared router must be deployable: a
-    trained ``prompt:<features>`` or a profiled ``pilot:<k>``."""
+    trained ``prompt:<features>`` or a profiled ``pilot:<k>``. ``prefix_cache``: re-price the
+    table under another cost model (``none`` | ``prompt`` | ``shared``) and re-select every
+    router's cells under it, in memory (the table is not changed)."""
     table = TableDir(table_dir)
     prompts = table.prompts()
     target = prompts[prompts["split"] == split].reset_index(drop=True)
@@ -144,9 +179,14 @@ def evaluate_router(
     if not declared.startswith(("prompt:", "pilot:")):
         raise InputError(f"the declared router must be a deployable estimator ('prompt:<features>' or 'pilot:<k>'), "
                          f"got {declared!r}: set evaluate.router in the config or pass --router")
-    ev = table.evaluations()
-    ev = ev[ev["prompt_id"].isin(set(target["prompt_id"]))].copy()
-    ev["config"] = [config_key(r) for r in ev.itertuples(index=False)]
+    model = CostModel.from_metadata(meta, prefix_cache)
+    repriced = (meta.get("cost_model") or {}).get("prefix_cache") != model.prefix_cache
+    ev_all = model.price(table.evaluations()) if repriced else table.evaluations()
+    ev_all = ev_all.assign(config=[config_key(r) for r in ev_all.itertuples(index=False)])
+    profile_ids = prompts.loc[prompts["split"] == "profile", "prompt_id"].tolist()
+    ev_profile = ev_all[ev_all["prompt_id"].isin(set(profile_ids))]
+    unit = sample_cost(ev_profile)
+    ev = ev_all[ev_all["prompt_id"].isin(set(target["prompt_id"]))].copy()
     ev["family"] = [family_key(r) for r in ev.itertuples(index=False)]  # the config without its n
     budgets = sorted(int(b) for b in table.selection()["budget"].unique())
     ids = target["prompt_id"].tolist()
@@ -160,9 +200,11 @@ def evaluate_router(
             g = g.set_index("prompt_id").reindex(ids)
             if g["accuracy"].isna().any():
                 continue
-            m.accuracy[int(b)], m.flops[int(b)], m.generations[int(b)] = (
-                g["accuracy"].to_numpy(), g["flops"].to_numpy(), g["generations"].to_numpy())
+            m.accuracy[int(b)], m.flops[int(b)], m.generations[int(b)], m.cost[int(b)] = (
+                g["accuracy"].to_numpy(), g["flops"].to_numpy(), g["generations"].to_numpy(), g["cost"].to_numpy())
         methods.append(m)
+    pick = profile_pick_method(ev_profile, ids, budgets, unit, lookup)
+    methods.append(pick)
 
     # Routers: (estimator name) -> (bins, extra FLOPs, extra generations) per target prompt.
     own = meta.get("default_selection")
@@ -170,7 +212,7 @@ def evaluate_router(
     k_own = int(meta.get("difficulty_samples", 0))
     if own == "bins:predicted" and k_own:
         # The table's own bins are a K-sample pilot's: priced as one (same bins, same edges).
-        routed[own] = pilot_routing(table, target, k_own, meta["bin_edges"])
+        routed[own] = pilot_routing(table, target, k_own, meta["bin_edges"], model)
     elif own:  # oracle or level bins: no router can reproduce them, a reference only
         routed[own] = (target["bin"].to_numpy(), np.zeros(len(ids)), np.zeros(len(ids)))
     pilots = meta.get("pilots", {})
@@ -181,17 +223,19 @@ def evaluate_router(
         if name.startswith("pilot:"):
             if name not in pilots:
                 raise ValueError(f"{table_dir}: no {name} profiled (have {sorted(pilots)})")
-            routed[name] = pilot_routing(table, target, int(pilots[name]["k"]), pilots[name]["edges"])
+            routed[name] = pilot_routing(table, target, int(pilots[name]["k"]), pilots[name]["edges"], model)
         else:
             est, _ = load_table_estimator(table, name)
             estimates = est.estimate_batch(target["text"].tolist(), int(meta.get("policy_params", 0)))
             routed[name] = (np.array([e.bin for e in estimates]), np.array([e.cost.flops for e in estimates]),
                             np.zeros(len(ids)))
+    axis = model.axis
     for name, (bins, extra_flops, extra_gen) in routed.items():
-        cells = SelectionCells(table.selection(name))
+        cells = (SelectionCells(reselect(table, name, ev_profile, unit), unit) if repriced
+                 else SelectionCells.of(table, name))
         for allocated in (False, True):
             label = f"router ({name}, allocated)" if allocated else f"router ({name})"
-            m = route_prompts(label, name, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup)
+            m = route_prompts(label, name, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup, axis)
             m.reference = name in ("bins:oracle", "bins:level")
             methods.append(m)
 
@@ -204,7 +248,9 @@ def evaluate_router(
             means = m.accuracy[b][boot].mean(axis=1)
             rows.append({"method": m.name, "budget": b, "accuracy": float(m.accuracy[b].mean()),
                          "ci_low": float(np.quantile(means, 0.025)), "ci_high": float(np.quantile(means, 0.975)),
-                         "mean_generations": float(m.generations[b].mean()), "mean_flops": float(m.flops[b].mean())})
+                         "mean_generations": float(m.generations[b].mean()), "mean_flops": float(m.flops[b].mean()),
+                         "mean_cost": float(m.cost[b].mean()),
+                         **({"config": m.configs[b]} if b in m.configs else {})})
     by_name = {m.name: m for m in methods}
     declared_label = f"router ({declared})"
     reference = _reference(meta, by_name, budgets)
@@ -212,14 +258,58 @@ def evaluate_router(
         str(table_dir), split, len(ids), budgets, _order(rows),
         _efficiency(by_name.get(declared_label), reference, budgets, boot) if reference else {},
         _versus_fixed(methods, budgets, boot), _calibration(methods, boot), declared_label,
+        _versus_profile_pick(by_name.get(declared_label), pick, budgets, boot),
+        {**model.to_dict(), "sample_cost": unit, "repriced": repriced},
     )
 
 
-def outcome_lookup(ev: pd.DataFrame) -> dict[tuple[str, str, int], tuple[float, float, float]]:
-    """``(prompt_id, config key, budget) -> (accuracy, FLOPs, generations)`` from evaluation rows
-    that carry a ``config`` column (:func:`config_key`)."""
-    return {(pid, cfg, int(b)): (acc, fl, g) for pid, cfg, b, acc, fl, g in
-            ev[["prompt_id", "config", "budget", "accuracy", "flops", "generations"]].itertuples(index=False)}
+def profile_pick_method(ev_profile: pd.DataFrame, ids: list[str], budgets: list[int], unit: float,
+                        lookup: dict) -> Method:
+    """The profile pick at each budget (chosen on ``ev_profile``, the profiling prompts' rows:
+    ``selector.profile.select.pick_table``), scored on the prompts ``ids``."""
+    from .profile.select import pick_table
+
+    m = Method(PROFILE_PICK)
+    for b, pick in pick_table(ev_profile, budgets, unit).items():
+        key = config_key(pd.Series(pick))
+        outcomes = np.array([lookup[(pid, key)] for pid in ids])
+        m.accuracy[b], m.flops[b], m.generations[b], m.cost[b] = (outcomes[:, i] for i in range(4))
+        m.configs[b] = key
+    return m
+
+
+def reselect(table: TableDir, name: str, ev_profile: pd.DataFrame, unit: float) -> pd.DataFrame:
+    """The selection rows of router ``name`` chosen again on ``ev_profile`` (re-priced rows of
+    the profiling prompts), on the bins that router assigns them: the table's own bins, a
+    pilot's bins under its recorded edges, or a prompt estimator's recorded out-of-fold bins."""
+    from .profile.manifest import profiled_settings
+    from .profile.select import select_tables
+
+    meta = table.metadata
+    prompts = table.prompts()
+    profile = prompts[prompts["split"] == "profile"]
+    if name == meta.get("default_selection"):
+        bins = pd.Series(profile["bin"].to_numpy(dtype=int), index=profile["prompt_id"])
+    elif name.startswith("pilot:"):
+        pilot = meta.get("pilots", {})[name]
+        scores = pilot_scores(profile["difficulty_scores"], int(pilot["k"])).to_numpy(dtype=float)
+        bins = pd.Series(assign_bins(scores, pilot["edges"]), index=profile["prompt_id"])
+    else:
+        oof = (meta.get("estimators", {}).get(name) or {}).get("oof_bins")
+        if not isinstance(oof, dict):
+            raise InputError(f"{table.path}: estimator {name} recorded no out-of-fold bins, so its cells cannot be "
+                             f"re-selected under another cost model: retrain it (`tts-selector train-estimator "
+                             f"{table.path} --features {name.partition(':')[2]}`)")
+        bins = pd.Series(oof).astype(int)
+    _, sel = profiled_settings(table.path)
+    return select_tables(ev_profile, bins, sel, meta["policy_id"], meta["prm_id"], estimator=name, unit=unit)[1]
+
+
+def outcome_lookup(ev: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float, float, float]]:
+    """``(prompt_id, config key) -> (accuracy, FLOPs, generations, cost on the axis)`` from
+    evaluation rows that carry a ``config`` column (:func:`config_key`)."""
+    return {(pid, cfg): (acc, fl, g, c) for pid, cfg, acc, fl, g, c in
+            ev[["prompt_id", "config", "accuracy", "flops", "generations", "cost"]].itertuples(index=False)}
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -227,36 +317,40 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def route_prompts(name, estimator, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup) -> Method:
+def route_prompts(name, estimator, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup,
+                  axis: str = "flops") -> Method:
     """Per-prompt outcomes of routing each prompt by its bin: at budget B for every prompt, or
-    (``allocated``) at per-prompt budgets with mean <= B chosen from the table's curves."""
+    (``allocated``) at per-prompt cells with mean compute <= B chosen from the table's curves.
+    ``axis``: the table's cost axis (the estimate's extra FLOPs or generations are added to it)."""
     m = Method(name, estimator)
     for b in budgets:
         per_prompt = cells.allocate(bins, b) if allocated else [b] * len(ids)
-        acc, fl, gen, rep = (np.empty(len(ids)) for _ in range(4))
+        acc, fl, gen, cost, rep = (np.empty(len(ids)) for _ in range(5))
         for i, (pid, bin_, pb) in enumerate(zip(ids, bins, per_prompt)):
             row, _ = cells.cell(int(bin_), pb)
-            a, f, g = lookup[(pid, config_key(row), int(row.budget))]
+            a, f, g, c = lookup[(pid, config_key(row))]
             acc[i], rep[i] = a, float(row.accuracy)
             gen[i], fl[i] = g + extra_gen[i], f + extra_flops[i]
-        m.accuracy[b], m.flops[b], m.generations[b], m.reported[b] = acc, fl, gen, rep
+            cost[i] = c + (extra_flops[i] if axis == "flops" else extra_gen[i])
+        m.accuracy[b], m.flops[b], m.generations[b], m.cost[b], m.reported[b] = acc, fl, gen, cost, rep
     return m
 
 
-def pilot_routing(table: TableDir, target: pd.DataFrame, k: int, edges: list[float]) -> tuple[np.ndarray, ...]:
+def pilot_routing(table: TableDir, target: pd.DataFrame, k: int, edges: list[float],
+                  model: CostModel | None = None) -> tuple[np.ndarray, ...]:
     """Bins a ``k``-sample pilot gives (from each prompt's first ``k`` difficulty samples) and what
-    it spends: ``k`` generations; one request, so the prompt once plus the samples' tokens; and
-    the samples' PRM scorings, whatever strategy follows."""
-    meta = table.metadata
+    it spends: ``k`` generations and the FLOPs of its samples' tokens and PRM scorings under the
+    cost model (``model``: the table's), whatever strategy follows."""
+    model = model or CostModel.from_metadata(table.metadata)
     scores = pilot_scores(target["difficulty_scores"], k).to_numpy(dtype=float)
     bins = assign_bins(scores, edges)
-    rollouts = table.rollouts(["prompt_id", "sample_id", "tokens", "prm_tokens", "prompt_tokens"])
-    first = rollouts[rollouts["sample_id"] < k].groupby("prompt_id")
-    spent = pd.DataFrame({"tokens": first["tokens"].sum(), "prm": first["prm_tokens"].sum(),
-                          "prompt": first["prompt_tokens"].first()}).reindex(target["prompt_id"])
-    flops = (2.0 * int(meta.get("policy_params", 0)) * (spent["prompt"] + spent["tokens"])
-             + 2.0 * int(meta.get("prm_params", 0)) * spent["prm"])
-    return bins, flops.to_numpy(dtype=float), np.full(len(target), float(k))
+    if "difficulty_tokens" not in target:
+        raise InputError(f"{table.path}: its prompts table records no pilot token counts (written before issue 23): "
+                         f"re-finish it with `tts-selector reprice {table.path}`")
+    tokens = np.array([sum(t[:k]) for t in target["difficulty_tokens"]], dtype=float)
+    prm = np.array([sum(t[:k]) for t in target["difficulty_prm_tokens"]], dtype=float)
+    flops = model.pilot_flops(target["prompt_tokens"].to_numpy(dtype=float), tokens, prm)
+    return bins, flops, np.full(len(target), float(k))
 
 
 def _boot_means(values: np.ndarray, boot: np.ndarray) -> np.ndarray:
@@ -267,22 +361,45 @@ def ci95(samples: np.ndarray) -> list[float]:
     return [float(np.quantile(samples, 0.025)), float(np.quantile(samples, 0.975))]
 
 
+def _versus_profile_pick(router: Method | None, pick: Method, budgets: list[int], boot: np.ndarray) -> list[dict[str, Any]]:
+    """The declared router against the profile pick at each budget, and pooled over budgets
+    (per prompt the mean margin over the budgets both have, then its mean and paired CI)."""
+    if router is None:
+        return []
+    out, margins = [], []
+    for b in budgets:
+        if b not in router.accuracy or b not in pick.accuracy:
+            continue
+        diff = router.accuracy[b] - pick.accuracy[b]
+        margins.append(diff)
+        out.append({"budget": b, "router_accuracy": float(router.accuracy[b].mean()), "fixed": pick.configs[b],
+                    "fixed_accuracy": float(pick.accuracy[b].mean()), "router_flops": float(router.flops[b].mean()),
+                    "fixed_flops": float(pick.flops[b].mean()), "router_cost": float(router.cost[b].mean()),
+                    "fixed_cost": float(pick.cost[b].mean()), "margin": float(diff.mean()),
+                    "margin_ci": ci95(_boot_means(diff, boot))})
+    if margins:
+        pooled = np.mean(margins, axis=0)
+        out.append({"budget": "pooled", "budgets": [v["budget"] for v in out], "margin": float(pooled.mean()),
+                    "margin_ci": ci95(_boot_means(pooled, boot))})
+    return out
+
+
 def _versus_fixed(methods: list[Method], budgets: list[int], boot: np.ndarray) -> list[dict[str, Any]]:
-    """For every router at every budget: the most accurate fixed configuration whose mean FLOPs
-    are no higher (equal compute), the margin over it and its paired bootstrap CI (a margin
-    against 0 when no fixed configuration is that cheap)."""
-    fixed = [(m, b) for m in methods if m.estimator is None for b in m.accuracy]
+    """The oracle reference: for every router at every budget, the most accurate fixed
+    configuration (picked on the evaluated prompts) whose mean cost is no higher, the margin
+    over it and its paired bootstrap CI."""
+    fixed = [(m, b) for m in methods if m.estimator is None and m.name != PROFILE_PICK for b in m.accuracy]
     out = []
     for m in methods:
         if m.estimator is None or m.reference:
             continue
         for b in budgets:
-            acc, flops = m.accuracy[b], float(m.flops[b].mean())
-            cheaper = [(f, fb) for f, fb in fixed if f.flops[fb].mean() <= flops * (1 + 1e-9)]
+            acc, cost = m.accuracy[b], float(m.cost[b].mean())
+            cheaper = [(f, fb) for f, fb in fixed if f.cost[fb].mean() <= cost * (1 + 1e-9)]
             best = max(cheaper, key=lambda x: x[0].accuracy[x[1]].mean()) if cheaper else None
             base = best[0].accuracy[best[1]] if best else np.zeros_like(acc)
             out.append({
-                "method": m.name, "budget": b, "accuracy": float(acc.mean()), "mean_flops": flops,
+                "method": m.name, "budget": b, "accuracy": float(acc.mean()), "mean_flops": float(m.flops[b].mean()),
                 "best_fixed": best[0].name.replace("fixed ", "") if best else None,
                 "best_fixed_budget": best[1] if best else None,
                 "best_fixed_accuracy": float(base.mean()) if best else None,
@@ -316,11 +433,11 @@ def _efficiency(router: Method | None, reference: tuple[Method, int], budgets: l
 
     def ratio(rows: np.ndarray | slice) -> tuple[float, int | None, float]:
         target = ref.accuracy[top][rows].mean()
-        reach = [(router.flops[b][rows].mean(), b) for b in budgets if router.accuracy[b][rows].mean() >= target - 1e-12]
+        reach = [(router.cost[b][rows].mean(), b) for b in budgets if router.accuracy[b][rows].mean() >= target - 1e-12]
         if not reach:
             return 0.0, None, float("nan")
-        flops, b = min(reach)
-        return (float(ref.flops[top][rows].mean() / flops) if flops > 0 else float("inf")), b, float(flops)
+        cost, b = min(reach)
+        return (float(ref.cost[top][rows].mean() / cost) if cost > 0 else float("inf")), b, float(router.flops[b][rows].mean())
 
     point, budget, flops = ratio(slice(None))
     samples = np.array([ratio(rows)[0] for rows in boot])

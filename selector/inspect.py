@@ -182,6 +182,11 @@ def _evaluation_lines(path: Path, width: int, budget: int | None = None) -> list
     for method in routers:
         mine = rows[rows["method"] == method].set_index("budget")
         grid_rows.append(([method], [[_accuracy_text(mine.loc[b])] if b in mine.index else ["-"] for b in budgets]))
+    pick = rows[rows["method"] == "profile pick"].set_index("budget")
+    if not pick.empty:
+        grid_rows.append((["profile pick"], [[_accuracy_text(pick.loc[b])] if b in pick.index else ["-"] for b in budgets]))
+        grid_rows.append((["  (which)"], [[str(pick.loc[b].get("config", "?"))] if b in pick.index else ["-"]
+                                          for b in budgets]))
     fixed = rows[rows["method"].str.startswith("fixed ")]
     best_names, best_cells = [], []
     for b in budgets:
@@ -192,14 +197,24 @@ def _evaluation_lines(path: Path, width: int, budget: int | None = None) -> list
     if not fixed.empty:
         grid_rows += [(["best fixed strategy"], best_cells), (["  (which)"], best_names)]
     lines += _grid(["method"], [f"N={b}" for b in budgets], grid_rows, width)
+    if not pick.empty:
+        lines.append("profile pick: the one configuration chosen on the profiling prompts within N samples' compute "
+                     "(what a user deploys without a router)")
     if not fixed.empty:
-        lines.append("best fixed strategy: the most accurate fixed configuration at that N, whatever its FLOPs "
-                     "(the full report compares at equal compute)")
+        lines.append("best fixed strategy: the most accurate fixed configuration at that N, picked on these prompts "
+                     "(an oracle reference, whatever its compute)")
     declared = report.get("declared_router")
+    versus_pick = [v for v in report.get("versus_profile_pick", [])
+                   if budget is None or v.get("budget") == "pooled" or int(v["budget"]) == budget]
+    if versus_pick:
+        lines.append(f"declared router {declared} vs the profile pick, margin [95% paired CI]: "
+                     + ", ".join(f"{'N=' + str(v['budget']) if v['budget'] != 'pooled' else 'pooled'} {v['margin']:+.3f} "
+                                 f"[{v['margin_ci'][0]:+.3f}, {v['margin_ci'][1]:+.3f}]" for v in versus_pick))
     margins = [v for v in report.get("versus_fixed", []) if v.get("method") == declared and v.get("margin") is not None
                and (budget is None or int(v["budget"]) == budget)]
     if margins:
-        lines.append(f"declared router {declared} vs the best fixed strategy at equal compute, margin [95% paired CI]: "
+        lines.append(f"oracle reference: {declared} vs the best fixed strategy at equal compute picked on these prompts, "
+                     "margin [95% paired CI]: "
                      + ", ".join(f"N={v['budget']} {v['margin']:+.3f} [{v['margin_ci'][0]:+.3f}, {v['margin_ci'][1]:+.3f}]"
                                  for v in margins))
     e = report.get("efficiency") or {}

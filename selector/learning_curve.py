@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from .binning import assign_bins, bin_edges
+from .cost_model import CostModel
 from .errors import InputError
 from .evaluate import bootstrap_indices, ci95, config_key, outcome_lookup, pilot_routing, route_prompts
 from .profile.difficulty import pilot_scores
@@ -170,6 +171,7 @@ def learning_curve(
 
     ev = table.evaluations()
     ev["config"] = [config_key(r) for r in ev.itertuples(index=False)]
+    axis = CostModel.from_metadata(meta).axis
     budgets = sorted(int(b) for b in table.selection()["budget"].unique())
     held_ids = target["prompt_id"].tolist()
     lookup = outcome_lookup(ev[ev["prompt_id"].isin(set(held_ids))])
@@ -201,7 +203,8 @@ def learning_curve(
                 names[2]: _one_strategy(sub_ids, target, sub_ev, sel, meta),
             }
             for name, (cells, bins, extra_flops, extra_gen) in meth.items():
-                m = route_prompts(name, name, held_ids, bins, extra_flops, extra_gen, False, budgets, cells, lookup)
+                m = route_prompts(name, name, held_ids, bins, extra_flops, extra_gen, False, budgets, cells, lookup,
+                                  axis)
                 for b in budgets:
                     per_method[name][b].append(m.accuracy[b])
                     flops[name][b].append(float(m.flops[b].mean()))
@@ -237,16 +240,9 @@ def _two_way(values: np.ndarray, draw_boot: np.ndarray, boot: np.ndarray) -> np.
 
 def _configs(table: TableDir):
     """The binning and select settings the table was profiled with (its manifest)."""
-    from .profile import manifest_config
-    from .profile.config import BinningConfig, SelectConfig, _build
+    from .profile.manifest import profiled_settings
 
-    raw = manifest_config(table.path)
-    if not raw:
-        raise InputError(f"{table.path}: no state/manifest.json recording the profile config; a learning curve "
-                         "re-selects with the table's own binning and select settings")
-    binning = _build(BinningConfig, raw.get("binning", {}), f"{table.path} manifest binning")
-    sel = _build(SelectConfig, raw.get("select", {}), f"{table.path} manifest select")
-    return binning, sel
+    return profiled_settings(table.path)
 
 
 def _edges(scores: np.ndarray, binning) -> list[float]:
@@ -254,10 +250,12 @@ def _edges(scores: np.ndarray, binning) -> list[float]:
 
 
 def _select(ev: pd.DataFrame, bins: pd.Series, sel, meta: dict, name: str) -> SelectionCells:
+    from .cost_model import sample_cost
     from .profile.select import select_tables
 
-    _, rows = select_tables(ev, bins, sel, meta["policy_id"], meta["prm_id"], estimator=name)
-    return SelectionCells(rows)
+    unit = sample_cost(ev)  # the subset's own budget unit, as a table profiled on it would have
+    _, rows = select_tables(ev, bins, sel, meta["policy_id"], meta["prm_id"], estimator=name, unit=unit)
+    return SelectionCells(rows, unit)
 
 
 def _own_bins(sub, target, sub_ev, binning, sel, meta) -> tuple:

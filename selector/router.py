@@ -116,13 +116,32 @@ class RoutedResult:
 
 
 class SelectionCells:
-    """The selection table as (bin, budget) cells, with the budget fallback rule written once."""
+    """The selection table as (bin, budget) cells, with the budget fallback rule written once.
 
-    def __init__(self, selection: pd.DataFrame):
+    ``unit``: one budget step's compute on the table's cost axis (its ``cost_model``'s
+    ``sample_cost``), so that :meth:`allocate` trades compute, not nominal budgets; None for
+    tables without one (each cell then costs its budget)."""
+
+    def __init__(self, selection: pd.DataFrame, unit: float | None = None):
         self.cells: dict[int, dict[int, Any]] = {}
         for row in selection.itertuples(index=False):
             self.cells.setdefault(int(row.bin), {})[int(row.budget)] = row
         self.budgets = sorted({b for cells in self.cells.values() for b in cells})
+        self.unit = float(unit) if unit else None
+
+    @classmethod
+    def of(cls, table: TableDir, estimator: str | None = None) -> "SelectionCells":
+        """The cells of ``estimator``'s selection in ``table`` (None: the table's default), with
+        the table's budget unit."""
+        return cls(table.selection(estimator), (table.metadata.get("cost_model") or {}).get("sample_cost"))
+
+    def cell_cost(self, row: Any) -> float:
+        """A cell's mean cost on the allocation's axis: its mean cost over its bin's profiling
+        prompts in budget units, or its nominal budget for a table without a unit."""
+        cost = getattr(row, "mean_cost", None)
+        if self.unit is None or cost is None or pd.isna(cost):
+            return float(row.budget)
+        return float(cost) / self.unit
 
     def check_budget(self, budget: float) -> None:
         if budget < self.budgets[0]:
@@ -162,33 +181,38 @@ class SelectionCells:
 
 
     def allocate(self, bins: Sequence[int], average_budget: float) -> list[int]:
-        """Per-prompt budgets with mean <= ``average_budget`` maximising expected accuracy.
+        """Per-prompt budgets (cells) whose mean compute is at most ``average_budget`` budget
+        units (samples' compute) and that maximise the sum of expected accuracies.
 
-        Greedy on marginal gains: every prompt starts at the smallest budget; the upgrade (to
-        any higher budget of its bin's curve) with the largest expected-accuracy gain per extra
-        generation is applied while the mean allows it. Prompts whose bin gains nothing stay
-        at the smallest budget: the hard-bin/easy-bin trade-off.
+        Greedy on marginal gains per unit of compute: every prompt starts at its bin's cheapest
+        cell; the upgrade (to any other cell of its bin) with the largest expected-accuracy gain
+        per extra compute is applied while the mean allows it. A cell's compute is its mean cost
+        over its bin's profiling prompts (:meth:`cell_cost`), so a budget's tree search that
+        spends twice its nominal samples is charged twice. Prompts whose bin gains nothing stay
+        cheap: the hard-bin/easy-bin trade-off.
         """
         self.check_budget(average_budget)
-        curves = [sorted((b, float(row.accuracy)) for b, row in self.cells[self.nearest_bin(int(bin_))[0]].items())
+        curves = [sorted(((self.cell_cost(row), b, float(row.accuracy))
+                          for b, row in self.cells[self.nearest_bin(int(bin_))[0]].items()), key=lambda x: (x[0], x[1]))
                   for bin_ in bins]
         level = [0] * len(curves)
-        total, cap = sum(c[0][0] for c in curves), average_budget * len(curves)
+        total, cap = sum(c[0][0] for c in curves), average_budget * len(curves) * (1 + 1e-9)
         while True:
             best, best_rate = None, 0.0
             for i, c in enumerate(curves):
-                b0, a0 = c[level[i]]
-                # Any higher budget, not only the next: accuracy curves need not be monotone.
+                c0, _, a0 = c[level[i]]
+                # Any costlier cell, not only the next: accuracy curves need not be monotone.
                 for j in range(level[i] + 1, len(c)):
-                    extra, gain = c[j][0] - b0, c[j][1] - a0
-                    if total + extra <= cap and gain > 0 and gain / extra > best_rate:
-                        best, best_rate = (i, j), gain / extra
+                    extra, gain = c[j][0] - c0, c[j][2] - a0
+                    rate = gain / extra if extra > 0 else (np.inf if gain > 0 else 0.0)
+                    if total + extra <= cap and gain > 0 and rate > best_rate:
+                        best, best_rate = (i, j), rate
             if best is None:
                 break
             i, j = best
             total += curves[i][j][0] - curves[i][level[i]][0]
             level[i] = j
-        return [c[lv][0] for c, lv in zip(curves, level)]
+        return [c[lv][1] for c, lv in zip(curves, level)]
 
 
 class PriorRow(NamedTuple):
@@ -370,7 +394,7 @@ class Router:
         self._sampling_overrides = sampling_overrides
         self._policy_params = policy_params
         self._tree = tree_settings
-        self._cells = cells if cells is not None else SelectionCells(table.selection())
+        self._cells = cells if cells is not None else SelectionCells.of(table)
         self.source = source if source is not None else f"table {table.path}"
         self.choice = choice  # the catalog's choice (None when loaded from a table directory)
 
@@ -544,7 +568,9 @@ class Router:
         return self.estimator.estimate_batch(list(prompts), self._params_for_estimate())
 
     def route(self, prompt: str, budget: int) -> Decision:
-        """The decision for one prompt at ``budget`` (generations per round)."""
+        """The decision for one prompt at ``budget``: the compute of ``budget`` scored samples (the
+        table's cells at that budget may hold any configuration whose mean cost fits, e.g. a
+        tree search at another n)."""
         return self.route_batch([prompt], budget)[0]
 
     def route_batch(self, prompts: Sequence[str], budget: int) -> list[Decision]:
@@ -562,9 +588,9 @@ class Router:
     ) -> list[RoutedResult]:
         """Route and solve many prompts in shared batched rounds.
 
-        Give ``budget`` (the same for all) or ``average_budget`` (per-prompt budgets from the
-        table's budgets, chosen to maximise the sum of expected accuracies with mean budget
-        <= ``average_budget``).
+        Give ``budget`` (the same for all) or ``average_budget`` (per-prompt cells from the
+        table's budgets, chosen to maximise the sum of expected accuracies with mean compute
+        <= ``average_budget`` samples' compute, priced by the cells' measured mean costs).
         """
         if (budget is None) == (average_budget is None):
             raise ValueError("give exactly one of budget= or average_budget=")
@@ -579,7 +605,7 @@ class Router:
         return self.solve_decided(prompts, decisions, estimates, seed=seed, progress=progress)
 
     def decide(self, estimate: Estimate, budget: int) -> Decision:
-        """The decision for a prompt with this ``estimate`` at ``budget`` (generations per round)."""
+        """The decision for a prompt with this ``estimate`` at ``budget`` (samples' compute)."""
         return self._decide(estimate, budget)
 
     def solve_decided(
@@ -602,8 +628,21 @@ class Router:
         ]
 
     def allocate(self, estimates: Sequence[Estimate], average_budget: float) -> list[int]:
-        """Per-prompt budgets with mean <= ``average_budget`` (see :meth:`SelectionCells.allocate`)."""
+        """Per-prompt budgets with mean compute <= ``average_budget`` (see :meth:`SelectionCells.allocate`)."""
         return self._cells.allocate([e.bin for e in estimates], average_budget)
+
+    def bin_budgets(self, average_budget: float) -> dict[int, int]:
+        """A budget per bin from the table's allocation over its profiled prompts' bins at a mean
+        compute of ``average_budget`` samples' worth: each bin takes the cheapest cell any of its
+        prompts got, so traffic with the table's difficulty mix stays within the average and a
+        request's budget depends on its bin only."""
+        bins = [int(b) for b in self.table.prompts().query("split == 'profile'")["bin"]]
+        out: dict[int, int] = {}
+        for b, n in zip(bins, self._cells.allocate(bins, average_budget)):
+            cost = self._cells.cell_cost(self._cells.cell(b, n)[0])
+            if b not in out or cost < self._cells.cell_cost(self._cells.cell(b, out[b])[0]):
+                out[b] = n
+        return out
 
 
 def _table_spec(table_dir: str | Path, config: dict, meta: dict, kind: str) -> str:
@@ -694,8 +733,9 @@ def table_cells(table: TableDir, estimator_name: str) -> tuple[SelectionCells, s
     that estimator's own bins, so a cell's expected accuracy is what this router will see. An
     estimator object with no cells of its own gets the table's default cells, with a note."""
     rows = table.selection(estimator_name)
+    unit = (table.metadata.get("cost_model") or {}).get("sample_cost")
     if not rows.empty:
-        return SelectionCells(rows), None
+        return SelectionCells(rows, unit), None
     if estimator_name.startswith(("prompt:", "pilot:")):
         have = table.selection_estimators()
         raise ValueError(
@@ -704,7 +744,7 @@ def table_cells(table: TableDir, estimator_name: str) -> tuple[SelectionCells, s
                if estimator_name.startswith("prompt:") else "profile with that pilot size in select.pilots")
         )
     default = table.metadata.get("default_selection")
-    return SelectionCells(table.selection()), (
+    return SelectionCells(table.selection(), unit), (
         f"estimator {estimator_name} has no cells of its own: expected accuracies are those of the table's "
         f"{default} bins, not of this estimator's")
 

@@ -18,11 +18,10 @@ from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_ques
 from selector.binning import assign_bins, bin_edges
 from selector.datasets import Problem
 from selector.profile import load_config, run_profile
-from selector.profile.config import SelectConfig
 from selector.profile.difficulty import final_scores
 from selector.profile.evaluate import best_of_n_family_rows
 from selector.profile.pool import _rollout_rows
-from selector.profile.select import choose
+from selector.profile.select import allocate_bins, profile_pick
 from selector.search.best_of_n import BestOfN
 from selector.search.runner import run_search
 from selector.tables import TableDir
@@ -53,7 +52,7 @@ def profiled(tmp_path_factory):
     rows = []
     for i, (q, r) in enumerate(zip(questions, results)):
         rows += _rollout_rows(Problem(f"s{i}", q, problem_for(q).answer), r.candidates, r.cost.policy_prompt_tokens, 0)
-    fresh = best_of_n_family_rows(config, pd.DataFrame(rows), 1, 1)
+    fresh = best_of_n_family_rows(config, pd.DataFrame(rows))
     return table, fresh
 
 
@@ -93,16 +92,16 @@ def test_bins_from_the_scored_samples_fail_the_same_check(profiled):
     assert max(abs(r[3]) for r in z) > 3.0  # the check catches the bias
 
 
-def test_paired_selection_refuses_a_cheaper_configuration_worse_on_every_prompt():
+def test_selection_never_takes_a_cheaper_configuration_worse_on_every_prompt():
     best = np.array([1.0, 0.15, 1.0, 1.0, 0.15, 1.0, 0.15, 1.0, 1.0, 0.15, 1.0, 0.15, 1.0])  # 13 prompts
     acc = np.stack([best, best - 0.15], axis=1)  # config 1: 0.15 worse on every prompt, and cheaper
-    flops = np.array([10.0, 1.0])
-    # The old, unpaired rule (within the best's own interval over prompts, about +-0.2 here) took it.
+    cost = np.tile([10.0, 1.0], (13, 1))
+    # The old rule (cheapest not significantly worse, within the best's interval over prompts) took it.
     boot = best[np.random.default_rng(1).integers(0, 13, (1000, 13))].mean(axis=1)
     assert acc[:, 1].mean() >= np.quantile(boot, 0.025)
-    assert choose(acc, flops, SelectConfig(), np.random.default_rng(1)) == 0
+    assert profile_pick(acc, cost, cap=10.0) == 0
+    bins = np.array([1] * 6 + [2] * 7)
+    assert allocate_bins(acc, cost, bins, cap=10.0, shrinkage=0.0) == {1: 0, 2: 0}
     equal = np.stack([best, best], axis=1)  # as accurate on every prompt, and cheaper: taken
-    assert choose(equal, flops, SelectConfig(), np.random.default_rng(1)) == 1
-    # A tolerance admits a deficit up to it; rule "best" ignores cost.
-    assert choose(acc, flops, SelectConfig(tolerance=0.2), np.random.default_rng(1)) == 1
-    assert choose(equal, flops, SelectConfig(rule="best"), np.random.default_rng(1)) == 0
+    assert profile_pick(equal, cost, cap=10.0) == 1
+    assert profile_pick(acc, cost, cap=5.0) == 1  # the better one does not fit the budget's compute

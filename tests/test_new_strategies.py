@@ -11,6 +11,7 @@ from selector.backends.base import Continuation, SamplingParams, ScoreOutput, St
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions, problem_for
 from selector.datasets import Problem
 from selector.profile import run_profile
+from selector.cost_model import CostModel
 from selector.profile.adaptive import adaptive_configs, adaptive_consistency_rows
 from selector.profile.config import ConfigError, DatasetConfig, GridConfig, PoolConfig, ProfileConfig, load_config
 from selector.profile.pool import _rollout_rows
@@ -240,7 +241,8 @@ def test_pool_replay_equals_a_live_run_on_the_same_samples(rule):
     grid = GridConfig(strategies=("adaptive_consistency",), budgets=(2, 4, 8, 16), aggregations=("last", "min"),
                       adaptive_windows=(2, 4), adaptive_rule=rule)
     cfg = ProfileConfig("t", DatasetConfig("x"), PoolConfig(n=16, difficulty_samples=4), grid=grid).check()
-    rows = adaptive_consistency_rows(cfg, rollouts, 1000, 10)
+    # The live run below has no prefix cache: every request computes its prefix, the "none" model.
+    rows = adaptive_consistency_rows(cfg, rollouts, CostModel("none", policy_params=1000, prm_params=10))
     configs = adaptive_configs(cfg)
     assert len(rows) == len(configs) * len(problems) and len(configs) == (4 + 3) * 3  # (n, window) pairs (window 4 skips n=2) x 3 votes
     pools = {p.problem: rollouts[rollouts.prompt_id == p.id].sort_values("sample_id").to_dict("records") for p in problems}

@@ -125,10 +125,19 @@ def test_profile_writes_consistent_tables(tmp_path):
         assert row["n_prompts"] == per_bin[row["bin"]]
         assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
         assert row["cross_fitted"]
-        same = results[(results["bin"] == row["bin"]) & (results["budget"] == row["budget"])
-                       & (results["strategy"] == row["strategy"]) & (results["n"] == row["n"])]
+        same = results[(results["bin"] == row["bin"]) & (results["strategy"] == row["strategy"])
+                       & (results["n"] == row["n"])]
         assert len(same) >= 1
     assert set(selection["budget"]) == {1, 2, 4, 8}
+    # a budget is compute: each budget's cells fit its cap on average over the profiling prompts
+    unit = t.metadata["cost_model"]["sample_cost"]
+    for budget, cells in selection.groupby("budget"):
+        share = cells["n_prompts"] / cells["n_prompts"].sum()
+        assert np.allclose(cells["cap"], budget * unit)
+        if (cells["choice"] == "profile_pick").all():
+            assert cells[["strategy", "n"]].nunique().max() == 1  # one configuration everywhere
+        else:
+            assert (share * cells["mean_cost"]).sum() <= budget * unit * (1 + 1e-9)
     # one evaluation row per (prompt, configuration, budget), for all prompts
     keys = ["prompt_id", "strategy", "n", "m", "aggregation", "budget"]
     assert not ev.duplicated(keys).any() and ev["prompt_id"].nunique() == 24

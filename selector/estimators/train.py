@@ -116,6 +116,8 @@ def train_on_table(
         "file": path.name, "sha256": sha, "features": features, "target": "table bin",
         "cv_metrics": report.metrics, "baseline_metrics": report.baseline, "folds": report.folds, "seed": int(seed),
         "n_prompts": report.n_prompts, "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # The bins its cells were chosen on, so a re-priced or re-selected table can choose them again.
+        "oof_bins": dict(zip(prompts["prompt_id"].tolist(), report.oof_bins)),
     }
     name = f"prompt:{features}"
     own = _estimator_selection(table, prompts["prompt_id"].tolist(), report.oof_bins, name, meta)
@@ -134,8 +136,9 @@ def _estimator_selection(table: TableDir, prompt_ids: list[str], bins: list[int]
     sel = _build(SelectConfig, raw, f"{table.path} manifest select") if raw else SelectConfig()
     ev = table.evaluations()
     ev = ev[ev["prompt_id"].isin(set(prompt_ids))]
+    unit = (meta.get("cost_model") or {}).get("sample_cost")
     _, rows = select_tables(ev, pd.Series(bins, index=prompt_ids), sel, meta["policy_id"], meta["prm_id"],
-                            estimator=name)
+                            estimator=name, unit=unit)
     return rows
 
 

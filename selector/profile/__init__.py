@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ import pandas as pd
 from .. import __version__
 from ..backends.base import PRM, Policy
 from ..binning import assign_bins, bin_edges, bin_labels
+from ..cost_model import CostModel, measure_shared_prefix, sample_cost
 from ..datasets import JsonlFormat, Problem, load_dataset
 from ..tables import read_rollouts, write_table
 from ..types import Cost
@@ -31,13 +33,13 @@ from .config import ConfigError, ProfileConfig, _build, load_config
 from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, prompt_difficulty, table_estimator
 from .evaluate import best_of_n_family_rows, read_tree_runs, tree_rows
 from .executors import Executor, ExecutorReport, LocalExecutor, RayExecutor, make_executor
-from .manifest import MANIFEST, check_manifest, kept_metadata, kept_selection
+from .manifest import MANIFEST, check_manifest, kept_metadata
 from .pool import import_pool, plan_shards, select_shards
-from .select import select_tables
+from .select import pick_table, select_tables
 
 __all__ = [
-    "Executor", "LocalExecutor", "ProfileConfig", "ProfileSummary", "RayExecutor", "load_config", "merge_profiles",
-    "run_profile",
+    "Executor", "LocalExecutor", "ProfileConfig", "ProfileSummary", "RayExecutor", "config_from_manifest", "load_config",
+    "merge_profiles", "reprice_table", "run_profile",
 ]
 
 
@@ -131,7 +133,9 @@ def manifest_config(out_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()).get("config", {}) if path.exists() else {}
 
 
-def _config_from_manifest(out_dir: Path) -> ProfileConfig:
+def config_from_manifest(out_dir: str | Path) -> ProfileConfig:
+    """The validated profile config a table directory's manifest records."""
+    out_dir = Path(out_dir)
     path = out_dir / MANIFEST
     if not path.exists():
         raise ConfigError(f"{out_dir}: no {MANIFEST}; is this a profile output directory?")
@@ -196,9 +200,9 @@ def merge_profiles(out_dir: str | Path, sources: list[str | Path], progress: boo
     out_dir = Path(out_dir)
     if not sources:
         raise ValueError("merge needs at least one shard directory")
-    cfg = _config_from_manifest(Path(sources[0]))
+    cfg = config_from_manifest(Path(sources[0]))
     for src in sources:
-        other = _config_from_manifest(Path(src))
+        other = config_from_manifest(Path(src))
         if other.config_hash != cfg.config_hash:
             raise ConfigError(f"{src} was profiled with another config than {sources[0]}; only shards of one config merge")
     problems, dataset_sha = _load_problems(cfg)
@@ -220,6 +224,25 @@ def merge_profiles(out_dir: str | Path, sources: list[str | Path], progress: boo
     return summary
 
 
+def reprice_table(table_dir: str | Path, *, prefix_cache: str | None = None, shared_prefix_tokens: int | None = None,
+                  progress: bool = True) -> ProfileSummary:
+    """Re-finish a profiled table from its rollouts and tree runs under another cost model
+    (``prefix_cache``; ``shared_prefix_tokens``: S, for tables whose shards predate its
+    measurement), without generating: every row re-priced, every router's cells re-selected
+    (trained estimators from their recorded out-of-fold bins), in place."""
+    t0 = time.perf_counter()
+    table_dir = Path(table_dir)
+    cfg = config_from_manifest(table_dir)
+    changes = {k: v for k, v in (("prefix_cache", prefix_cache), ("shared_prefix_tokens", shared_prefix_tokens))
+               if v is not None}
+    cfg = dataclasses.replace(cfg, cost=dataclasses.replace(cfg.cost, **changes)).check()
+    problems, dataset_sha = _load_problems(cfg)
+    check_manifest(table_dir, cfg, dataset_sha)
+    summary = finish_tables(cfg, table_dir, problems, _base_metadata_from_rollouts(table_dir), progress)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
 def _base_metadata(cfg: ProfileConfig, dataset_sha: str, policy: Policy | None, prm: PRM | None) -> dict[str, Any]:
     import importlib.metadata as md
 
@@ -237,6 +260,9 @@ def _base_metadata(cfg: ProfileConfig, dataset_sha: str, policy: Policy | None, 
         "binning_scheme": cfg.binning.scheme, "difficulty": cfg.difficulty, "n_pool": cfg.pool.n,
         "config_hash": cfg.config_hash, "config_name": cfg.name, "package_version": __version__,
         "pool_source": cfg.pool.source, **_family_metadata(cfg),
+        # S of the cost model, measured where the policy is here and loaded (None: unknown)
+        "shared_prefix_tokens": (measure_shared_prefix(policy)
+                                 if policy is not None and getattr(policy, "is_loaded", True) else None),
     }
 
 
@@ -354,6 +380,24 @@ def profiling_cost(out_dir: Path, ledger: dict[str, dict[str, float]]) -> dict[s
     return out
 
 
+def _cost_model(cfg: ProfileConfig, metadata: dict[str, Any], out_dir: Path) -> CostModel:
+    """The table's cost model: the config's ``cost`` section, with S (shared prefix tokens) as
+    the config states it, else as the pool's policy measured it, else as the finished table in
+    ``out_dir`` recorded it (shards written before S was measured), else 0."""
+    shared = cfg.cost.shared_prefix_tokens
+    if shared is None:
+        shared = metadata.get("shared_prefix_tokens")
+    if shared is None:
+        from ..tables import TableDir, TableError
+
+        try:
+            shared = (TableDir(out_dir).metadata.get("cost_model") or {}).get("shared_prefix_tokens")
+        except (TableError, OSError):
+            shared = None
+    return CostModel(prefix_cache=cfg.cost.prefix_cache, policy_params=int(metadata.get("policy_params", 0) or 0),
+                     prm_params=int(metadata.get("prm_params", 0) or 0), shared_prefix_tokens=int(shared or 0))
+
+
 def _level_labels(prompts: pd.DataFrame) -> dict[int, str]:
     """'level 3' or 'levels 1-2' per bin, for bins of the data set's difficulty label."""
     out = {}
@@ -402,6 +446,10 @@ def finish_tables(
         "evaluation_pass1": rollouts[rollouts["sample_id"] >= k].groupby("prompt_id")["correct"].mean()
                             .reindex(ids).to_numpy(dtype=float),
         "difficulty_scores": [list(map(float, x)) for x in difficulty["difficulty_scores"]],
+        # What a pilot of the first k difficulty samples spends (tokens), and the prompt's length.
+        "difficulty_tokens": [list(map(int, x)) for x in difficulty["difficulty_tokens"]],
+        "difficulty_prm_tokens": [list(map(int, x)) for x in difficulty["difficulty_prm_tokens"]],
+        "prompt_tokens": rollouts.groupby("prompt_id")["prompt_tokens"].first().reindex(ids).to_numpy(dtype=int),
         "bin": bins.to_numpy(dtype=int),
         "pool_size": [int(pool_sizes[pid]) for pid in ids],
     })
@@ -410,28 +458,34 @@ def finish_tables(
     # best-of-N family is scored on the evaluation samples only.
     runs = read_tree_runs(out_dir)
     _check_tree_runs(cfg, runs, ids, out_dir)
-    policy_params, prm_params = int(metadata.get("policy_params", 0)), int(metadata.get("prm_params", 0))
+    cost_model = _cost_model(cfg, metadata, out_dir)
     scored = rollouts[rollouts["sample_id"] >= k]
+    prompt_tokens = rollouts.groupby("prompt_id")["prompt_tokens"].first()
     evaluations = pd.concat(
-        [best_of_n_family_rows(cfg, scored, policy_params, prm_params, bar),
-         adaptive_consistency_rows(cfg, scored, policy_params, prm_params, bar), tree_rows(runs, policy_params)],
+        [best_of_n_family_rows(cfg, scored, cost_model, bar), adaptive_consistency_rows(cfg, scored, cost_model, bar),
+         tree_rows(runs, prompt_tokens, cost_model)],
         ignore_index=True,
     )
 
-    # Stage 4: selection, cross-fitted inside each bin, once per router that can be deployed
-    # on this table's prompts: the table's own bins and each k-sample pilot's bins.
+    # Stage 4: selection, once per router that can be deployed on this table's prompts: the
+    # table's own bins and each k-sample pilot's bins. A budget's compute is counted in scored
+    # samples of the profiling prompts (cost_model.sample_cost).
     profile_evals = evaluations[evaluations["prompt_id"].isin(set(profile_ids))]
+    unit = sample_cost(profile_evals)
     own = table_estimator(cfg.difficulty)
-    results, selection = select_tables(profile_evals, bins.loc[profile_ids], cfg.select, metadata["policy_id"],
-                                       metadata["prm_id"], bar, estimator=own)
+
+    def select(router_bins: pd.Series, name: str, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return select_tables(profile_evals, router_bins, cfg.select, metadata["policy_id"], metadata["prm_id"],
+                             progress, estimator=name, unit=unit)
+
+    results, selection = select(bins.loc[profile_ids], own, bar)
     selections, pilots = [selection], {}
     for pk in (cfg.select.pilots if k else ()):
         pbins, pedges = pilot_bins(cfg, difficulty, pk, profile_ids)
-        selections.append(select_tables(profile_evals, pbins.loc[profile_ids], cfg.select, metadata["policy_id"],
-                                        metadata["prm_id"], None, estimator=pilot_name(pk))[1])
+        selections.append(select(pbins.loc[profile_ids], pilot_name(pk))[1])
         pilots[pilot_name(pk)] = {"k": int(pk), "edges": pedges}
     selection = pd.concat(selections, ignore_index=True)
-    ledger = _ledger(rollouts, runs, policy_params, prm_params, _pool_seconds(out_dir))
+    ledger = _ledger(rollouts, runs, cost_model.policy_params, cost_model.prm_params, _pool_seconds(out_dir))
     # The family comes from the config, not from the shards: merged shards may predate the key.
     metadata = {key: v for key, v in metadata.items() if key != "dataset_family_note"}
     labels = bin_labels(edges) if cfg.difficulty != "level" else _level_labels(prompts[prompts["split"] == "profile"])
@@ -440,11 +494,31 @@ def finish_tables(
                 difficulty_samples=k, difficulty_source=DESCRIPTIONS[cfg.difficulty].format(k=k),
                 default_selection=own, pilots=pilots, declared_router=cfg.evaluate.router,
                 aggregations=list(cfg.grid.aggregations),
-                select_rule={"rule": cfg.select.rule, "tolerance": cfg.select.tolerance,
-                             "confidence": cfg.select.confidence})
-    kept = kept_metadata(out_dir, prompts, force)  # a rerun keeps the trained estimators' records
+                cost_model={**cost_model.to_dict(), "sample_cost": unit},
+                profile_picks={str(b): v for b, v in pick_table(profile_evals, sorted(evaluations["budget"].unique()),
+                                                                 unit).items()},
+                select_method={"method": cfg.select.method, "shrinkage": cfg.select.shrinkage,
+                               "repeats": cfg.select.repeats, "folds": cfg.select.folds,
+                               "confidence": cfg.select.confidence})
+    meta.pop("select_rule", None)
+    meta.pop("shared_prefix_tokens", None)  # the pool's measurement; cost_model holds the one used
+    # A rerun keeps the trained estimators' records and re-selects their cells from the
+    # out-of-fold bins they recorded (the costs or the selection may have changed).
+    kept = kept_metadata(out_dir, prompts, force)
+    kept_cells = []
+    for name, entry in dict(kept.get("estimators", {})).items():
+        oof = entry.get("oof_bins") if isinstance(entry, dict) else None
+        if not isinstance(oof, dict):
+            kept["estimators"].pop(name)  # trained before its bins were recorded: retrain it
+            print(f"{out_dir}: estimator {name} recorded no out-of-fold bins, so its cells cannot be re-selected: "
+                  f"its record was dropped; retrain it (`tts-selector train-estimator {out_dir} --features "
+                  f"{name.partition(':')[2]}`)", file=sys.stderr)
+            continue
+        kept_cells.append(select(pd.Series(oof).astype(int).reindex(profile_ids).dropna().astype(int), name)[1])
+    if not kept.get("estimators"):
+        kept.pop("estimators", None)
     meta.update(kept)
-    selection = pd.concat([selection, kept_selection(out_dir, kept)], ignore_index=True)  # and their cells
+    selection = pd.concat([selection, *kept_cells], ignore_index=True)
     write_table(prompts, out_dir / "prompts.parquet", "prompts", meta)
     write_table(evaluations, out_dir / "evaluations.parquet", "evaluations", meta)
     write_table(results, out_dir / "results.parquet", "results", meta)

@@ -8,9 +8,10 @@ runner's own candidate building and answer rule, so a row equals a live run whos
 returned those samples (``tests/test_new_strategies.py`` checks it). The caller decides which
 samples are eligible (e.g. the evaluation samples only, never those that decided the bin).
 
-Each row records what the run actually spent: ``generations`` = samples drawn, policy tokens =
-one prompt read per window plus the drawn samples' tokens, PRM tokens = the drawn samples'
-(weighted vote only; the majority vote never calls the PRM). ``budget`` is the cap ``n``.
+Each row records what the run actually spent: ``generations`` = samples drawn, request prompt
+tokens = one prompt read per window, generated tokens = the drawn samples', PRM tokens = the
+drawn samples' (weighted vote only; the majority vote never calls the PRM); the table's cost
+model prices them (:mod:`selector.cost_model`). ``budget`` is the cap ``n``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from ..search.aggregate import select_answer
 from ..search.base import Node, SearchContext
 from ..search.runner import candidates_of
 from .config import ADAPTIVE, ProfileConfig
-from .evaluate import EVAL_COLUMNS, pool_cost_columns
+from ..cost_model import CostModel
+from .evaluate import EVAL_COLUMNS, priced, token_columns
 
 
 def adaptive_configs(cfg: ProfileConfig) -> list[AdaptiveConsistency]:
@@ -66,11 +68,11 @@ def replay(strategy: AdaptiveConsistency, nodes: Sequence[Node], seed: int = 0) 
 
 
 def adaptive_consistency_rows(
-    cfg: ProfileConfig, rollouts: pd.DataFrame, policy_params: int, prm_params: int, progress: Callable | None = None
+    cfg: ProfileConfig, rollouts: pd.DataFrame, cost_model: CostModel | None = None, progress: Callable | None = None
 ) -> pd.DataFrame:
-    """Accuracy and cost as spent of adaptive consistency at every grid configuration, one row
-    per (prompt, configuration), replayed on ``rollouts`` in ``sample_id`` order (tokens and FLOPs
-    as the live run would count them; see the module docstring)."""
+    """Accuracy and tokens as spent of adaptive consistency at every grid configuration, one row
+    per (prompt, configuration), replayed on ``rollouts`` in ``sample_id`` order (tokens as the
+    live run would count them; see the module docstring), priced by ``cost_model`` (None: unpriced)."""
     if ADAPTIVE not in cfg.grid.strategies:
         return pd.DataFrame(columns=EVAL_COLUMNS)
     configs = adaptive_configs(cfg)
@@ -94,18 +96,18 @@ def adaptive_consistency_rows(
             # The answer's sample is the first drawn candidate with the winning key.
             hit = key is not None and correct[next(i for i, c in enumerate(candidates) if c.answer_key == key)]
             used = len(drawn)
-            policy_tokens = len(rounds) * prompt_tokens + sum(n.tokens for n in drawn)
             prm_tokens = sum(n.prm_tokens for n in drawn) if strategy.vote == "weighted" else 0
             out.append({
                 "prompt_id": prompt_id, "strategy": strategy.name, "n": strategy.n, "m": strategy.window,
                 "aggregation": strategy.aggregation if strategy.vote == "weighted" else None,
                 "budget": strategy.n, "accuracy": float(hit), "accuracy_std": 0.0,
-                # Each window is a new request at the root: its prompt is counted as computed (an
-                # engine with a prefix cache serves windows 2.. cheaper; this is the upper bound).
-                **pool_cost_columns(used, policy_tokens, prm_tokens, policy_params, prm_params),
+                # Each window is a new request at the root: it reads the prompt again (R); the
+                # cost model decides whether an engine computes it again.
+                **token_columns(used, prompt_tokens, len(rounds) * prompt_tokens, sum(n.tokens for n in drawn),
+                                prm_tokens),
             })
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return pd.DataFrame(out, columns=EVAL_COLUMNS)
+    return priced(out, cost_model)

@@ -29,7 +29,6 @@ _FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 TREE_STRATEGIES = ("beam_search", "dvts", "particle_filtering")  # run live, step by step
 WIDTH_STRATEGIES = ("beam_search", "dvts")  # the tree strategies with a beam width m
 ADAPTIVE = "adaptive_consistency"  # replayed on the pool's samples (selector/profile/adaptive.py)
-SELECT_RULES = ("cheapest", "best")
 # Where a prompt's bin comes from: PRM-predicted pass@1 (mean final-step score) or graded
 # pass@1 of its difficulty samples, or the data set's own difficulty label.
 DIFFICULTY_SOURCES = ("predicted", "oracle", "level")
@@ -231,32 +230,75 @@ class EvaluateConfig:
             raise ConfigError("evaluate.seeds must name at least one seed")
 
 
+SELECT_METHODS = ("guarded", "per_bin", "profile_pick")
+
+
 @dataclass(frozen=True)
 class SelectConfig:
-    folds: int = 2  # K-fold cross-fitting inside each bin (Snell et al. used 2)
+    """How each router's cells are chosen at each budget (see ``selector/profile/select.py``).
+
+    ``method``: ``guarded`` (default) starts from the profile pick (the one configuration most
+    accurate over all profiling prompts within the budget's compute) and replaces it by a
+    per-bin allocation only when repeated cross-fitting on the profiling prompts says the
+    allocation is better (the lower end of the ``confidence`` CI of its gain above 0);
+    ``per_bin`` always takes the allocation, ``profile_pick`` never (references).
+    ``shrinkage``: prompts' worth of weight pulling a bin's accuracy estimate of a configuration
+    toward its pooled estimate (0: raw per-bin means). ``repeats`` x ``folds``: the cross-fitting
+    splits of the guard and of each cell's reported (held-out) accuracy."""
+
+    folds: int = 2  # K-fold cross-fitting (Snell et al. used 2)
     bootstrap: int = 1000
     confidence: float = 0.95
     seed: int = 0
-    # "cheapest": the cheapest configuration (computed FLOPs) whose paired deficit to the most
-    # accurate one is not significantly above ``tolerance`` (see select.choose); "best": the
-    # most accurate one.
-    rule: str = "cheapest"
-    tolerance: float = 0.0
+    method: str = "guarded"
+    shrinkage: float = 20.0
+    repeats: int = 5
     # Pilot sizes k for which a selection is written on the bins a k-sample pilot assigns
     # (``pilot:<k>`` routers); each k <= pool.difficulty_samples.
     pilots: tuple[int, ...] = (4,)
+    # The per-cell rule of tables before the guarded selection; accepted at its old defaults so
+    # their recorded configs load, and refused otherwise (it chose worse configurations).
+    rule: str = "cheapest"
+    tolerance: float = 0.0
 
     def check(self) -> None:
-        if self.rule not in SELECT_RULES:
-            raise ConfigError(f"select.rule must be one of {list(SELECT_RULES)}, got {self.rule!r}")
-        if not 0.0 <= self.tolerance < 1.0:
-            raise ConfigError(f"select.tolerance is an accuracy deficit in [0, 1), got {self.tolerance}")
+        if self.rule != "cheapest" or self.tolerance != 0.0:
+            raise ConfigError(
+                "select.rule and select.tolerance were replaced by select.method (guarded | per_bin | profile_pick): "
+                "the per-cell 'cheapest not significantly worse' rule took worse configurations; delete them"
+            )
+        if self.method not in SELECT_METHODS:
+            raise ConfigError(f"select.method must be one of {list(SELECT_METHODS)}, got {self.method!r}")
+        if not 0.0 <= self.shrinkage <= 1e6:
+            raise ConfigError(f"select.shrinkage is a weight in prompts, >= 0, got {self.shrinkage}")
+        if not 1 <= self.repeats <= 100:
+            raise ConfigError(f"select.repeats must be between 1 and 100 cross-fitting repeats, got {self.repeats}")
         if self.folds < 2:
             raise ConfigError(f"select.folds must be >= 2 (choose on K-1 folds, score on the held-out one), got {self.folds}")
         if self.bootstrap < 10:
             raise ConfigError(f"select.bootstrap must be >= 10 resamples, got {self.bootstrap}")
         if not 0.5 < self.confidence < 1:
             raise ConfigError(f"select.confidence must be in (0.5, 1), got {self.confidence}")
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """The cost model a table's rows are priced by (``selector/cost_model.py``). It prices the
+    same samples differently and changes none of them, so it is not part of ``config_hash``: a
+    table can be re-priced without generating (``tts-selector reprice``)."""
+
+    prefix_cache: str = "shared"
+    # Tokens of the preamble every prompt shares; None: measured by the policy's tokenizer when
+    # the pool is generated (0 when it cannot tokenize: ``shared`` then prices like ``prompt``).
+    shared_prefix_tokens: int | None = None
+
+    def check(self) -> None:
+        from ..cost_model import PREFIX_CACHE_MODELS
+
+        if self.prefix_cache not in PREFIX_CACHE_MODELS:
+            raise ConfigError(f"cost.prefix_cache must be one of {list(PREFIX_CACHE_MODELS)}, got {self.prefix_cache!r}")
+        if self.shared_prefix_tokens is not None and self.shared_prefix_tokens < 0:
+            raise ConfigError(f"cost.shared_prefix_tokens must be >= 0 tokens (or null: measured), got {self.shared_prefix_tokens}")
 
 
 EXECUTOR_KINDS = ("local", "ray")
@@ -312,6 +354,8 @@ class ProfileConfig:
     base_dir: str = field(default=".", compare=False)
     # Where the shards run; not part of the identity either (see ExecutorConfig).
     executor: ExecutorConfig = field(default=ExecutorConfig(), compare=False)
+    # How rows are priced; re-pricing changes no sample, so not part of the identity (CostConfig).
+    cost: CostConfig = field(default=CostConfig(), compare=False)
 
     def check(self) -> "ProfileConfig":
         self.dataset.check()
@@ -321,6 +365,7 @@ class ProfileConfig:
         self.evaluate.check()
         self.select.check()
         self.executor.check()
+        self.cost.check()
         if self.difficulty not in DIFFICULTY_SOURCES:
             raise ConfigError(
                 f"difficulty must be 'predicted' (mean final PRM score), 'oracle' (graded pass@1) or 'level' (the data "
@@ -389,12 +434,17 @@ class ProfileConfig:
         if ADAPTIVE not in self.grid.strategies:  # unused keys: tables profiled before them keep their hash
             for key in [k for k in settings["grid"] if k.startswith("adaptive_")]:
                 settings["grid"].pop(key)
+        settings.pop("cost")  # pricing, not samples (CostConfig)
+        # Keys added with the guarded selection, at their defaults: older tables keep their hash.
+        for key, default in (("method", "guarded"), ("shrinkage", 20.0), ("repeats", 5)):
+            if settings["select"].get(key) == default:
+                settings["select"].pop(key)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()
 
 
 _SECTIONS = {
     "dataset": DatasetConfig, "pool": PoolConfig, "grid": GridConfig, "binning": BinningConfig,
-    "evaluate": EvaluateConfig, "select": SelectConfig, "executor": ExecutorConfig,
+    "evaluate": EvaluateConfig, "select": SelectConfig, "executor": ExecutorConfig, "cost": CostConfig,
 }
 
 

@@ -55,8 +55,9 @@ def final_scores(step_scores: pd.Series) -> list[float]:
 
 def prompt_difficulty(cfg: ProfileConfig, problems: Sequence[Problem], rollouts: pd.DataFrame) -> pd.DataFrame:
     """Per prompt (index prompt_id): ``oracle_pass1``, ``predicted_pass1`` and the final-step
-    ``difficulty_scores`` of its difficulty samples (in sample order), and ``difficulty_score``,
-    the value it is binned by (higher = easier).
+    ``difficulty_scores`` of its difficulty samples (in sample order) with their generated and
+    PRM tokens (``difficulty_tokens``, ``difficulty_prm_tokens``: what a pilot of their first
+    k samples spends), and ``difficulty_score``, the value it is binned by (higher = easier).
 
     With no difficulty samples (``difficulty: level``), pass@1 columns are read from the
     evaluation samples and are informational only: nothing is binned by them.
@@ -69,11 +70,14 @@ def prompt_difficulty(cfg: ProfileConfig, problems: Sequence[Problem], rollouts:
         "oracle_pass1": groups["correct"].mean(),
         "predicted_pass1": groups["step_scores"].apply(lambda s: float(np.mean(final_scores(s)))),
         "difficulty_scores": groups["step_scores"].apply(final_scores) if k else pd.Series(dtype=object),
+        "difficulty_tokens": groups["tokens"].apply(lambda t: [int(x) for x in t]) if k else pd.Series(dtype=object),
+        "difficulty_prm_tokens": groups["prm_tokens"].apply(lambda t: [int(x) for x in t]) if k else pd.Series(dtype=object),
     })
     ids = [p.id for p in problems]
     out = out.reindex(ids)
     if not k:
-        out["difficulty_scores"] = [[] for _ in ids]
+        for column in ("difficulty_scores", "difficulty_tokens", "difficulty_prm_tokens"):
+            out[column] = [[] for _ in ids]
     if cfg.difficulty == "level":
         levels = pd.Series([p.level for p in problems], index=ids, dtype="float")
         if levels.isna().any():

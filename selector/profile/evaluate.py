@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..backends.base import PRM, Policy
+from ..cost_model import CostModel
 from ..grading import is_equivalent
 from ..search.aggregate import AGGREGATIONS
 from ..search.base import make_strategy
@@ -33,22 +34,35 @@ from .config import BEST_OF_N_FAMILY, TREE_STRATEGIES, WIDTH_STRATEGIES, Profile
 from .pool import Shard, shard_time_metadata
 
 EVAL_COLUMNS = [
-    "prompt_id", "strategy", "n", "m", "aggregation", "budget", "accuracy", "accuracy_std",
-    "generations", "policy_tokens", "policy_cached_tokens", "prm_tokens", "tokens", "flops", "flops_no_cache",
+    "prompt_id", "strategy", "n", "m", "aggregation", "budget", "accuracy", "accuracy_std", "generations",
+    "prompt_tokens", "request_prompt_tokens", "generated_tokens", "prm_tokens", "policy_tokens", "policy_cached_tokens",
+    "computed_tokens", "tokens", "flops", "flops_no_cache", "cost",
 ]
-"""Evaluation columns. ``flops`` counts the tokens an engine computes (prompt tokens served from
-a prefix cache excluded: ``policy_cached_tokens``); ``flops_no_cache`` the same work with every
-prompt token computed. Selection compares ``flops``."""
+"""Evaluation columns. Every row carries the token counts it is priced from (P, R, G and PRM
+tokens, see :mod:`selector.cost_model`) and the costs the table's declared cost model gives them:
+``flops`` (that model), ``flops_no_cache`` (every request computing its prefix), ``cost`` (the
+table's budget axis). ``policy_tokens`` = R + G (what the policy read and wrote);
+``policy_cached_tokens`` what the engine reported serving from its prefix cache: a diagnostic,
+never the axis."""
 
 
-def pool_cost_columns(generations: float, policy_tokens: float, prm_tokens: float, policy_params: int,
-                      prm_params: int) -> dict[str, float]:
-    """Cost columns of a row scored from pooled samples: nothing served from a prefix cache, so
-    ``flops`` (computed tokens) equals ``flops_no_cache``. Units: generations, tokens, FLOPs."""
-    flops = 2.0 * policy_params * policy_tokens + 2.0 * prm_params * prm_tokens
-    return {"generations": float(generations), "policy_tokens": float(policy_tokens), "policy_cached_tokens": 0.0,
-            "prm_tokens": float(prm_tokens), "tokens": float(policy_tokens + prm_tokens), "flops": flops,
-            "flops_no_cache": flops}
+def token_columns(generations: float, prompt_tokens: float, request_prompt_tokens: float, generated_tokens: float,
+                  prm_tokens: float, cached_tokens: float = 0.0) -> dict[str, float]:
+    """The raw counts of one row (generations, tokens); :meth:`CostModel.price` adds the costs."""
+    return {"generations": float(generations), "prompt_tokens": float(prompt_tokens),
+            "request_prompt_tokens": float(request_prompt_tokens), "generated_tokens": float(generated_tokens),
+            "prm_tokens": float(prm_tokens), "policy_tokens": float(request_prompt_tokens + generated_tokens),
+            "policy_cached_tokens": float(cached_tokens)}
+
+
+def priced(rows: list[dict] | pd.DataFrame, cost_model: CostModel | None) -> pd.DataFrame:
+    """Rows in :data:`EVAL_COLUMNS` order, priced by ``cost_model`` (None: cost columns left NaN,
+    for the caller to price the whole evaluation table at once)."""
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=EVAL_COLUMNS)
+    df = cost_model.price(df) if cost_model is not None else df
+    return df.reindex(columns=EVAL_COLUMNS)
 
 
 def subsets(pool_size: int, n: int, count: int, seed: int) -> np.ndarray:
@@ -92,9 +106,10 @@ def _best(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def best_of_n_family_rows(
-    cfg: ProfileConfig, rollouts: pd.DataFrame, policy_params: int, prm_params: int, progress: Callable | None = None
+    cfg: ProfileConfig, rollouts: pd.DataFrame, cost_model: CostModel | None = None, progress: Callable | None = None
 ) -> pd.DataFrame:
-    """Expected accuracy and cost of the best-of-N family at every budget, from the pool."""
+    """Expected accuracy and token counts of the best-of-N family at every budget, from the
+    pool, priced by ``cost_model`` (None: unpriced, see :func:`priced`)."""
     grid = cfg.grid
     budgets = sorted(b for b in grid.budgets if b <= cfg.pool.n)
     family = [s for s in grid.strategies if s in BEST_OF_N_FAMILY]
@@ -121,7 +136,6 @@ def best_of_n_family_rows(
             idx = subsets(size, n, cfg.evaluate.subsamples, derive_seed(cfg.seed, "subsets", prompt_id, n))
             sub_ids = ids[idx]
             ones = np.ones(sub_ids.shape)
-            policy_tokens = prompt_tokens + n * mean_gen
             for strategy in family:
                 for aggregation in ([None] if strategy == "majority" else grid.aggregations):
                     if strategy == "majority":
@@ -136,15 +150,15 @@ def best_of_n_family_rows(
                         "prompt_id": prompt_id, "strategy": strategy, "n": n, "m": None, "aggregation": aggregation,
                         "budget": n, "accuracy": float(hits.mean()), "accuracy_std": float(hits.std()),
                         # From the pool: these samples were already paid for in stage 1, so the
-                        # family adds no generations; the cost columns say what a live run would spend.
-                        # One request of n samples: the prompt is prefilled once, nothing is cached.
-                        **pool_cost_columns(n, policy_tokens, prm_tokens, policy_params, prm_params),
+                        # family adds no generations; the columns say what a live run would spend:
+                        # one request of n samples, its prompt read once.
+                        **token_columns(n, prompt_tokens, prompt_tokens, n * mean_gen, prm_tokens),
                     })
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return pd.DataFrame(out, columns=EVAL_COLUMNS)
+    return priced(out, cost_model)
 
 
 def tree_configs(cfg: ProfileConfig) -> list:
@@ -234,21 +248,28 @@ def read_tree_runs(table_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def tree_rows(runs: pd.DataFrame, policy_params: int = 0) -> pd.DataFrame:
-    """Average the raw tree runs over seeds into evaluation rows (``policy_params``: the
-    policy's parameter count, to price the cached prompt tokens for ``flops_no_cache``)."""
+def tree_rows(runs: pd.DataFrame, prompt_tokens: pd.Series, cost_model: CostModel | None = None) -> pd.DataFrame:
+    """Average the raw tree runs over seeds into evaluation rows, priced by ``cost_model``
+    (None: unpriced). ``prompt_tokens``: prompt_id -> the question's prompt tokens (P, from the
+    pool: the tree's first request reads the same prompt). R is what the runs' requests read
+    (``policy_tokens`` minus generated), whatever the engine served from its cache."""
     if runs.empty:
         return pd.DataFrame(columns=EVAL_COLUMNS)
+    if "policy_generated_tokens" not in runs:
+        raise ValueError("these tree runs were written before generated tokens were recorded apart from prompt "
+                         "tokens, so they cannot be priced: re-run the tree stage (delete state/tree-shard-*.parquet "
+                         "and resume the profile)")
     keys = ["prompt_id", "strategy", "n", "m", "aggregation"]
-    g = runs.assign(correct=runs["correct"].astype(float)).groupby(keys, sort=True, dropna=False)
+    runs = runs.assign(correct=runs["correct"].astype(float),
+                       request_prompt_tokens=runs["policy_tokens"] - runs["policy_generated_tokens"])
+    g = runs.groupby(keys, sort=True, dropna=False)
     out = g.agg(
         accuracy=("correct", "mean"), accuracy_std=("correct", lambda x: float(np.std(x))),
-        generations=("generations", "mean"), policy_tokens=("policy_tokens", "mean"),
-        policy_cached_tokens=("policy_cached_tokens", "mean"),
-        prm_tokens=("prm_tokens", "mean"), policy_flops=("policy_flops", "mean"), prm_flops=("prm_flops", "mean"),
+        generations=("generations", "mean"), request_prompt_tokens=("request_prompt_tokens", "mean"),
+        generated_tokens=("policy_generated_tokens", "mean"), policy_cached_tokens=("policy_cached_tokens", "mean"),
+        prm_tokens=("prm_tokens", "mean"),
     ).reset_index()
     out["budget"] = out["n"]
-    out["tokens"] = out["policy_tokens"] + out["prm_tokens"]
-    out["flops"] = out["policy_flops"] + out["prm_flops"]
-    out["flops_no_cache"] = out["flops"] + 2.0 * policy_params * out["policy_cached_tokens"]
-    return out[EVAL_COLUMNS]
+    out["prompt_tokens"] = out["prompt_id"].map(prompt_tokens).astype(float)
+    out["policy_tokens"] = out["request_prompt_tokens"] + out["generated_tokens"]
+    return priced(out, cost_model)

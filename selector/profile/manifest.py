@@ -114,13 +114,16 @@ def kept_metadata(out_dir: str | Path, prompts: pd.DataFrame, force: bool = Fals
     )
 
 
-def kept_selection(out_dir: str | Path, kept: dict[str, Any]) -> pd.DataFrame:
-    """The old table's selection rows of the estimators ``kept`` carries over (their cells were
-    chosen on their own out-of-fold bins, which a rerun of the same config and bins leaves valid)."""
-    from ..tables import TableDir
+def profiled_settings(out_dir: str | Path):
+    """The binning and select settings a table was profiled with (its manifest's config), for
+    re-selecting its cells without generating (learning curves, re-pricing)."""
+    from ..errors import InputError
+    from .config import BinningConfig, SelectConfig, _build
 
-    names = set(kept.get("estimators", {}))
-    if not names:
-        return pd.DataFrame()
-    old = TableDir(out_dir)._get("selection")
-    return old[old["estimator"].isin(names)].reset_index(drop=True)
+    raw = read_manifest(out_dir).get("config", {})
+    if not raw:
+        raise InputError(f"{out_dir}: no state/manifest.json recording the profile config; re-selecting a table's "
+                         "cells needs its binning and select settings")
+    where = f"{Path(out_dir) / MANIFEST}"
+    return (_build(BinningConfig, raw.get("binning", {}), f"{where} binning"),
+            _build(SelectConfig, raw.get("select", {}), f"{where} select"))

@@ -20,11 +20,10 @@ FORCED_SOURCE = "forced by the request (tts.strategy / X-TTS-Strategy): routing 
 class Solver:
     """Validates per-request routing options and solves batches with one :class:`Router`.
 
-    ``budget``: the default budget N (generations per round); ``average_budget``: instead,
+    ``budget``: the default budget N (N scored samples' compute); ``average_budget``: instead,
     each difficulty bin gets the budget the table's allocation gives it over the profiled
-    prompts' bin mix (so traffic with the table's difficulty mix averages at most that many
-    generations per round, and a request's budget depends on its bin only, never on its
-    batch). Without either, the table's largest budget (8 for a published prior).
+    prompts' bin mix (so traffic with the table's difficulty mix averages at most that much
+    compute, and a request's budget depends on its bin only, never on its batch). Without either, the table's largest budget (8 for a published prior).
     ``max_budget`` caps budgets of a published prior (it names none of its own).
     """
 
@@ -37,7 +36,7 @@ class Solver:
         self.max_budget = max(self.budgets) if self.budgets else max_budget
         self.bin_budgets: dict[int, int] | None = None
         if average_budget is not None:
-            self.bin_budgets = _bin_budgets(router, average_budget)
+            self.bin_budgets = router.bin_budgets(average_budget)
             self.default_budget = None
         else:
             self.default_budget = budget if budget is not None else (self.max_budget if self.budgets else min(8, max_budget))
@@ -104,15 +103,3 @@ class Solver:
         if self.bin_budgets is None:
             return int(self.default_budget)
         return self.bin_budgets.get(bin_, min(self.bin_budgets.values())) if bin_ is not None else min(self.bin_budgets.values())
-
-
-def _bin_budgets(router: Router, average_budget: float) -> dict[int, int]:
-    """Per-bin budgets from the table's allocation over its profiled prompts' bins: each bin
-    takes the smallest budget any of its prompts got, so the mix's mean stays <= the average."""
-    prompts = router.table.prompts()
-    bins = [int(b) for b in prompts["bin"]]
-    budgets = router._cells.allocate(bins, average_budget)
-    out: dict[int, int] = {}
-    for b, n in zip(bins, budgets):
-        out[b] = min(out.get(b, n), n)
-    return out
