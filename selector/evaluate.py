@@ -73,6 +73,7 @@ class Method:
     reported: dict[int, np.ndarray] = field(default_factory=dict)  # routers: the cell's expected accuracy
     reference: bool = False  # routers on bins no deployed router reproduces (oracle, level): not compared
     configs: dict[int, str] = field(default_factory=dict)  # profile pick: its configuration per budget
+    chosen: dict[int, list[str]] = field(default_factory=dict)  # routers: each prompt's configuration per budget
 
 
 @dataclass
@@ -100,11 +101,13 @@ class EvalReport:
             for v in self.versus_profile_pick:
                 lo, hi = v["margin_ci"]
                 if v["budget"] == "pooled":
-                    lines.append(f"  pooled over budgets: {v['margin']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                    lines.append(f"  pooled over budgets: {v['margin']:+.3f} [{lo:+.3f}, {hi:+.3f}] (the router differs "
+                                 f"from the pick at N = {', '.join(map(str, v['differs_at'])) or 'none'})")
                     continue
+                margin = ("identical (the guard kept the pick)" if v["identical"]
+                          else f"{v['margin']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
                 lines.append(f"  N={v['budget']:<4}{v['router_accuracy']:.3f} ({v['router_flops']:.2g} FLOPs) vs "
-                             f"{v['fixed']} {v['fixed_accuracy']:.3f} ({v['fixed_flops']:.2g} FLOPs): "
-                             f"{v['margin']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                             f"{v['fixed']} {v['fixed_accuracy']:.3f} ({v['fixed_flops']:.2g} FLOPs): {margin}")
         names = list(dict.fromkeys(r["method"] for r in self.rows))
         lines.append(f"{'method':<34}" + "".join(f"{'N=' + str(b):<30}" for b in self.budgets))
         for name in names:
@@ -326,9 +329,12 @@ def route_prompts(name, estimator, ids, bins, extra_flops, extra_gen, allocated,
     for b in budgets:
         per_prompt = cells.allocate(bins, b) if allocated else [b] * len(ids)
         acc, fl, gen, cost, rep = (np.empty(len(ids)) for _ in range(5))
+        m.chosen[b] = []
         for i, (pid, bin_, pb) in enumerate(zip(ids, bins, per_prompt)):
             row, _ = cells.cell(int(bin_), pb)
-            a, f, g, c = lookup[(pid, config_key(row))]
+            key = config_key(row)
+            m.chosen[b].append(key)
+            a, f, g, c = lookup[(pid, key)]
             acc[i], rep[i] = a, float(row.accuracy)
             gen[i], fl[i] = g + extra_gen[i], f + extra_flops[i]
             cost[i] = c + (extra_flops[i] if axis == "flops" else extra_gen[i])
@@ -372,14 +378,18 @@ def _versus_profile_pick(router: Method | None, pick: Method, budgets: list[int]
             continue
         diff = router.accuracy[b] - pick.accuracy[b]
         margins.append(diff)
-        out.append({"budget": b, "router_accuracy": float(router.accuracy[b].mean()), "fixed": pick.configs[b],
+        # The router ran the pick on every prompt: the margin is 0 by construction, not evidence.
+        identical = all(key == pick.configs[b] for key in router.chosen.get(b, ()))
+        out.append({"budget": b, "identical": identical, "router_accuracy": float(router.accuracy[b].mean()),
+                    "fixed": pick.configs[b],
                     "fixed_accuracy": float(pick.accuracy[b].mean()), "router_flops": float(router.flops[b].mean()),
                     "fixed_flops": float(pick.flops[b].mean()), "router_cost": float(router.cost[b].mean()),
                     "fixed_cost": float(pick.cost[b].mean()), "margin": float(diff.mean()),
                     "margin_ci": ci95(_boot_means(diff, boot))})
     if margins:
         pooled = np.mean(margins, axis=0)
-        out.append({"budget": "pooled", "budgets": [v["budget"] for v in out], "margin": float(pooled.mean()),
+        out.append({"budget": "pooled", "budgets": [v["budget"] for v in out],
+                    "differs_at": [v["budget"] for v in out if not v["identical"]], "margin": float(pooled.mean()),
                     "margin_ci": ci95(_boot_means(pooled, boot))})
     return out
 

@@ -159,8 +159,10 @@ def test_evaluate_scores_routers_and_fixed_strategies_on_held_out_prompts(sim_ta
         assert v["margin_ci"][0] <= v["margin"] <= v["margin_ci"][1]
         at = cells[cells["budget"] == v["budget"]]
         if (at["choice"] == "profile_pick").all():  # the router is the profile pick there: exactly 0
-            assert v["margin"] == 0 and v["margin_ci"] == [0.0, 0.0] and v["router_flops"] == v["fixed_flops"]
+            assert v["identical"] and v["margin"] == 0 and v["margin_ci"] == [0.0, 0.0]
+            assert v["router_flops"] == v["fixed_flops"]
     pooled = versus[-1]
+    assert pooled["differs_at"] == [v["budget"] for v in versus[:-1] if not v["identical"]]
     assert pooled["margin"] == pytest.approx(np.mean([v["margin"] for v in versus[:-1]]))
     assert pooled["margin_ci"][0] <= pooled["margin"] <= pooled["margin_ci"][1]
     declared = [v for v in report.versus_fixed if v["method"] == report.declared_router]

@@ -30,18 +30,26 @@ def _world(rng: np.random.Generator, prompts: int, heterogeneous: bool) -> tuple
     return (rng.random(p.shape) < p).astype(float), cost, bins
 
 
-def test_without_information_in_the_bins_the_guard_adopts_at_its_nominal_rate():
-    # 200 worlds whose bins carry no information: the cross-fitted gain is unbiased (mean ~0) and
-    # the per-bin allocation is adopted about as often as the guard's 2.5% one-sided level says.
-    gains, adopted = [], 0
-    for world in range(200):
-        acc, cost, bins = _world(np.random.default_rng(100 + world), 300, heterogeneous=False)
+@pytest.mark.parametrize("curve", ["linear", "concave"])
+def test_where_reallocating_cannot_help_the_guard_adopts_at_most_at_its_nominal_rate(curve):
+    # Bins that carry no information: every bin has the same accuracy curve. Linear: moving compute
+    # between bins changes nothing (true gain 0); concave: it loses (true gain < 0). Over 1,000
+    # worlds the guard's one-sided 2.5% level must hold within two Monte-Carlo standard errors;
+    # a bootstrap over prompts that ignores the folds' shared training sets adopted twice as often.
+    rate = {"linear": lambda j: 0.3 + 0.1 * j, "concave": lambda j: 0.3 + 0.4 * np.sqrt(j / 4)}[curve]
+    gains, adopted, worlds = [], 0, 1000
+    for world in range(worlds):
+        rng = np.random.default_rng(100 + world)
+        bins = np.repeat([1, 2, 3], 100)
+        cost = np.tile(np.arange(1.0, 6.0), (len(bins), 1))
+        acc = (rng.random((len(bins), 5)) < rate(np.arange(5.0))).astype(float)
         g = guard(acc, cost, bins, cap=3.0, sel=SEL, rng=np.random.default_rng(world))
         gains.append(g.gain)
         adopted += g.adopt
         assert g.adopt == (g.gain_ci[0] > 0)
     assert abs(np.mean(gains)) < 0.01
-    assert adopted / 200 <= 0.06, adopted
+    nominal = 0.025
+    assert adopted / worlds <= nominal + 2 * np.sqrt(nominal * (1 - nominal) / worlds), adopted
 
 
 def test_compute_moves_from_easy_to_hard_bins_when_cross_fitting_says_it_pays():
@@ -103,7 +111,7 @@ def test_the_knapsack_is_exact_on_the_frontier(seed, n_bins, n_configs, cap):
 
 def test_select_tables_writes_one_policy_per_budget_with_its_evidence():
     rng = np.random.default_rng(3)
-    acc, cost, bins = _world(rng, 300, heterogeneous=True)
+    acc, cost, bins = _world(rng, 1800, heterogeneous=True)
     ids = [f"p{i}" for i in range(len(bins))]
     rows = []
     for j in range(acc.shape[1]):
@@ -123,7 +131,8 @@ def test_select_tables_writes_one_policy_per_budget_with_its_evidence():
         assert (share * cells["mean_cost"]).sum() <= budget + 1e-9
         if (cells["choice"] == "profile_pick").all():
             assert cells["n"].nunique() == 1
-    assert (selection.loc[selection["budget"] == 3, "choice"] == "per_bin").all()
+    adopted = set(selection.loc[selection["choice"] == "per_bin", "budget"])
+    assert adopted and adopted <= {2, 3, 4}  # at 1 and 5 there is no compute to move
     picks = pick_table(ev, [1, 3, 5], 1.0)
     assert {b: p["n"] for b, p in picks.items()} == {1: 1, 3: 3, 5: 5}
     # method profile_pick: every bin gets the pick, whatever the evidence

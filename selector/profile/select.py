@@ -23,8 +23,9 @@ profiling prompts (``select.method``):
 - ``guarded`` (default): the per-bin allocation replaces the profile pick only when
   **repeated cross-fitting** says it is better: ``repeats`` times, the profiling prompts are
   split in ``folds`` (stratified by bin); both procedures are fitted on the other folds and
-  scored on each fold's prompts; the per-prompt gain, averaged over repeats, must have a
-  paired bootstrap CI whose lower end is above 0. The CI's level is family-wise over the
+  scored on each fold's prompts; the gain, averaged over repeats, must have a CI whose lower
+  end is above 0: the corrected resampled t interval of Nadeau & Bengio (2003), since folds
+  that share training prompts are not independent. The CI's level is family-wise over the
   router's budgets (Bonferroni: ``1 - (1 - confidence) / budgets``), so the chance that a
   router adopts, at any budget, an allocation that is no better is at most ``(1 -
   confidence) / 2``. Otherwise every bin gets the profile pick, and the router is exactly the
@@ -221,10 +222,20 @@ def _folds(bins: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray
 def guard(acc: np.ndarray, cost: np.ndarray, bins: np.ndarray, cap: float, sel: SelectConfig,
           rng: np.random.Generator, confidence: float | None = None) -> Guard:
     """Repeated K-fold cross-fitting of both procedures (see the module docstring); the gain's
-    CI is at ``confidence`` (default ``sel.confidence``)."""
+    CI is at ``confidence`` (default ``sel.confidence``).
+
+    The CI is the corrected resampled t interval of Nadeau & Bengio (2003): the fold gains of
+    one split share their training prompts, so treating prompts (or folds) as independent
+    understates the variance (Bengio & Grandvalet 2004); the correction multiplies the
+    variance of the J = repeats x folds fold gains by (1/J + n_test/n_train). Each fold's fit
+    shrinks its bin estimates with ``shrinkage`` scaled to its share of the prompts, so it is
+    as strongly regularised, for its size, as the fit on all of them."""
+    from scipy.stats import t as student_t
+
     n = len(bins)
     folds = min(sel.folds, n)
     held_pick, held_bins = np.zeros(n), np.zeros(n)
+    fold_gains: list[float] = []
     chose: dict[int, list[int]] = {int(b): [] for b in np.unique(bins)}
     chose_pick: dict[int, list[int]] = {int(b): [] for b in np.unique(bins)}
     for _ in range(sel.repeats):
@@ -234,20 +245,29 @@ def guard(acc: np.ndarray, cost: np.ndarray, bins: np.ndarray, cap: float, sel: 
             if not test.any() or not train.any():
                 continue
             pick = profile_pick(acc[train], cost[train], cap)
-            alloc = allocate_bins(acc[train], cost[train], bins[train], cap, sel.shrinkage)
+            alloc = allocate_bins(acc[train], cost[train], bins[train], cap, sel.shrinkage * train.sum() / n)
             if pick is None or alloc is None:
                 pick = pick if pick is not None else int(np.argmin(cost[train].mean(axis=0)))
                 alloc = {}
             per_prompt = np.array([alloc.get(int(b), pick) for b in bins[test]])
+            rows = np.nonzero(test)[0]
             held_pick[test] += acc[test, pick]
-            held_bins[test] += acc[np.nonzero(test)[0], per_prompt]
+            held_bins[test] += acc[rows, per_prompt]
+            fold_gains.append(float((acc[rows, per_prompt] - acc[test, pick]).mean()))
             for b in chose:
                 chose[b].append(alloc.get(b, pick))
                 chose_pick[b].append(pick)
     held_pick /= sel.repeats
     held_bins /= sel.repeats
     diff = held_bins - held_pick
-    low, high = _interval(_bootstrap_means(diff, sel.bootstrap, rng), confidence or sel.confidence)
+    gains = np.asarray(fold_gains)
+    level = confidence or sel.confidence
+    if len(gains) > 1 and gains.var(ddof=1) > 0:
+        corrected = (1.0 / len(gains) + 1.0 / (folds - 1)) * gains.var(ddof=1)
+        half = float(student_t.ppf(1.0 - (1.0 - level) / 2.0, len(gains) - 1) * np.sqrt(corrected))
+    else:  # every fold gained the same: no spread to correct (e.g. both procedures identical)
+        half = 0.0
+    low, high = float(diff.mean()) - half, float(diff.mean()) + half
     adopt = {"per_bin": True, "profile_pick": False}.get(sel.method, low > 0)
     return Guard(adopt, float(diff.mean()), (low, high), held_pick, held_bins,
                  {b: tuple(v) for b, v in (chose if adopt else chose_pick).items()})
