@@ -12,9 +12,11 @@ exploratory: many rows, no multiplicity correction, and no row here is a headlin
    pool-scored configurations (best-of-N family and adaptive consistency): each held-out
    prompt's evaluation samples are split in two halves, the configuration best on one half
    is scored on the other (and the other way round), against the single configuration best
-   on the same halves of all prompts. An in-sample maximum over noisy per-prompt estimates
-   would be biased upward and is not reported. And pass@N of the pool's evaluation samples
-   (the best-of-N family's ceiling; tree strategies draw other samples).
+   on the same halves of all prompts. It is a lower bound on the per-prompt headroom (each
+   half's per-prompt estimates are noisy, so the choice is partly noise); the in-sample
+   maximum over noisy per-prompt outcomes is an upper bound inflated by that noise, and is not
+   reported as headroom. And pass@N of the pool's evaluation samples (the best-of-N family's
+   ceiling; tree strategies draw other samples).
 2. **Heterogeneity**: per budget, each bin's chosen configuration and its in-sample accuracy
    against the one-strategy choice on the same bin's profiling prompts: routing can only gain
    where bins want different configurations.
