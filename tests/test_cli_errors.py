@@ -138,3 +138,26 @@ def test_the_python_api_raises_the_same_typed_errors():
     for params in (-5, math.inf, math.nan, 0):
         with pytest.raises(InputError, match="policy_params must be a finite parameter count"):
             Router.load(ROOT / "tables" / "prior__liu2025__math", policy="sim", prm="sim", policy_params=params)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """600 bytes of nested aliases expand to 9**9 strings: refused before anything walks them."""
+    lines = ["name: bomb", 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    lines += ["dataset: {name: *a8}", "pool: {n: 4}"]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    assert len((tmp_path / "bomb.yaml").read_bytes()) < 700
+    import time
+
+    t0 = time.perf_counter()
+    r = cli("profile", str(tmp_path / "bomb.yaml"), "--quiet", "--out", str(tmp_path / "out"))
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "aliases" in err and "bomb.yaml" in err and "Traceback" not in err, err[-600:]
+    assert time.perf_counter() - t0 < 20 and not (tmp_path / "out").exists()
+    # A wrong type is still named, with a value too large to print cut short.
+    from selector.profile.config import ConfigError, load_config
+
+    (tmp_path / "big.yaml").write_text("name: x\ndataset: {name: d.jsonl}\npool: {n: '" + "9" * 100_000 + "'}\n")
+    with pytest.raises(ConfigError, match=r"pool.n must be an integer, got '9999.*\.\.\.") as err_info:
+        load_config(tmp_path / "big.yaml")
+    assert len(str(err_info.value)) < 400

@@ -131,9 +131,10 @@ def _locate_package_dir(package: str, install_hint: str | None) -> Path:
 
 def load_preset(path: str | Path) -> dict[str, Any]:
     """Read a policy preset YAML and resolve its ``model`` locator into a path."""
+    from ..safe_yaml import load_yaml
+
     path = Path(path)
-    with path.open() as fh:
-        cfg = yaml.safe_load(fh)
+    cfg = load_yaml(path.read_text(), str(path), InputError)
     if not isinstance(cfg, dict) or "backend" not in cfg:
         raise ValueError(f"{path}: a preset is a mapping with at least a 'backend' key")
     model = cfg.get("model")
