@@ -79,6 +79,7 @@ def _load_router(args: argparse.Namespace):
     if is_catalog(args.tables) and args.dataset is None:
         raise InputError(f"{args.tables} is a catalog of tables: give --dataset NAME (e.g. --dataset math500, or a family "
                          f"such as --dataset math) so it can pick a table, or pass one table directory to --tables")
+    _check_table(args.tables)
 
     # A profiled table defaults to the engines it was profiled with; a catalog or a published
     # prior has none of its own, so they get --policy/--prm (whose defaults are the CPU default's).
@@ -88,6 +89,16 @@ def _load_router(args: argparse.Namespace):
                        policy=args.policy if args.policy_given or explicit else None,
                        prm=args.prm if args.prm_given or explicit else None,
                        dataset=args.dataset, policy_params=args.policy_params)
+
+
+def _check_table(path: str) -> None:
+    """Check a whole table directory (every file any command reads) before a command uses it,
+    so a tampered table fails the same way everywhere: exit 2 naming the file and the field."""
+    from .catalog import is_catalog
+    from .table_checks import check_table_dir
+
+    if Path(path).is_dir() and not is_catalog(path):
+        check_table_dir(path)
 
 
 def _cmd_route(args: argparse.Namespace) -> int:
@@ -239,6 +250,7 @@ def _cmd_train_estimator(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .tables import atomic_write_text
 
+    _check_table(args.tables)
     if args.learning_curve:
         from .learning_curve import learning_curve, learning_curve_path
 
@@ -266,6 +278,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import FEW_PROMPTS, inspect_path, write_plots
 
     few = FEW_PROMPTS if args.few_prompts is None else args.few_prompts
+    _check_table(args.dir)
     print(inspect_path(args.dir, budget=args.budget, few_prompts=few))
     if args.plot:
         for what, path in write_plots(args.dir, args.plot, budget=args.budget, few_prompts=few):

@@ -218,8 +218,21 @@ def evaluate_router(
 def outcome_lookup(ev: pd.DataFrame) -> dict[tuple[str, str, int], tuple[float, float, float]]:
     """``(prompt_id, config key, budget) -> (accuracy, FLOPs, generations)`` from evaluation rows
     that carry a ``config`` column (:func:`config_key`)."""
-    return {(pid, cfg, int(b)): (acc, fl, g) for pid, cfg, b, acc, fl, g in
-            ev[["prompt_id", "config", "budget", "accuracy", "flops", "generations"]].itertuples(index=False)}
+    return _Outcomes({(pid, cfg, int(b)): (acc, fl, g) for pid, cfg, b, acc, fl, g in
+                      ev[["prompt_id", "config", "budget", "accuracy", "flops", "generations"]].itertuples(index=False)})
+
+
+class _Outcomes(dict):
+    """The outcome lookup; a selected cell the evaluations lack is a broken table, not a bug."""
+
+    def __missing__(self, key: tuple) -> Any:
+        from .tables import TableError
+
+        pid, cfg, budget = key
+        raise TableError(f"evaluations.parquet has no row for prompt {str(pid)[:80]!r}, configuration {cfg} at budget "
+                         f"{budget}, which selection.parquet selects: the table's files do not belong together "
+                         "(tampered with or mixed from different runs); restore it, or rebuild it with "
+                         "`tts-selector profile`")
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:

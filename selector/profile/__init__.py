@@ -31,7 +31,7 @@ from .config import ConfigError, ProfileConfig, _build, load_config
 from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, prompt_difficulty, table_estimator
 from .evaluate import best_of_n_family_rows, read_tree_runs, tree_rows
 from .executors import Executor, ExecutorReport, LocalExecutor, RayExecutor, make_executor
-from .manifest import MANIFEST, check_manifest, kept_metadata, kept_selection
+from .manifest import MANIFEST, check_manifest, kept_metadata, kept_selection, read_manifest
 from .pool import import_pool, plan_shards, select_shards
 from .select import select_tables
 
@@ -126,16 +126,22 @@ def _splits(problems: list[Problem], heldout: float, seed: int) -> dict[str, str
 
 
 def manifest_config(out_dir: str | Path) -> dict[str, Any]:
-    """The raw profile config recorded in a table directory's manifest ({} when absent)."""
-    path = Path(out_dir) / MANIFEST
-    return json.loads(path.read_text()).get("config", {}) if path.exists() else {}
+    """The profile config recorded in a table directory's manifest ({} when absent), checked as
+    untrusted input (:func:`selector.table_checks.read_table_manifest`)."""
+    from ..table_checks import read_table_manifest
+
+    return read_table_manifest(out_dir)
 
 
 def _config_from_manifest(out_dir: Path) -> ProfileConfig:
     path = out_dir / MANIFEST
-    if not path.exists():
-        raise ConfigError(f"{out_dir}: no {MANIFEST}; is this a profile output directory?")
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(out_dir)
+    if not manifest:
+        raise ConfigError(f"{out_dir}: no {MANIFEST} (or an empty one); is this a profile output directory? Merge the "
+                          "directories `tts-selector profile --shard i/k` wrote")
+    if not isinstance(manifest.get("config"), dict) or not isinstance(manifest.get("base_dir"), str):
+        raise ConfigError(f"{path}: the manifest needs a 'config' object and a 'base_dir' string: restore it, or "
+                          "re-run that --shard slice into a new --out")
     cfg = _build(ProfileConfig, manifest["config"], str(path))
     return dataclasses.replace(cfg, base_dir=manifest["base_dir"]).check()
 
