@@ -38,6 +38,33 @@ def _parameter_count(text: str) -> float:
     return value
 
 
+def _whole(low: int, high: int | None, what: str):
+    """An argparse type: an integer in [low, high] (argparse turns the error into exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{what} must be {'between ' + str(low) + ' and ' + str(high) if high is not None else f'>= {low}'}"
+                                             f", got {text!r}")
+        return value
+    return parse
+
+
+def _positive(what: str, zero: bool = False):
+    """An argparse type: a finite number > 0 (>= 0 with ``zero``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number {'>= 0' if zero else '> 0'}, got {text!r}")
+        return value
+    return parse
+
+
 def _add_question_args(p: argparse.ArgumentParser) -> None:
     """The question: an argument, '-' for stdin, or --prompt-file (a long prompt cannot pass a shell)."""
     p.add_argument("question", nargs="?", default=None, help="the question; '-' reads it from stdin")
@@ -288,11 +315,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeConfig, serve
+    from .serve.auth import resolve_api_key
+    from .serve.server import bind
 
+    # Everything that can be refused is checked before a model loads: the settings, the key,
+    # the address (a busy port or a bad --host), then the table.
     config = ServeConfig(budget=args.budget, average_budget=args.average_budget, max_budget=args.max_budget,
                          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, timeout_s=args.timeout,
                          max_prompt_chars=args.max_prompt_chars, api_key=args.api_key, seed=args.seed)
-    serve(_load_router(args), config, host=args.host, port=args.port)
+    resolve_api_key(config.api_key)
+    sock = bind(args.host, args.port)
+    try:
+        router = _load_router(args)
+        serve(router, config, host=args.host, port=args.port, sock=sock)
+    finally:
+        sock.close()
     return 0
 
 
@@ -401,19 +438,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP gateway that routes every request through the tables")
     p.add_argument("--tables", required=True, help="table directory, or a catalog of them (e.g. tables/)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget", type=int, default=None, help="default budget N per request (default: the table's largest)")
-    budget.add_argument("--average-budget", dest="average_budget", type=float, default=None,
+    budget.add_argument("--budget", type=_whole(1, None, "--budget"), default=None,
+                        help="default budget N per request (default: the table's largest)")
+    budget.add_argument("--average-budget", dest="average_budget", type=_positive("--average-budget"), default=None,
                         help="instead: per-bin budgets averaging at most B generations per round over the table's prompt mix")
-    p.add_argument("--max-budget", dest="max_budget", type=int, default=64, help="with a published prior: the largest budget served")
+    p.add_argument("--max-budget", dest="max_budget", type=_whole(1, 4096, "--max-budget"), default=64, help="with a published prior: the largest budget served")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--batch-window-ms", dest="batch_window_ms", type=float, default=5.0,
+    p.add_argument("--port", type=_whole(0, 65535, "--port"), default=8000, help="TCP port (0 to 65535; default 8000)")
+    p.add_argument("--batch-window-ms", dest="batch_window_ms", type=_positive("--batch-window-ms", zero=True), default=5.0,
                    help="milliseconds a batch waits for more requests (default 5)")
-    p.add_argument("--max-batch", dest="max_batch", type=int, default=64, help="most questions per batched search (default 64)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may wait for its answer (default 300)")
-    p.add_argument("--max-prompt-chars", dest="max_prompt_chars", type=int, default=8000, help="longest prompt accepted (characters)")
+    p.add_argument("--max-batch", dest="max_batch", type=_whole(1, 4096, "--max-batch"), default=64, help="most questions per batched search (default 64)")
+    p.add_argument("--timeout", type=_positive("--timeout"), default=300.0, help="seconds a request may wait for its answer (default 300)")
+    p.add_argument("--max-prompt-chars", dest="max_prompt_chars", type=_whole(1, None, "--max-prompt-chars"), default=8000, help="longest prompt accepted (characters)")
     p.add_argument("--api-key", dest="api_key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $TTS_SELECTOR_API_KEY; unset: no auth)")
+                   help="require 'Authorization: Bearer KEY' (default: $TTS_SELECTOR_API_KEY; unset: no auth, said loudly "
+                        "beyond loopback; an empty key is an error)")
     _add_routing_args(p)
     _add_engine_args(p)
     p.set_defaults(func=_cmd_serve)
