@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import strict_json
 from .backends.registry import DEFAULT_POLICY, DEFAULT_PRM
 
 
@@ -103,6 +104,12 @@ def _load_router(args: argparse.Namespace):
     from .router import Router
     from .tables import TableDir
 
+    if args.temperature is not None:
+        # The table's cells were measured at its own sampling settings: another temperature would
+        # route by expectations that no longer hold, so it is refused rather than ignored.
+        raise InputError(f"--temperature is not used with --tables: the table's strategies and expected accuracies were "
+                         f"profiled at its own sampling settings (state/manifest.json's sampling); drop --temperature, "
+                         f"or solve without --tables (`tts-selector solve QUESTION --strategy ... --temperature T`)")
     if is_catalog(args.tables) and args.dataset is None:
         raise InputError(f"{args.tables} is a catalog of tables: give --dataset NAME (e.g. --dataset math500, or a family "
                          f"such as --dataset math) so it can pick a table, or pass one table directory to --tables")
@@ -132,7 +139,7 @@ def _cmd_route(args: argparse.Namespace) -> int:
     question = _question(args)
     decision = _load_router(args).route(question, args.budget)
     if args.json:
-        print(json.dumps(decision.to_dict(), indent=2))
+        print(strict_json.dumps(decision.to_dict(), indent=2))
     else:
         where = (f"no bin ({decision.estimator})" if decision.bin is None else
                  f"bin {decision.bin} (p={decision.bin_proba.get(decision.bin, 0):.2f}, by {decision.estimator})")
@@ -147,7 +154,7 @@ def _cmd_routed_solve(args: argparse.Namespace) -> int:
     question = _question(args)
     result = _load_router(args).solve(question, args.budget, seed=args.seed)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(strict_json.dumps(result.to_dict(), indent=2))
         return 0
     d, c = result.decision, result.cost
     print(f"answer:      {result.answer}")
@@ -184,7 +191,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     if args.json:
         out = result.to_dict()
         out["policy"], out["prm"] = policy.id, (prm.id if prm is not None else None)
-        print(json.dumps(out, indent=2))
+        print(strict_json.dumps(out, indent=2))
         return 0
     c = result.cost
     print(f"answer:      {result.answer}")
@@ -278,6 +285,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .tables import atomic_write_text
 
     _check_table(args.tables)
+    _check_out(args.out, "--out")
     if args.learning_curve:
         from .learning_curve import learning_curve, learning_curve_path
 
@@ -306,6 +314,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     few = FEW_PROMPTS if args.few_prompts is None else args.few_prompts
     _check_table(args.dir)
+    _check_out(args.plot, "--plot")
     print(inspect_path(args.dir, budget=args.budget, few_prompts=few))
     if args.plot:
         for what, path in write_plots(args.dir, args.plot, budget=args.budget, few_prompts=few):
@@ -405,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="heldout", help="which prompts to score (default heldout)")
     p.add_argument("--estimators", nargs="+", default=None,
                    help="router estimators to compare (default: every trained prompt estimator and pilot:4)")
-    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--bootstrap", type=_whole(10, 1_000_000, "--bootstrap"), default=1000,
+                   help="bootstrap resamples of the confidence intervals (10 to 1000000; default 1000)")
     p.add_argument("--out", default=None, help="JSON report path (default <tables>/evaluation-<split>.json)")
     p.add_argument("--router", default=None,
                    help="the declared router of the headline figures (default: the table's declared_router)")
@@ -482,8 +492,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TTSError, ValueError, FileNotFoundError, ModuleNotFoundError) as exc:  # includes ConfigError, TableError
         if args.debug:
             raise
-        print(f"tts-selector: error: {exc}", file=sys.stderr)
+        message = str(exc) if not isinstance(exc, OSError) or exc.filename is None else _os_error_text(exc)
+        print(f"tts-selector: error: {message}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the disk or the file system refused (full, read-only, a file where a folder goes)
+        if args.debug:
+            raise
+        print(f"tts-selector: error: {_os_error_text(exc)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_text(exc: OSError) -> str:
+    """What went wrong with which path, and what to do about it."""
+    import errno
+
+    fixes = {
+        errno.ENOSPC: "the disk is full: free some space or write elsewhere (--out), then run the command again "
+                      "(a profile resumes where it stopped)",
+        errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere (--out), then run it again",
+        errno.EROFS: "the file system is read-only: write to a writable directory (--out)",
+        errno.EACCES: "no permission: write to a directory you can write to (--out), or fix its permissions",
+        errno.EPERM: "no permission: write to a directory you can write to (--out), or fix its permissions",
+        errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+        errno.EEXIST: "a part of the path is a file, not a directory: choose another path",
+        errno.EISDIR: "the path is a directory: give a file path",
+        errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+    }
+    where = exc.filename if exc.filename is not None else "a file"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename is not None:
+        blocker = _blocking_file(Path(str(exc.filename)))
+        if blocker is not None:
+            return f"{where}: {blocker} is a file, not a directory: choose another path"
+    fix = fixes.get(exc.errno, "check the path and the disk, then run the command again")
+    return f"{where}: {exc.strerror or exc}: {fix}"
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The first existing part of ``path`` (itself or a parent) that is not a directory."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def _check_out(path: str | None, flag: str) -> None:
+    """Refuse an output path under a regular file before any work is done (not after it)."""
+    if path is not None:
+        blocker = _blocking_file(Path(path).parent)
+        if blocker is not None:
+            from .errors import InputError
+
+            raise InputError(f"{flag} {path}: {blocker} is a file, not a directory: choose another path")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ class EvalReport:
                 "efficiency": self.efficiency, "calibration": self.calibration}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=float)
+        from .strict_json import dumps  # NaN/Infinity are not JSON: written as null
+
+        return dumps(self.to_dict(), indent=2, default=float)
 
 
 def evaluate_router(

@@ -278,3 +278,22 @@ def test_every_tampering_exits_2_within_10_s_naming_the_file_and_field(sim_table
                                 f"({len(r['stderr'])} chars): {r['stderr'][-700:]}")
     assert not failures, "\n".join(failures)
     assert slowest < DEADLINE_S
+
+
+def test_json_output_is_json_even_when_a_figure_is_not_finite():
+    """``route --json`` and ``evaluate --json`` print null, never NaN or Infinity (which jq and
+    most parsers reject), whatever a figure turned out to be."""
+    import math
+
+    from selector.evaluate import EvalReport
+    from selector.router import Decision
+    from selector.search import make_strategy
+    from selector.strict_json import dumps
+
+    d = Decision(1, {1: 1.0}, make_strategy("majority", n=2), 2, 2, math.inf, (-math.inf, math.nan), math.nan, "x")
+    out = json.loads(dumps(d.to_dict()), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert out["expected_accuracy"] is None and out["ci_low"] is None and out["ci_high"] is None
+    report = EvalReport(table="t", split="heldout", n_prompts=1, budgets=[1],
+                        rows=[{"method": "m", "budget": 1, "accuracy": math.nan}], efficiency={"ratio": np.float64(math.inf)})
+    parsed = json.loads(report.to_json(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert parsed["rows"][0]["accuracy"] is None and parsed["efficiency"]["ratio"] is None
