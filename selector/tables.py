@@ -83,7 +83,7 @@ from .files import fsync_dir
 
 __all__ = [
     "REQUIRED_COLUMNS", "SCHEMA_VERSION", "TableDir", "TableError", "atomic_write_bytes", "atomic_write_text",
-    "read_metadata", "read_rollouts", "read_table", "rollout_shards", "write_rollout_shard",
+    "read_metadata", "read_rollouts", "read_table", "remove_stale_temps", "rollout_shards", "write_rollout_shard",
     "write_table",
 ]
 
@@ -183,6 +183,32 @@ def _atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # what _atomic_write names its temp files
+STALE_TEMP_SECONDS = 600.0
+
+
+def remove_stale_temps(directory: str | Path, older_than_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the temp files a killed writer left in ``directory`` (not recursive); return them.
+
+    Only files named as :func:`_atomic_write` names them and untouched for ``older_than_s``
+    seconds: a write in flight (another profile into the same directory) takes seconds from
+    creating its temp file to renaming it, so a fresh one may still be about to land."""
+    import time
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed, now = [], time.time()
+    for p in directory.iterdir():
+        try:
+            if _TEMP_RE.match(p.name) and p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                removed.append(p)
+        except OSError:  # gone meanwhile (renamed by its writer, or removed by another run)
+            continue
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

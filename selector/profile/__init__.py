@@ -125,6 +125,15 @@ def _splits(problems: list[Problem], heldout: float, seed: int) -> dict[str, str
     return {p.id: ("heldout" if p.id in held else "profile") for p in problems}
 
 
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Temp files of writes a kill -9 interrupted (``.tree-shard-*.tmp`` and the like) are never
+    renamed into place: a resume removes the stale ones (see tables.remove_stale_temps)."""
+    from ..tables import remove_stale_temps
+
+    for sub in (out_dir, out_dir / "state", out_dir / "rollouts"):
+        remove_stale_temps(sub)
+
+
 def manifest_config(out_dir: str | Path) -> dict[str, Any]:
     """The profile config recorded in a table directory's manifest ({} when absent), checked as
     untrusted input (:func:`selector.table_checks.read_table_manifest`)."""
@@ -172,6 +181,7 @@ def run_profile(
         raise ValueError(f"--shard i/k needs 0 <= i < k, got {shard[0]}/{shard[1]}")
     problems, dataset_sha = _load_problems(cfg)
     check_manifest(out_dir, cfg, dataset_sha)
+    _remove_stale_temps(out_dir)
     bar = _progress(progress)
     shards = select_shards(plan_shards(problems, cfg.shard_size), shard)
     agreement: dict[str, float] = {}
