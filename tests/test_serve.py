@@ -453,3 +453,45 @@ def test_a_client_leaving_mid_body_logs_no_traceback(gateway):
         logger.removeHandler(handler)
     assert ok.status_code == 200
     assert not [r for r in records if r.exc_info or "Exception" in r.getMessage()], [r.getMessage() for r in records]
+
+
+def test_the_cli_gateway_answers_every_request_in_flight_on_sigterm(sim_table):
+    """`tts-selector serve` end to end (its own bound socket): SIGTERM while 8 slow requests are
+    in flight, each still gets its answer, and the process ends."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "selector.cli", "serve", "--tables", str(sim_table), "--port", "0",
+                             "--policy", "sim:latency=0.2", "--batch-window-ms", "100"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            port = int(m.group(1)) if m else None
+            assert line or proc.poll() is None, "the server exited"
+        assert port, "no address in the log"
+        url = f"http://127.0.0.1:{port}"
+        qs = make_questions(list(np.linspace(0.2, 0.8, 8)), prefix="sigterm")
+        box: list = [None] * len(qs)
+        threads = [threading.Thread(target=lambda i=i: box.__setitem__(i, _post(url, {
+            "model": "m", "messages": [{"role": "user", "content": qs[i]}]}))) for i in range(len(qs))]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # all in flight: the batch is searching (0.2 s per simulated call)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert [r.status_code for r in box] == [200] * len(qs), [r.text[:200] for r in box if r is not None]
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has finished
+    finally:
+        if proc.poll() is None:
+            proc.kill()

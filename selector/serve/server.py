@@ -67,7 +67,13 @@ def serve(router: Router, config: ServeConfig = ServeConfig(), *, host: str = "1
     own = sock is None
     sock = bind(host, port) if own else sock
     try:
-        make_server(router, config, host=host, port=port).run(sockets=[sock])
+        server = make_server(router, config, host=host, port=port)
+        # uvicorn announces its address only when it binds the socket itself: say it here.
+        bound = sock.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"tts-selector serve: listening on http://{shown}:{bound} (Ctrl+C or SIGTERM to stop)", file=sys.stderr,
+              flush=True)
+        server.run(sockets=[sock])
     finally:
         if own:
             sock.close()
