@@ -411,9 +411,8 @@ _COLUMN_RULES: dict[str, list[tuple]] = {
                 ("predicted_pass1", "num", 0, 1, True), ("difficulty_score", "num", -1e15, 1e15, True),
                 ("bin", "int", 1, MAX_BINS, False)],
     "rollouts": [("prompt_id", "str", MAX_ID, False, None), ("sample_id", "int", 0, 1e9, False),
-                 ("role", "str", MAX_NAME, True, None), ("tokens", "int", 0, 1e12, True)],
-    "tree_runs": [("prompt_id", "str", MAX_ID, False, None), ("strategy", "str", MAX_NAME, False, None),
-                  ("n", "int", 1, MAX_BUDGET, False), ("seed", "int", -(1 << 62), 1 << 62, True)],
+                 ("role", "str", MAX_NAME, True, None), ("tokens", "int", 0, 1e12, True),
+                 ("prm_tokens", "int", 0, 1e12, True), ("prompt_tokens", "int", 0, 1e12, True)],
 }
 # A published prior's selection: rules, no measurements (null budget, n, accuracy; see tables.py).
 _PRIOR_SELECTION = [("estimator", "str", MAX_NAME, True, None), ("bin", "int", 1, MAX_BINS, False),

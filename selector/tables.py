@@ -604,8 +604,13 @@ class TableDir:
         return self._get("evaluations")
 
     def rollouts(self, columns: Iterable[str] | None = None) -> pd.DataFrame:
-        """All rollout shards concatenated (not cached: the pool can be large)."""
-        return read_rollouts(self.path, columns)
+        """All rollout shards concatenated (not cached: the pool can be large); the columns
+        read are checked like the tables' (selector.table_checks)."""
+        from .table_checks import check_frame
+
+        df = read_rollouts(self.path, columns)
+        check_frame("rollouts", df, self.metadata, self.path / _ROLLOUTS_DIR)
+        return df
 
     @property
     def metadata(self) -> dict:

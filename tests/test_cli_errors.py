@@ -245,3 +245,14 @@ def test_a_full_or_read_only_disk_exits_2_naming_the_path(tmp_path, monkeypatch,
         err = capsys.readouterr().err
         assert os.strerror(getattr(errno, code)) in err and str(tmp_path) in err and "Traceback" not in err, err
         assert ("disk is full" if code == "ENOSPC" else "read-only") in err
+
+
+def test_a_lone_surrogate_is_named_not_raised():
+    """Text decoded from JSON may hold a lone surrogate (\\ud800): it has no UTF-8 bytes to show."""
+    from selector.errors import InputError
+    from selector.prompts import check_question
+
+    for text, shown in [("What is 2 + 2? \ud800", "lone surrogate U+D800"), ("x \udcff", "bytes b'\\xff'")]:
+        with pytest.raises(InputError, match="not valid UTF-8") as err:
+            check_question(text)
+        assert shown in str(err.value)
