@@ -111,6 +111,8 @@ def _walk(value: Any, path: Any, field: str, depth: int = 0) -> None:
             raise _error(path, field, f"{value!r} is not a finite number")
     elif isinstance(value, dict):
         for k, v in value.items():
+            if len(k) > MAX_ID:  # JSON keys are strings
+                raise _error(path, field, f"a key of {len(k)} characters (at most {MAX_ID}): {_short(k)}")
             _walk(v, path, f"{field}.{_short(k, 40)}", depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):

@@ -249,8 +249,9 @@ def test_a_table_never_turns_on_trust_remote_code_nor_names_a_model(tmp_path):
             assert r.returncode == 2 and "Traceback" not in r.stderr, (name, argv[0], r.stderr[-2000:])
             assert all(w in r.stderr for w in words[name]), (name, argv[0], r.stderr[-1000:])
             assert not marker.exists(), (name, argv[0])
-    # The user may still name such an engine: the refusal is about who chooses, not what.
-    assert require_package_spec("smollm2-135m", "policy", "m") == "smollm2-135m"
+    # The refusal is about who chooses: with the PRM named by the user, the same table routes.
+    r = _cli("route", "What is 2 + 3?", "--tables", str(tables["prm"]), "--budget", "4", "--prm", "arith-check")
+    assert r.returncode == 0 and "bin" in r.stdout and not marker.exists(), r.stderr[-1000:]
 
 
 @pytest.mark.parametrize("spec,kind", [

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import TTSError
 from ..datasets import FAMILIES, LEVELLED, dataset_family
 from ..search.aggregate import AGGREGATIONS
