@@ -35,7 +35,7 @@ import pandas as pd
 
 from .errors import TTSError
 from .datasets import dataset_family
-from .tables import TableDir, TableError, read_table
+from .tables import TableDir, TableError
 
 __all__ = [
     "CatalogChoice", "CatalogEntry", "CatalogLookupError", "TableCatalog", "format_params", "is_catalog",
@@ -119,12 +119,11 @@ class CatalogEntry:
         Raises:
             TableError: the selection file is missing, unreadable or not a tts-selector table.
         """
-        from .profile import manifest_config
-
         path = Path(path)
-        meta = TableDir(path).metadata
-        cells, _ = read_table(path / "selection.parquet", "selection", columns=["estimator", "bin", "budget", "n_prompts"])
-        config = manifest_config(path)
+        table = TableDir(path)
+        meta = table.metadata
+        cells = table._get("selection")[["estimator", "bin", "budget", "n_prompts"]]  # checked values (table_checks)
+        config = table.config
         params = meta.get("policy_params")
         default = cells[cells["estimator"] == meta.get("default_selection")]
         # every prompt is in one bin of each budget: the largest per-budget sum is the prompt count

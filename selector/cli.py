@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import strict_json
 from .backends.registry import DEFAULT_POLICY, DEFAULT_PRM
 
 
@@ -36,6 +37,33 @@ def _parameter_count(text: str) -> float:
     if not math.isfinite(value) or value < 1:
         raise argparse.ArgumentTypeError(f"a parameter count must be finite and >= 1 (e.g. 1.5e9), got {text!r}")
     return value
+
+
+def _whole(low: int, high: int | None, what: str):
+    """An argparse type: an integer in [low, high] (argparse turns the error into exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{what} must be {'between ' + str(low) + ' and ' + str(high) if high is not None else f'>= {low}'}"
+                                             f", got {text!r}")
+        return value
+    return parse
+
+
+def _positive(what: str, zero: bool = False):
+    """An argparse type: a finite number > 0 (>= 0 with ``zero``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number {'>= 0' if zero else '> 0'}, got {text!r}")
+        return value
+    return parse
 
 
 def _add_question_args(p: argparse.ArgumentParser) -> None:
@@ -76,9 +104,16 @@ def _load_router(args: argparse.Namespace):
     from .router import Router
     from .tables import TableDir
 
+    if args.temperature is not None:
+        # The table's cells were measured at its own sampling settings: another temperature would
+        # route by expectations that no longer hold, so it is refused rather than ignored.
+        raise InputError("--temperature is not used with --tables: the table's strategies and expected accuracies were "
+                         "profiled at its own sampling settings (state/manifest.json's sampling); drop --temperature, "
+                         "or solve without --tables (`tts-selector solve QUESTION --strategy ... --temperature T`)")
     if is_catalog(args.tables) and args.dataset is None:
         raise InputError(f"{args.tables} is a catalog of tables: give --dataset NAME (e.g. --dataset math500, or a family "
                          f"such as --dataset math) so it can pick a table, or pass one table directory to --tables")
+    _check_table(args.tables)
 
     # A profiled table defaults to the engines it was profiled with; a catalog or a published
     # prior has none of its own, so they get --policy/--prm (whose defaults are the CPU default's).
@@ -90,11 +125,21 @@ def _load_router(args: argparse.Namespace):
                        dataset=args.dataset, policy_params=args.policy_params)
 
 
+def _check_table(path: str) -> None:
+    """Check a whole table directory (every file any command reads) before a command uses it,
+    so a tampered table fails the same way everywhere: exit 2 naming the file and the field."""
+    from .catalog import is_catalog
+    from .table_checks import check_table_dir
+
+    if Path(path).is_dir() and not is_catalog(path):
+        check_table_dir(path)
+
+
 def _cmd_route(args: argparse.Namespace) -> int:
     question = _question(args)
     decision = _load_router(args).route(question, args.budget)
     if args.json:
-        print(json.dumps(decision.to_dict(), indent=2))
+        print(strict_json.dumps(decision.to_dict(), indent=2))
     else:
         where = (f"no bin ({decision.estimator})" if decision.bin is None else
                  f"bin {decision.bin} (p={decision.bin_proba.get(decision.bin, 0):.2f}, by {decision.estimator})")
@@ -109,7 +154,7 @@ def _cmd_routed_solve(args: argparse.Namespace) -> int:
     question = _question(args)
     result = _load_router(args).solve(question, args.budget, seed=args.seed)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(strict_json.dumps(result.to_dict(), indent=2))
         return 0
     d, c = result.decision, result.cost
     print(f"answer:      {result.answer}")
@@ -146,7 +191,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     if args.json:
         out = result.to_dict()
         out["policy"], out["prm"] = policy.id, (prm.id if prm is not None else None)
-        print(json.dumps(out, indent=2))
+        print(strict_json.dumps(out, indent=2))
         return 0
     c = result.cost
     print(f"answer:      {result.answer}")
@@ -248,6 +293,8 @@ def _cmd_train_estimator(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .tables import atomic_write_text
 
+    _check_table(args.tables)
+    _check_out(args.out, "--out")
     if args.learning_curve:
         from .learning_curve import learning_curve, learning_curve_path
 
@@ -275,6 +322,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import FEW_PROMPTS, inspect_path, write_plots
 
     few = FEW_PROMPTS if args.few_prompts is None else args.few_prompts
+    _check_table(args.dir)
+    _check_out(args.plot, "--plot")
     print(inspect_path(args.dir, budget=args.budget, few_prompts=few))
     if args.plot:
         for what, path in write_plots(args.dir, args.plot, budget=args.budget, few_prompts=few):
@@ -284,11 +333,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeConfig, serve
+    from .serve.auth import resolve_api_key
+    from .serve.server import bind
 
+    # Everything that can be refused is checked before a model loads: the settings, the key,
+    # the address (a busy port or a bad --host), then the table.
     config = ServeConfig(budget=args.budget, average_budget=args.average_budget, max_budget=args.max_budget,
                          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, timeout_s=args.timeout,
                          max_prompt_chars=args.max_prompt_chars, api_key=args.api_key, seed=args.seed)
-    serve(_load_router(args), config, host=args.host, port=args.port)
+    resolve_api_key(config.api_key)
+    sock = bind(args.host, args.port)
+    try:
+        router = _load_router(args)
+        serve(router, config, host=args.host, port=args.port, sock=sock)
+    finally:
+        sock.close()
     return 0
 
 
@@ -364,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="heldout", help="which prompts to score (default heldout)")
     p.add_argument("--estimators", nargs="+", default=None,
                    help="router estimators to compare (default: every trained prompt estimator and pilot:4)")
-    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--bootstrap", type=_whole(10, 1_000_000, "--bootstrap"), default=1000,
+                   help="bootstrap resamples of the confidence intervals (10 to 1000000; default 1000)")
     p.add_argument("--out", default=None, help="JSON report path (default <tables>/evaluation-<split>.json)")
     p.add_argument("--router", default=None,
                    help="the declared router of the headline figures (default: the table's declared_router)")
@@ -410,19 +470,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP gateway that routes every request through the tables")
     p.add_argument("--tables", required=True, help="table directory, or a catalog of them (e.g. tables/)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget", type=int, default=None, help="default budget N per request (default: the table's largest)")
-    budget.add_argument("--average-budget", dest="average_budget", type=float, default=None,
+    budget.add_argument("--budget", type=_whole(1, None, "--budget"), default=None,
+                        help="default budget N per request (default: the table's largest)")
+    budget.add_argument("--average-budget", dest="average_budget", type=_positive("--average-budget"), default=None,
                         help="instead: per-bin budgets averaging at most B scored samples' compute over the table's prompt mix")
-    p.add_argument("--max-budget", dest="max_budget", type=int, default=64, help="with a published prior: the largest budget served")
+    p.add_argument("--max-budget", dest="max_budget", type=_whole(1, 4096, "--max-budget"), default=64, help="with a published prior: the largest budget served")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--batch-window-ms", dest="batch_window_ms", type=float, default=5.0,
+    p.add_argument("--port", type=_whole(0, 65535, "--port"), default=8000, help="TCP port (0 to 65535; default 8000)")
+    p.add_argument("--batch-window-ms", dest="batch_window_ms", type=_positive("--batch-window-ms", zero=True), default=5.0,
                    help="milliseconds a batch waits for more requests (default 5)")
-    p.add_argument("--max-batch", dest="max_batch", type=int, default=64, help="most questions per batched search (default 64)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may wait for its answer (default 300)")
-    p.add_argument("--max-prompt-chars", dest="max_prompt_chars", type=int, default=8000, help="longest prompt accepted (characters)")
+    p.add_argument("--max-batch", dest="max_batch", type=_whole(1, 4096, "--max-batch"), default=64, help="most questions per batched search (default 64)")
+    p.add_argument("--timeout", type=_positive("--timeout"), default=300.0, help="seconds a request may wait for its answer (default 300)")
+    p.add_argument("--max-prompt-chars", dest="max_prompt_chars", type=_whole(1, None, "--max-prompt-chars"), default=8000, help="longest prompt accepted (characters)")
     p.add_argument("--api-key", dest="api_key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $TTS_SELECTOR_API_KEY; unset: no auth)")
+                   help="require 'Authorization: Bearer KEY' (default: $TTS_SELECTOR_API_KEY; unset: no auth, said loudly "
+                        "beyond loopback; an empty key is an error)")
     _add_routing_args(p)
     _add_engine_args(p)
     p.set_defaults(func=_cmd_serve)
@@ -452,8 +514,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TTSError, ValueError, FileNotFoundError, ModuleNotFoundError) as exc:  # includes ConfigError, TableError
         if args.debug:
             raise
-        print(f"tts-selector: error: {exc}", file=sys.stderr)
+        message = str(exc) if not isinstance(exc, OSError) or exc.filename is None else _os_error_text(exc)
+        print(f"tts-selector: error: {message}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the disk or the file system refused (full, read-only, a file where a folder goes)
+        if args.debug:
+            raise
+        print(f"tts-selector: error: {_os_error_text(exc)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_text(exc: OSError) -> str:
+    """What went wrong with which path, and what to do about it."""
+    import errno
+
+    fixes = {
+        errno.ENOSPC: "the disk is full: free some space or write elsewhere (--out), then run the command again "
+                      "(a profile resumes where it stopped)",
+        errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere (--out), then run it again",
+        errno.EROFS: "the file system is read-only: write to a writable directory (--out)",
+        errno.EACCES: "no permission: write to a directory you can write to (--out), or fix its permissions",
+        errno.EPERM: "no permission: write to a directory you can write to (--out), or fix its permissions",
+        errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+        errno.EEXIST: "a part of the path is a file, not a directory: choose another path",
+        errno.EISDIR: "the path is a directory: give a file path",
+        errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+    }
+    where = exc.filename if exc.filename is not None else "a file"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename is not None:
+        blocker = _blocking_file(Path(str(exc.filename)))
+        if blocker is not None:
+            return f"{where}: {blocker} is a file, not a directory: choose another path"
+    fix = fixes.get(exc.errno, "check the path and the disk, then run the command again")
+    return f"{where}: {exc.strerror or exc}: {fix}"
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The first existing part of ``path`` (itself or a parent) that is not a directory."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def _check_out(path: str | None, flag: str) -> None:
+    """Refuse an output path under a regular file before any work is done (not after it)."""
+    if path is not None:
+        blocker = _blocking_file(Path(path).parent)
+        if blocker is not None:
+            from .errors import InputError
+
+            raise InputError(f"{flag} {path}: {blocker} is a file, not a directory: choose another path")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ config, fixed before the held-out split is looked at), at the table's budgets:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -155,7 +154,9 @@ class EvalReport:
                 "efficiency": self.efficiency, "calibration": self.calibration}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=float)
+        from .strict_json import dumps  # NaN/Infinity are not JSON: written as null
+
+        return dumps(self.to_dict(), indent=2, default=float)
 
 
 def evaluate_router(
@@ -311,8 +312,20 @@ def reselect(table: TableDir, name: str, ev_profile: pd.DataFrame, unit: float) 
 def outcome_lookup(ev: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float, float, float]]:
     """``(prompt_id, config key) -> (accuracy, FLOPs, generations, cost on the axis)`` from
     evaluation rows that carry a ``config`` column (:func:`config_key`)."""
-    return {(pid, cfg): (acc, fl, g, c) for pid, cfg, acc, fl, g, c in
-            ev[["prompt_id", "config", "accuracy", "flops", "generations", "cost"]].itertuples(index=False)}
+    return _Outcomes({(pid, cfg): (acc, fl, g, c) for pid, cfg, acc, fl, g, c in
+                      ev[["prompt_id", "config", "accuracy", "flops", "generations", "cost"]].itertuples(index=False)})
+
+
+class _Outcomes(dict):
+    """The outcome lookup; a selected cell the evaluations lack is a broken table, not a bug."""
+
+    def __missing__(self, key: tuple) -> Any:
+        from .tables import TableError
+
+        pid, cfg = key
+        raise TableError(f"evaluations.parquet has no row for prompt {str(pid)[:80]!r}, configuration {cfg}, which "
+                         "selection.parquet selects: the table's files do not belong together (tampered with or mixed "
+                         "from different runs); restore it, or rebuild it with `tts-selector profile`")
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:

@@ -183,7 +183,7 @@ def extract_answer(text: str) -> str | None:
     trailing period and whitespace stripped); else X of the last ``#### X`` line (GSM8K).
     A truncated box (``\\boxed{12``) is never an answer.
     """
-    if not text:
+    if not isinstance(text, str) or not text:  # model output is untrusted: a non-string has no answer
         return None
     boxed = _last_box(text)
     if boxed is not None:
@@ -197,7 +197,7 @@ def has_final_answer(text: str) -> bool:
     Exactly when :func:`extract_answer` would take its answer from a box; the phrase and
     ``####`` fallbacks do not count, since they can occur mid-reasoning.
     """
-    if "\\boxed" not in text and "\\fbox" not in text:
+    if not isinstance(text, str) or ("\\boxed" not in text and "\\fbox" not in text):
         return False
     return _last_box(text) is not None
 
@@ -283,6 +283,40 @@ def _is_safe(answer: str) -> bool:
     if _BIG_OPERATORS.search(answer) and any(len(d) > 3 for d in _DIGITS.findall(answer)):
         return False
     return True
+
+
+# A superscript written without braces whose argument is a macro with arguments: TeX takes the
+# whole macro as the exponent (``2^\frac{3}{1}`` is 2^3), math-verify only its first token.
+_BRACELESS_EXPONENT = re.compile(r"\^\s*(\\(?:[dt]?frac|binom|sqrt))(?![a-zA-Z])")
+_MACRO_ARGS = {"\\frac": 2, "\\dfrac": 2, "\\tfrac": 2, "\\binom": 2, "\\sqrt": 1}
+
+
+def _brace_exponents(answer: str) -> str:
+    """``answer`` with each brace-less macro exponent wrapped in braces (``2^\\frac{3}{1}`` ->
+    ``2^{\\frac{3}{1}}``), so the parser and :func:`_is_safe` read the exponent TeX means."""
+    if "^" not in answer or "\\" not in answer:
+        return answer
+    out, pos = [], 0
+    for m in _BRACELESS_EXPONENT.finditer(answer):
+        if m.start() < pos:
+            continue
+        end = m.end()
+        if m.group(1) == "\\sqrt" and answer[end:end + 1] == "[":  # \sqrt[n]{x}
+            close = answer.find("]", end)
+            if close == -1:
+                continue
+            end = close + 1
+        for _ in range(_MACRO_ARGS[m.group(1)]):
+            while end < len(answer) and answer[end].isspace():
+                end += 1
+            group_end = _group_end(answer, end) if answer[end:end + 1] == "{" else None
+            if group_end is None:
+                break
+            end = group_end
+        else:
+            out.append(answer[pos:m.start()] + "^{" + answer[m.start(1):end] + "}")
+            pos = end
+    return "".join(out) + answer[pos:] if out else answer
 
 
 def _as_math(answer: str) -> str:
@@ -477,9 +511,10 @@ def equivalent_many(pairs: Sequence[tuple[str | None, str | None]]) -> list[bool
     out: list[bool | None] = []
     todo: dict[tuple[str, str], list[int]] = {}
     for i, (pred, ref) in enumerate(pairs):
-        if pred is None or ref is None or not pred.strip() or not ref.strip():
-            out.append(False)
+        if not isinstance(pred, str) or not isinstance(ref, str) or not pred.strip() or not ref.strip():
+            out.append(False)  # None, blank, or not text at all (untrusted output): never raises
             continue
+        pred, ref = _brace_exponents(pred), _brace_exponents(ref)
         hit = _EQUIV.get((pred, ref), _MISSING)
         if hit is _MISSING:
             hit = _fast_equivalent(pred, ref)
@@ -510,6 +545,8 @@ def is_equivalent(prediction: str | None, reference: str | None) -> bool:
     timing out or failing there are compared by normalized string instead (see the module
     docstring). Never raises, never hangs, the same in every thread.
     """
+    if not isinstance(prediction, str) or not isinstance(reference, str):
+        return False
     hit = _EQUIV.get((prediction, reference))
     return hit if hit is not None else equivalent_many([(prediction, reference)])[0]
 
@@ -577,12 +614,12 @@ def answer_keys(answers: Sequence[str | None]) -> list[str | None]:
     todo: dict[str, list[int]] = {}
     unwrapped: dict[str, str] = {}
     for i, answer in enumerate(answers):
-        if answer is None or not answer.strip():
+        if not isinstance(answer, str) or not answer.strip():
             out.append(None)
             continue
         hit = _KEYS.get(answer, _MISSING)
         if hit is _MISSING:
-            u = _unwrap_for_key(answer) if len(answer) <= 2 * MAX_UNTIMED_CHARS else ""
+            u = _brace_exponents(_unwrap_for_key(answer)) if len(answer) <= 2 * MAX_UNTIMED_CHARS else ""
             if u and _INT.fullmatch(u):
                 hit = str(int(u))  # what sympy's Integer prints
             elif not (u and _is_safe(u)):
@@ -613,6 +650,8 @@ def answer_key(answer: str | None) -> str | None:
     take the string path (cached, so a key never depends on the calling thread). None or
     blank -> None.
     """
+    if not isinstance(answer, str):
+        return None
     hit = _KEYS.get(answer, _MISSING)
     return hit if hit is not _MISSING else answer_keys([answer])[0]
 

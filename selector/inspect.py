@@ -15,7 +15,6 @@ parameter counts are unknown).
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -157,7 +156,11 @@ def evaluation_frame(table_dir: str | Path, split: str = "heldout") -> pd.DataFr
     path = Path(table_dir) / f"evaluation-{split}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no evaluation; run `tts-selector evaluate --tables {table_dir}` to write it")
-    return pd.DataFrame(json.loads(path.read_text())["rows"])
+    from .table_checks import check_report, read_table_json
+
+    report = read_table_json(path.parent, path.name)
+    check_report(path, report)
+    return pd.DataFrame(report["rows"])
 
 
 def _accuracy_text(r: Any) -> str:
@@ -167,13 +170,21 @@ def _accuracy_text(r: Any) -> str:
 def _evaluation_lines(path: Path, width: int, budget: int | None = None) -> list[str]:
     """A compact view of one evaluation report: each router (and oracle) against the best fixed
     configuration per budget (only ``budget`` if given), then the efficiency figure. The full
-    table: ``tts-selector evaluate``."""
+    table: ``tts-selector evaluate``. A hand-edited, truncated or hostile report (a link, a
+    FIFO, wrong types) is named as unreadable instead (the CLI refuses it: table_checks)."""
+    from .table_checks import check_report, read_table_json
+
     try:
-        report = json.loads(path.read_text())
-        rows = pd.DataFrame(report["rows"])
-        budgets = [int(b) for b in report["budgets"] if budget is None or int(b) == budget]
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # a hand-edited or truncated report
-        return [f"{path.name}: unreadable ({exc}): re-run `tts-selector evaluate --tables {path.parent}`"]
+        report = read_table_json(path.parent, path.name)
+        check_report(path, report)
+        return _render_evaluation(path, report, width, budget)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:  # TableError is a ValueError
+        return [f"{path.name}: unreadable ({str(exc)[:300]}): re-run `tts-selector evaluate --tables {path.parent}`"]
+
+
+def _render_evaluation(path: Path, report: dict, width: int, budget: int | None) -> list[str]:
+    rows = pd.DataFrame(report["rows"])
+    budgets = [int(b) for b in report["budgets"] if budget is None or int(b) == budget]
     lines = [f"router evaluation ({path.name}: {report.get('n_prompts', '?')} {report.get('split', '')} prompts, "
              "never used to select; accuracy [95% CI]):"]
 

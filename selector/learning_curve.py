@@ -123,7 +123,9 @@ def learning_curve_path(table_dir: str | Path, split: str = "heldout") -> Path:
 def read_learning_curve(path: str | Path) -> LearningCurve:
     """A report written by :func:`learning_curve` (``to_json``)."""
     try:
-        return LearningCurve.from_dict(json.loads(Path(path).read_text()))
+        from .table_checks import read_table_json  # a regular file inside the table, size-capped
+
+        return LearningCurve.from_dict(read_table_json(Path(path).parent, Path(path).name))
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: not a learning-curve report ({exc}): rewrite it with "
                          f"`tts-selector evaluate --tables {Path(path).parent} --learning-curve`") from None

@@ -13,6 +13,8 @@ from typing import Sequence
 
 from .errors import InputError
 
+MAX_PROMPT_FILE_BYTES = 64 << 20
+
 
 def check_question(question: object, where: str = "question") -> str:
     """``question`` if it is usable, else an InputError naming the problem and the fix."""
@@ -23,9 +25,13 @@ def check_question(question: object, where: str = "question") -> str:
     try:
         question.encode("utf-8")
     except UnicodeEncodeError as exc:
-        bad = question[exc.start:exc.end].encode("utf-8", "surrogateescape")
+        chars = question[exc.start:exc.end][:8]
+        if all(0xDC80 <= ord(c) <= 0xDCFF for c in chars):  # undecodable bytes, kept by surrogateescape
+            what = f"bytes {chars.encode('utf-8', 'surrogateescape')!r}"
+        else:  # a lone surrogate (e.g. "\ud800" escaped in JSON): no bytes at all
+            what = "lone surrogate " + ", ".join(f"U+{ord(c):04X}" for c in chars)
         raise InputError(
-            f"{where} is not valid UTF-8 (bytes {bad!r} at character {exc.start}): re-encode the text as UTF-8, "
+            f"{where} is not valid UTF-8 ({what} at character {exc.start}): re-encode the text as UTF-8, "
             "or pass it with --prompt-file PATH"
         ) from None
     return question
@@ -43,10 +49,11 @@ def read_question(question: str | None, prompt_file: str | None) -> str:
     if (question is None) == (prompt_file is None):
         raise InputError("give the question as an argument, '-' to read it from stdin, or --prompt-file PATH (one of them)")
     if prompt_file is not None:
-        path = Path(prompt_file)
-        if not path.is_file():
-            raise InputError(f"--prompt-file {prompt_file}: no such file")
-        data, where = path.read_bytes(), f"--prompt-file {prompt_file}"
+        from .files import read_regular_file
+
+        # A regular file of bounded size: a FIFO would wait for a writer, a device never ends.
+        data = read_regular_file(Path(prompt_file), max_bytes=MAX_PROMPT_FILE_BYTES, what="prompt file")
+        where = f"--prompt-file {prompt_file}"
     elif question == "-":
         data, where = sys.stdin.buffer.read(), "the question read from stdin"
     else:

@@ -94,8 +94,8 @@ class Decision:
 
 
 def _finite(x: float) -> float | None:
-    # A prior's cells have no measurements (NaN); JSON has no NaN, so they are written as null.
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+    # A prior's cells have no measurements (NaN); JSON has no NaN (nor Infinity), so they are written as null.
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
 @dataclass(frozen=True)
@@ -478,13 +478,11 @@ class Router:
             )
         if meta.get("prior"):
             return cls._load_prior(table, policy, prm, estimator, sampling, policy_params, choice)
-        from .profile import manifest_config
-
-        config = manifest_config(table_dir)
+        config = table.config  # checked: types, sampling keys, grid ranges (table_checks)
         skip_policy = choice is not None and choice.kind == "nearest_size"  # another policy: that is the point
 
         def check(policy_engine: Policy, prm_engine: PRM | None) -> None:
-            checks = [("policy", policy_engine, meta["policy_id"]), ("PRM", prm_engine, meta["prm_id"])]
+            checks = [("policy", policy_engine, meta.get("policy_id")), ("PRM", prm_engine, meta.get("prm_id"))]
             for kind, engine, want in checks[1:] if skip_policy else checks:
                 have = engine.id if engine is not None else None
                 if have != want:
@@ -533,7 +531,7 @@ class Router:
             raise ValueError(f"{table.path} is keyed by policy size, but policy {policy_engine.id!r} reports no parameter "
                              "count: pass policy_params= (parameters, e.g. 1.5e9) or --policy-params")
         cells = PriorCells(table.selection(), size, table.metadata, table.path)
-        k = int(estimator.partition(":")[2] or 4) if isinstance(estimator, str) and estimator.startswith("pilot:") else 1
+        k = pilot_size(estimator) if isinstance(estimator, str) and estimator.startswith("pilot:") else 1
         est, name = load_prior_estimator(cells, estimator, table.path, calibration_table(choice, prm_engine, k))
         source = f"published prior {table.path}" + (f": {choice.reason}" if choice is not None else "")
         # No tree settings: beam search / DVTS run with their class defaults (see module docstring).
@@ -646,13 +644,23 @@ class Router:
 
 
 def _table_spec(table_dir: str | Path, config: dict, meta: dict, kind: str) -> str:
-    """The engine spec a table was profiled with, for when the user names none; only a local
-    one is accepted (a table directory must not choose where the user's prompts are sent)."""
-    from .backends.registry import require_local_spec
+    """The engine spec a table was profiled with, for when the user names none; only one of the
+    package's own engines is accepted: a table directory must not choose code to run (a model
+    path, a preset file, trust_remote_code) nor where the user's prompts are sent."""
+    from .backends.registry import require_package_spec
 
-    spec = config.get(kind, meta[f"{kind}_id"])
+    spec = config.get(kind, meta.get(f"{kind}_id"))
     where = f"{Path(table_dir) / 'state' / 'manifest.json'}" if kind in config else f"{table_dir}'s metadata"
-    return require_local_spec(spec, "policy" if kind == "policy" else "PRM", where)
+    return require_package_spec(spec, "policy" if kind == "policy" else "PRM", where)
+
+
+def pilot_size(estimator: str) -> int:
+    """``k`` of a ``pilot:<k>`` estimator name (``pilot:`` alone: 4), or an InputError."""
+    arg = estimator.partition(":")[2] or "4"
+    if not arg.isdigit() or not 1 <= int(arg) <= 4096:
+        raise InputError(f"estimator {estimator[:80]!r}: a pilot's size k is a whole number of samples from 1 to 4096, "
+                         "e.g. pilot:4")
+    return int(arg)
 
 
 def load_prior_estimator(cells: PriorCells, estimator: str | Any, where: str | Path = "prior",
@@ -674,7 +682,7 @@ def load_prior_estimator(cells: PriorCells, estimator: str | Any, where: str | P
         return estimator, type(estimator).__name__
     kind, _, arg = estimator.partition(":")
     if kind == "pilot":
-        k = int(arg or 4)
+        k = pilot_size(estimator)
         if calibration is not None:
             scores, oracle = _pilot_training(calibration, k)
             est = _PassOnePilot(k=k, edges=tuple(cells.edges)).fit(scores, oracle)
@@ -762,10 +770,13 @@ def load_table_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, st
                 f"{table.path}: no estimator {estimator!r} recorded (have {sorted(entries)}); train it with "
                 f"`tts-selector train-estimator {table.path} --features {arg or 'tfidf'}`"
             )
-        entry = entries[estimator]
-        return load_estimator(Path(table.path) / entry["file"], entry["sha256"]), estimator
+        from .table_checks import estimator_path
+
+        entry = entries[estimator]  # its types were checked with the metadata (table_checks)
+        return load_estimator(estimator_path(table.path, entry["file"]), entry["sha256"], features=arg,
+                              root=table.path), estimator
     if kind == "pilot":
-        k = int(arg or 4)
+        k = pilot_size(estimator)
         pilots = table.metadata.get("pilots", {})
         if f"pilot:{k}" not in pilots:
             raise ValueError(f"{table.path}: no pilot:{k} profiled (have {sorted(pilots)}); use one of those, or "

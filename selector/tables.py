@@ -83,7 +83,7 @@ from .files import fsync_dir
 
 __all__ = [
     "REQUIRED_COLUMNS", "SCHEMA_VERSION", "TableDir", "TableError", "atomic_write_bytes", "atomic_write_text",
-    "read_metadata", "read_rollouts", "read_table", "rollout_shards", "write_rollout_shard",
+    "read_metadata", "read_rollouts", "read_table", "remove_stale_temps", "rollout_shards", "write_rollout_shard",
     "write_table",
 ]
 
@@ -185,6 +185,32 @@ def _atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     fsync_dir(path.parent)
 
 
+_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # what _atomic_write names its temp files
+STALE_TEMP_SECONDS = 600.0
+
+
+def remove_stale_temps(directory: str | Path, older_than_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the temp files a killed writer left in ``directory`` (not recursive); return them.
+
+    Only files named as :func:`_atomic_write` names them and untouched for ``older_than_s``
+    seconds: a write in flight (another profile into the same directory) takes seconds from
+    creating its temp file to renaming it, so a fresh one may still be about to land."""
+    import time
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed, now = [], time.time()
+    for p in directory.iterdir():
+        try:
+            if _TEMP_RE.match(p.name) and p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                removed.append(p)
+        except OSError:  # gone meanwhile (renamed by its writer, or removed by another run)
+            continue
+    return removed
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``); creates parents."""
     _atomic_write(path, lambda f: f.write(data))
@@ -268,8 +294,8 @@ def _parse_metadata(path: Path, schema: pa.Schema) -> dict:
         )
     try:
         meta = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TableError(f"{path}: metadata is corrupted ({exc}): {_FIX_REBUILD}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise TableError(f"{path}: metadata is corrupted ({str(exc)[:200]}): {_FIX_REBUILD}") from None
     if not isinstance(meta, dict):
         raise TableError(f"{path}: metadata is corrupted (not a JSON object): {_FIX_REBUILD}")
     version = meta.get("schema_version")
@@ -292,19 +318,48 @@ def _parse_metadata(path: Path, schema: pa.Schema) -> dict:
     return meta
 
 
-def _check_file(path: Path) -> None:
+# The most a table file may hold once decompressed (its footer declares it): a small file
+# must not expand into all of memory.
+MAX_UNCOMPRESSED_BYTES = 4 << 30
+
+
+def _fix_for(path: Path) -> str:
+    """How to repair a bad file: a checkpoint shard (rollouts/, state/) is skipped by a resumed
+    profile as done, so rebuilding means deleting it first."""
+    if path.parent.name in (_ROLLOUTS_DIR, "state"):
+        return (f"delete {path} and re-run the same `tts-selector profile` command (it regenerates only that shard, "
+                f"then finishes the tables)")
+    return _FIX_REBUILD
+
+
+def _check_file(path: Path, root: Path | None = None) -> None:
+    """``path`` must be a regular file inside ``root`` (default: its own directory), links
+    resolved: a FIFO would block the reader, a device never ends, a link may lead anywhere."""
     if not path.exists():
+        if path.is_symlink():
+            raise TableError(f"{path}: a link to nothing: restore the file, or {_FIX_REBUILD}")
         raise TableError(f"{path}: not found: run `tts-selector profile` to build it")
     if not path.is_file():
-        raise TableError(f"{path}: not a file: remove it and {_FIX_REBUILD}")
+        raise TableError(f"{path}: not a regular file: remove it and {_FIX_REBUILD}")
+    if path.is_symlink() or path.parent.is_symlink():
+        real, base = os.path.realpath(path), os.path.realpath(root if root is not None else path.parent)
+        if os.path.commonpath([real, base]) != base:
+            raise TableError(f"{path}: a link to {real}, outside the table {root or path.parent}: a table's files "
+                             "must lie inside it; replace the link with the file itself")
 
 
-def _open(path: Path) -> pq.ParquetFile:
-    _check_file(path)
+def _open(path: Path, root: Path | None = None) -> pq.ParquetFile:
+    _check_file(path, root)
     try:
-        return pq.ParquetFile(path, page_checksum_verification=True)
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
     except Exception as exc:  # pyarrow raises assorted types (ArrowInvalid, OSError, ...) on bad bytes
-        raise TableError(f"{path}: not a Parquet file or corrupted ({exc}): {_FIX_REBUILD}") from exc
+        raise TableError(f"{path}: not a Parquet file or corrupted ({exc}): {_fix_for(path)}") from exc
+    size = sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.metadata.num_row_groups))
+    if size > MAX_UNCOMPRESSED_BYTES:
+        pf.close()
+        raise TableError(f"{path}: declares {size} bytes of data, over the {MAX_UNCOMPRESSED_BYTES}-byte limit of a "
+                         f"table file: this is not a file tts-selector wrote; {_FIX_REBUILD}")
+    return pf
 
 
 def _check_kind_and_columns(path: Path, meta: dict, schema: pa.Schema, kind: str) -> None:
@@ -319,9 +374,9 @@ def _check_kind_and_columns(path: Path, meta: dict, schema: pa.Schema, kind: str
 
 
 def _read_validated(
-    path: Path, kind: str, columns: Iterable[str] | None = None
+    path: Path, kind: str, columns: Iterable[str] | None = None, root: Path | None = None
 ) -> tuple[pa.Table, dict]:
-    pf = _open(path)
+    pf = _open(path, root)
     try:
         schema = pf.schema_arrow
         meta = _parse_metadata(path, schema)
@@ -334,7 +389,7 @@ def _read_validated(
         try:
             table = pf.read(columns=columns)
         except Exception as exc:  # see _open: corrupt data pages surface as various pyarrow errors
-            raise TableError(f"{path}: not a Parquet file or corrupted ({exc}): {_FIX_REBUILD}") from exc
+            raise TableError(f"{path}: not a Parquet file or corrupted ({exc}): {_fix_for(path)}") from exc
     finally:
         pf.close()
     return table, meta
@@ -358,6 +413,8 @@ def read_metadata(path: str | Path, kind: str | None = None) -> dict:
     Raises:
         TableError: missing, unreadable, not a tts-selector table, or an unsupported version.
     """
+    from .table_checks import check_metadata
+
     path = Path(path)
     pf = _open(path)
     try:
@@ -369,11 +426,12 @@ def read_metadata(path: str | Path, kind: str | None = None) -> dict:
             f"{path}: is a {meta.get('kind')!r} table, expected {kind!r}: "
             f"the file is misplaced or renamed; {_FIX_REBUILD}"
         )
+    check_metadata(meta, path)
     return meta
 
 
 def read_table(
-    path: str | Path, kind: str, *, columns: Iterable[str] | None = None
+    path: str | Path, kind: str, *, columns: Iterable[str] | None = None, root: str | Path | None = None
 ) -> tuple[pd.DataFrame, dict]:
     """Read and validate a ``kind`` table; return ``(dataframe, metadata)``.
 
@@ -381,13 +439,21 @@ def read_table(
     in the file). Integer column ``m`` (and any integer column holding nulls) comes back as
     pandas ``Int64``.
 
+    The file must be a regular file inside ``root`` (default: its directory) and its metadata
+    pass :func:`selector.table_checks.check_metadata`; its values are checked by
+    :class:`TableDir`, which knows the table's grid.
+
     Raises:
         TableError: missing, corrupted, not a tts-selector table, wrong kind, schema version
-            newer than :data:`SCHEMA_VERSION` or invalid, or required columns missing.
+            newer than :data:`SCHEMA_VERSION` or invalid, required columns missing, or values
+            outside the contract.
     """
+    from .table_checks import check_metadata
+
     _check_kind(kind)
     path = Path(path)
-    table, meta = _read_validated(path, kind, columns)
+    table, meta = _read_validated(path, kind, columns, None if root is None else Path(root))
+    check_metadata(meta, path)
     return _to_pandas(table), meta
 
 
@@ -430,7 +496,7 @@ def _read_shards(table_dir: Path, columns: Iterable[str] | None) -> list[tuple[P
             f"{table_dir / _ROLLOUTS_DIR}: no rollout shards found: run `tts-selector profile` to build them"
         )
     cols = None if columns is None else list(columns)
-    return [(p, *_read_validated(p, "rollouts", cols)) for p in shards]
+    return [(p, *_read_validated(p, "rollouts", cols, table_dir)) for p in shards]
 
 
 def _check_same_config(items: list[tuple[Path, dict]], where: Path) -> None:
@@ -474,6 +540,7 @@ class TableDir:
         self._cache: dict[str, pd.DataFrame] = {}
         self._meta_cache: dict[str, dict] = {}
         self._metadata: dict | None = None
+        self._config: dict | None = None
 
     def file(self, kind: str) -> Path:
         """Path of the ``kind`` table file (prompts, results, selection, evaluations)."""
@@ -483,9 +550,31 @@ class TableDir:
 
     def _get(self, kind: str) -> pd.DataFrame:
         if kind not in self._cache:
-            df, meta = read_table(self.file(kind), kind)
+            from .table_checks import check_frame, check_grid
+
+            # Values checked here, where the table's grid is known: types, ranges, unique cells.
+            df, meta = read_table(self.file(kind), kind, root=self.path)
+            check_frame(kind, df, meta, self.file(kind))
+            check_grid(kind, df, meta, self.file(kind), self.grid)
             self._cache[kind], self._meta_cache[kind] = df, meta
         return self._cache[kind].copy(deep=False)
+
+    @property
+    def config(self) -> dict:
+        """The profile config recorded in ``state/manifest.json``, checked ({} when there is
+        none); see :func:`selector.table_checks.read_table_manifest`. Cached."""
+        if self._config is None:
+            from .table_checks import read_table_manifest
+
+            self._config = read_table_manifest(self.path)
+        return dict(self._config)
+
+    @property
+    def grid(self):
+        """The budgets and largest ``n`` the manifest's grid declares (None without one)."""
+        from .table_checks import MANIFEST, table_grid
+
+        return table_grid(self.config, self.path / MANIFEST)
 
     def prompts(self) -> pd.DataFrame:
         """The prompts table."""
@@ -515,15 +604,24 @@ class TableDir:
         return self._get("evaluations")
 
     def rollouts(self, columns: Iterable[str] | None = None) -> pd.DataFrame:
-        """All rollout shards concatenated (not cached: the pool can be large)."""
-        return read_rollouts(self.path, columns)
+        """All rollout shards concatenated (not cached: the pool can be large); the columns
+        read are checked like the tables' (selector.table_checks)."""
+        from .table_checks import check_frame
+
+        df = read_rollouts(self.path, columns)
+        check_frame("rollouts", df, self.metadata, self.path / _ROLLOUTS_DIR)
+        return df
 
     @property
     def metadata(self) -> dict:
         """Provenance of the directory, taken from ``selection.parquet`` (footer only; cached)."""
         if self._metadata is None:
+            from .table_checks import check_identity
+
             meta = self._meta_cache.get("selection")
-            self._metadata = meta if meta is not None else read_metadata(self.file("selection"), "selection")
+            meta = meta if meta is not None else read_metadata(self.file("selection"), "selection")
+            check_identity(meta, self.file("selection"))
+            self._metadata = meta
         return dict(self._metadata)
 
     def missing(self) -> list[str]:

@@ -138,3 +138,121 @@ def test_the_python_api_raises_the_same_typed_errors():
     for params in (-5, math.inf, math.nan, 0):
         with pytest.raises(InputError, match="policy_params must be a finite parameter count"):
             Router.load(ROOT / "tables" / "prior__liu2025__math", policy="sim", prm="sim", policy_params=params)
+
+
+DEMO = ROOT / "tables" / "smollm2-135m__arith-check__arithmetic"
+
+
+def _slice_with_manifest(tmp: Path, name: str, manifest: str) -> Path:
+    (tmp / name / "state").mkdir(parents=True)
+    (tmp / name / "state" / "manifest.json").write_text(manifest)
+    return tmp / name
+
+
+def test_round_two_bad_inputs_exit_2_with_a_message_naming_them(tmp_path):
+    """Invocations that raised tracebacks, or said the wrong thing (issue 24)."""
+    (tmp_path / "a-file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    q = "What is 2 + 3?"
+    cases = [
+        ("--estimator pilot:abc", ["route", q, "--tables", str(DEMO), "--budget", "4", "--estimator", "pilot:abc"],
+         ["pilot:abc", "whole number"]),
+        ("--bootstrap 0", ["evaluate", "--tables", str(DEMO), "--bootstrap", "0"], ["--bootstrap", "'0'"]),
+        ("--bootstrap -1", ["evaluate", "--tables", str(DEMO), "--bootstrap", "-1"], ["--bootstrap", "'-1'"]),
+        ("--out under a file", ["evaluate", "--tables", str(DEMO), "--bootstrap", "20", "--out",
+                                str(tmp_path / "a-file" / "x.json")], ["a-file", "is a file, not a directory", "choose another path"]),
+        ("--plot under a file", ["inspect", str(DEMO), "--plot", str(tmp_path / "a-file" / "x.png")],
+         ["a-file", "is a file, not a directory", "choose another path"]),
+        ("--prompt-file a FIFO", ["solve", "--prompt-file", str(tmp_path / "fifo"), *SIM], ["fifo", "FIFO"]),
+        ("--prompt-file a directory", ["solve", "--prompt-file", str(tmp_path / "folder"), *SIM], ["folder", "directory"]),
+        ("route --temperature", ["route", q, "--tables", str(DEMO), "--budget", "4", "--temperature", "0.5"],
+         ["--temperature", "not used with --tables"]),
+        ("solve --tables --temperature 1e6", ["solve", q, "--tables", str(DEMO), "--budget", "4", "--temperature", "1e6"],
+         ["--temperature", "not used with --tables"]),
+        ("serve --temperature", ["serve", "--tables", str(DEMO), "--port", "0", "--temperature", "0.5"],
+         ["--temperature", "not used with --tables"]),
+        ("merge a slice manifest []", ["merge", str(_slice_with_manifest(tmp_path, "s1", "[]")), "--out",
+                                       str(tmp_path / "m1")], ["s1", "manifest", "JSON object"]),
+        ("merge a slice manifest {}", ["merge", str(_slice_with_manifest(tmp_path, "s2", "{}")), "--out",
+                                       str(tmp_path / "m2")], ["s2", "manifest"]),
+    ]
+    failures = []
+    for case, argv, words in cases:
+        r = cli(*argv)
+        err = r.stderr.decode("utf-8", "replace")
+        if r.returncode != 2 or "Traceback" in err or not all(w in err for w in words):
+            failures.append(f"{case}: exit {r.returncode}, wanted {words} in: {err[-600:]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """600 bytes of nested aliases expand to 9**9 strings: refused before anything walks them."""
+    lines = ["name: bomb", 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    lines += ["dataset: {name: *a8}", "pool: {n: 4}"]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    assert len((tmp_path / "bomb.yaml").read_bytes()) < 700
+    import time
+
+    t0 = time.perf_counter()
+    r = cli("profile", str(tmp_path / "bomb.yaml"), "--quiet", "--out", str(tmp_path / "out"))
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "aliases" in err and "bomb.yaml" in err and "Traceback" not in err, err[-600:]
+    assert time.perf_counter() - t0 < 20 and not (tmp_path / "out").exists()
+    # A wrong type is still named, with a value too large to print cut short.
+    from selector.profile.config import ConfigError, load_config
+
+    (tmp_path / "big.yaml").write_text("name: x\ndataset: {name: d.jsonl}\npool: {n: '" + "9" * 100_000 + "'}\n")
+    with pytest.raises(ConfigError, match=r"pool.n must be an integer, got '9999.*\.\.\.") as err_info:
+        load_config(tmp_path / "big.yaml")
+    assert len(str(err_info.value)) < 400
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_a_full_or_read_only_disk_exits_2_naming_the_path(tmp_path, monkeypatch, capsys, code):
+    """profile, evaluate and train-estimator on a disk that refuses writes (a fake disk: os.open
+    and os.mkdir fail with ``code`` under the output folder)."""
+    import errno
+    import shutil
+
+    from selector.cli import main
+
+    out = tmp_path / "out"
+    table = tmp_path / "table"
+    shutil.copytree(DEMO, table)
+    real_open, real_mkdir = os.open, os.mkdir
+    refused = (str(out), str(table))
+
+    def fake_open(path, flags, *a, **k):
+        if str(path).startswith(refused) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(path))
+        return real_open(path, flags, *a, **k)
+
+    def fake_mkdir(path, *a, **k):
+        if str(path).startswith(refused):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(path))
+        return real_mkdir(path, *a, **k)
+
+    config = sim_config(tmp_path)
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+    runs = [["profile", str(config), "--quiet", "--out", str(out)],
+            ["evaluate", "--tables", str(table), "--bootstrap", "20"],
+            ["train-estimator", str(table), "--folds", "2", "--quiet"]]
+    for argv in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert os.strerror(getattr(errno, code)) in err and str(tmp_path) in err and "Traceback" not in err, err
+        assert ("disk is full" if code == "ENOSPC" else "read-only") in err
+
+
+def test_a_lone_surrogate_is_named_not_raised():
+    """Text decoded from JSON may hold a lone surrogate (\\ud800): it has no UTF-8 bytes to show."""
+    from selector.errors import InputError
+    from selector.prompts import check_question
+
+    for text, shown in [("What is 2 + 2? \ud800", "lone surrogate U+D800"), ("x \udcff", "bytes b'\\xff'")]:
+        with pytest.raises(InputError, match="not valid UTF-8") as err:
+            check_question(text)
+        assert shown in str(err.value)

@@ -127,8 +127,6 @@ def test_on_the_simulator_world_the_router_beats_the_profile_pick():
 
 
 def test_evaluate_reproduces_the_shipped_simulator_report_exactly():
-    from selector.cli import main as cli_main  # noqa: F401  (the report was written by the CLI)
-
     shipped = json.loads((SIM / "evaluation-heldout.json").read_text())
     assert shipped["table"] == f"tables/{SIM.name}"
     again = json.loads(evaluate_router(SIM).to_json())

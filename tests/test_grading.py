@@ -507,3 +507,25 @@ if __name__ == "__main__":
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "(True, '1024', '2^99999^99999')"
     assert "cannot start" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- issue 24
+
+@pytest.mark.parametrize("bad", [1, 2.5, b"2", ["2"], {"a": 1}, object(), float("nan")])
+def test_the_grader_never_raises_on_values_that_are_not_text(bad):
+    """Model output is untrusted and parsed JSON may hold anything: no answer, never an exception."""
+    assert is_equivalent(bad, "2") is False and is_equivalent("2", bad) is False
+    assert grading.equivalent_many([(bad, "2"), ("2", bad), ("2", "2")]) == [False, False, True]
+    assert answer_key(bad) is None and grading.answer_keys([bad, "2"])[0] is None
+    assert grading.group_keys([bad, "2", "2.0"])[0] is None
+    assert extract_answer(bad) is None and grading.has_final_answer(bad) is False and grading.grade(bad, "2") is False
+
+
+def test_a_braceless_macro_exponent_is_the_whole_macro():
+    # TeX reads 2^\frac{3}{1} as 2^{3/1} = 8; the parser alone took only the macro's first token.
+    assert not is_equivalent(r"2^\frac{3}{1}", "2")
+    assert is_equivalent(r"2^\frac{3}{1}", "8") and is_equivalent(r"4^\frac{1}{2}", "2")
+    assert is_equivalent(r"2^\dfrac{6}{2}", "8") and answer_key(r"2^\frac{3}{1}") == answer_key("8")
+    # ...and the exponent is sized as a whole: a huge one is refused before sympy evaluates it.
+    assert not grading._is_safe(grading._brace_exponents(r"2^\frac{99999999}{1}"))
+    assert grading._brace_exponents(r"x^\sqrt[3]{8} + 2^\frac{1}") == r"x^{\sqrt[3]{8}} + 2^\frac{1}"

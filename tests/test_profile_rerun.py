@@ -124,3 +124,31 @@ def test_an_edited_data_set_after_a_kill_is_refused_and_nothing_more_is_written(
     assert "dataset sha256" in r.stderr and "restore the data set" in r.stderr and "new --out" in r.stderr
     assert {p: p.stat().st_mtime_ns for p in rollout_shards(out)} == written
     assert not (out / "selection.parquet").exists()
+
+
+def test_a_truncated_shard_names_the_fix_that_works_and_stale_temp_files_are_removed(tmp_path):
+    import os
+    import time
+
+    from selector.tables import TableError
+
+    cfg = load_config(sim_config(tmp_path, prompts=12))
+    out = tmp_path / "t"
+    run_profile(cfg, out, progress=False)
+    before = read_table(out / "results.parquet", "results")[0]
+    shard = sorted((out / "rollouts").glob("shard-*.parquet"))[1]
+    shard.write_bytes(shard.read_bytes()[:200])  # a crash or a full disk cut it short
+    # What a kill -9 leaves: a temp file that is never renamed; and one fresh from a writer in flight.
+    stale = out / "state" / ".tree-shard-00001.parquet.0123456789ab.tmp"
+    stale.write_bytes(b"half a shard")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = out / "rollouts" / ".shard-00002.parquet.abcdefabcdef.tmp"
+    fresh.write_bytes(b"being written")
+    # A resume skips the shard as done, so "re-run profile" alone would repeat the error: say to delete it.
+    with pytest.raises(TableError, match=f"delete {shard}.*re-run the same `tts-selector profile` command"):
+        run_profile(cfg, out, progress=False)
+    assert not stale.exists() and fresh.exists()
+    shard.unlink()
+    run_profile(cfg, out, progress=False)  # the advice works: that shard is regenerated, the tables finished
+    assert shard.is_file()
+    assert read_table(out / "results.parquet", "results")[0].equals(before)

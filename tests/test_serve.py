@@ -3,6 +3,7 @@ a real uvicorn server on loopback, talked to with the real ``openai`` client and
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -301,3 +302,196 @@ def test_cli_serve_refuses_a_missing_table(tmp_path, capsys):
 
     assert main(["serve", "--tables", str(tmp_path / "nothing"), "--policy", "sim", "--prm", "sim"]) == 2
     assert "not a table directory" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- one request never fails another
+
+def _ask_together(url: str, bodies: list[bytes]) -> list[httpx.Response]:
+    """POST every body at once (so they share a batch), each from its own client thread."""
+    out: list = [None] * len(bodies)
+
+    def send(i: int) -> None:
+        out[i] = httpx.post(f"{url}/v1/chat/completions", content=bodies[i], timeout=60,
+                            headers={"Content-Type": "application/json"})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    return out
+
+
+def _chat(content: str) -> bytes:
+    # json.dumps escapes a lone surrogate as \ud800: valid JSON text that decodes to invalid Unicode.
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": content}]}).encode()
+
+
+@pytest.mark.parametrize("bad", ["What is 2 + 2? \ud800", "What is 2 + 2? \udcff"])
+def test_a_request_that_is_not_valid_utf8_gets_its_own_400_and_its_batch_is_answered(sim_table, bad):
+    qs = make_questions([0.3, 0.5, 0.7], prefix="batched with a stranger")
+    alone = [Router.load(sim_table).solve(q, 8).answer for q in qs]
+    with Running(Router.load(sim_table), ServeConfig(batch_window_ms=200)) as g:
+        responses = _ask_together(g.url, [_chat(qs[0]), _chat(bad), _chat(qs[1]), _chat(qs[2])])
+    good = [responses[0], responses[2], responses[3]]
+    assert [r.status_code for r in good] == [200, 200, 200], [r.text[:300] for r in good]
+    assert [r.json()["tts"]["answer"] for r in good] == alone
+    assert max(r.json()["tts"]["timing"]["batch_size"] for r in good) > 1  # they did share a batch
+    err = responses[1]
+    assert err.status_code == 400, err.text
+    message = err.json()["error"]["message"]
+    assert "not valid UTF-8" in message and "question 3" not in message and "question 1" not in message
+    assert err.json()["error"]["param"] == "messages" and err.json()["error"]["code"] == "invalid_prompt"
+
+
+def test_an_engine_error_fails_only_the_request_it_belongs_to(sim_table):
+    qs = make_questions([0.2, 0.6, 0.8], prefix="beside an exploding one")
+    alone = [Router.load(sim_table).solve(q, 8).answer for q in qs]
+    with Running(Router.load(sim_table, policy=ExplodingPolicy(), prm=sim_prm()), ServeConfig(batch_window_ms=300)) as g:
+        responses = _ask_together(g.url, [_chat(qs[0]), _chat(qs[1]), _chat("please explode"), _chat(qs[2])])
+        batches = g.batcher.batches
+    assert responses[2].status_code == 500 and "simulated device lost" in responses[2].json()["error"]["message"]
+    good = [responses[0], responses[1], responses[3]]
+    assert [r.status_code for r in good] == [200, 200, 200], [r.text[:300] for r in good]
+    assert [r.json()["tts"]["answer"] for r in good] == alone
+    assert batches <= 2  # one batch (retried job by job), not one per request from the start
+
+
+# ----------------------------------------------------------------------------- auth never fails open
+
+def test_an_empty_api_key_is_an_error_not_an_open_gateway(sim_table, monkeypatch, capsys):
+    from selector.cli import main
+    from selector.errors import InputError
+    from selector.serve import create_app
+
+    for key in ("", "   ", "\t"):
+        with pytest.raises(InputError, match="empty"):
+            create_app(Router.load(sim_table), ServeConfig(api_key=key))
+        assert main(["serve", "--tables", str(sim_table), "--port", "0", "--api-key", key]) == 2
+        assert "--api-key is empty" in capsys.readouterr().err
+        monkeypatch.setenv("TTS_SELECTOR_API_KEY", key)
+        assert main(["serve", "--tables", str(sim_table), "--port", "0"]) == 2
+        assert "$TTS_SELECTOR_API_KEY is empty" in capsys.readouterr().err
+        monkeypatch.delenv("TTS_SELECTOR_API_KEY")
+
+
+def test_serving_beyond_loopback_without_a_key_says_so_loudly(sim_table, monkeypatch, capsys):
+    import uvicorn
+
+    from selector.serve import serve
+
+    started = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: started.append(sockets))  # no real serving
+    monkeypatch.delenv("TTS_SELECTOR_API_KEY", raising=False)
+    router = Router.load(sim_table)
+    serve(router, ServeConfig(), host="0.0.0.0", port=0)
+    assert "WARNING" in capsys.readouterr().err and len(started) == 1
+    serve(router, ServeConfig(), host="127.0.0.1", port=0)
+    serve(router, ServeConfig(api_key="k"), host="0.0.0.0", port=0)
+    assert "WARNING" not in capsys.readouterr().err and len(started) == 3
+
+
+# ----------------------------------------------------------------------------- settings and addresses
+
+def test_settings_that_would_fail_every_request_and_bad_addresses_exit_2(sim_table, capsys):
+    import socket
+
+    from selector.cli import main
+    from selector.errors import InputError
+
+    for bad in (dict(timeout_s=float("nan")), dict(timeout_s=0), dict(timeout_s=-1), dict(average_budget=float("nan")),
+                dict(batch_window_ms=float("inf")), dict(max_batch=0)):
+        with pytest.raises(InputError):
+            ServeConfig(**bad)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = str(busy.getsockname()[1])
+    cases = [(["--timeout", "nan"], "--timeout"), (["--timeout", "0"], "--timeout"), (["--timeout", "-1"], "--timeout"),
+             (["--average-budget", "nan"], "--average-budget"), (["--port", "70000"], "--port"),
+             (["--port", port], f"cannot listen on 127.0.0.1:{port}"), (["--host", "999.1.2.3"], "--host '999.1.2.3'"),
+             (["--host", "no-such-host.invalid"], "--host")]
+    try:
+        for extra, words in cases:
+            argv = ["serve", "--tables", str(sim_table), *(["--port", "0"] if "--port" not in extra else []), *extra]
+            try:
+                rc = main(argv)
+            except SystemExit as exc:  # argparse's own exit for a bad value
+                rc = exc.code
+            err = capsys.readouterr().err
+            assert rc == 2 and words in err and "Traceback" not in err, (extra, rc, err)
+    finally:
+        busy.close()
+
+
+# ----------------------------------------------------------------------------- hostile bodies
+
+def test_a_body_nested_100k_deep_is_a_400(gateway):
+    for body in (b"[" * 100_000, b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        resp = _post(gateway.url, content=body, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 400 and "nested too deeply" in resp.json()["error"]["message"], resp.text[:300]
+
+
+def test_a_client_leaving_mid_body_logs_no_traceback(gateway):
+    import logging
+    import socket
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        host, port = gateway.url.removeprefix("http://").split(":")
+        for _ in range(3):
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 1000\r\n\r\n" + b'{"model": "m", "mess')
+            time.sleep(0.3)
+        ok = _post(gateway.url, {"model": "m", "messages": [{"role": "user", "content": make_questions([0.4])[0]}]})
+    finally:
+        logger.removeHandler(handler)
+    assert ok.status_code == 200
+    assert not [r for r in records if r.exc_info or "Exception" in r.getMessage()], [r.getMessage() for r in records]
+
+
+def test_the_cli_gateway_answers_every_request_in_flight_on_sigterm(sim_table):
+    """`tts-selector serve` end to end (its own bound socket): SIGTERM while 8 slow requests are
+    in flight, each still gets its answer, and the process ends."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "selector.cli", "serve", "--tables", str(sim_table), "--port", "0",
+                             "--policy", "sim:latency=0.2", "--batch-window-ms", "100"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            port = int(m.group(1)) if m else None
+            assert line or proc.poll() is None, "the server exited"
+        assert port, "no address in the log"
+        url = f"http://127.0.0.1:{port}"
+        qs = make_questions(list(np.linspace(0.2, 0.8, 8)), prefix="sigterm")
+        box: list = [None] * len(qs)
+        threads = [threading.Thread(target=lambda i=i: box.__setitem__(i, _post(url, {
+            "model": "m", "messages": [{"role": "user", "content": qs[i]}]}))) for i in range(len(qs))]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # all in flight: the batch is searching (0.2 s per simulated call)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert [r.status_code for r in box] == [200] * len(qs), [r.text[:200] for r in box if r is not None]
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has finished
+    finally:
+        if proc.poll() is None:
+            proc.kill()

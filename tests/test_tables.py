@@ -23,7 +23,7 @@ def frame(kind: str, rows: int = 3, offset: int = 0) -> pd.DataFrame:
     """A small valid DataFrame of ``kind`` (with one extra column to check extras survive)."""
     r = range(offset, offset + rows)
     cfg = {
-        "strategy": ["best_of_n", "beam", "majority"][:rows] + ["dvts"] * max(0, rows - 3),
+        "strategy": ["best_of_n", "beam_search", "majority"][:rows] + ["dvts"] * max(0, rows - 3),
         "n": [4 * (i + 1) for i in r],
         "m": [None if i % 2 == 0 else 2 for i in r],
         "aggregation": [None if i % 2 == 0 else "last" for i in r],

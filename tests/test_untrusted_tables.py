@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selector.backends.registry import remote_reason, require_local_spec
+from selector.backends.registry import package_spec_reason, remote_reason, require_local_spec, require_package_spec
 from selector.errors import InputError
 from selector.estimators.train import train_on_table
 from selector.profile import load_config, run_profile
@@ -151,3 +151,123 @@ def test_remote_specs_are_recognised(spec):
                                   "vllm:preset=smollm2-135m", "vllm-prm:model=/m,protocol=rlhflow", "none"])
 def test_local_specs_pass(spec):
     assert remote_reason(spec) is None and require_local_spec(spec, "policy", "manifest.json") == spec
+
+
+# ----------------------------------------------------------------------------- round two: a table chooses no code
+# Four tables that made the package import the table's own Python (a local model folder with
+# ``auto_map`` and ``modeling_*.py``, loaded with trust_remote_code), each built here from a
+# copy of the shipped demo table. Each must exit 2 naming what it refused, and leave no marker.
+
+DEMO = ROOT / "tables" / "smollm2-135m__arith-check__arithmetic"
+
+
+def _model_with_code(folder: Path, marker: Path) -> None:
+    """A model folder whose config maps its classes to Python files in it (what
+    trust_remote_code imports); importing either writes ``marker``."""
+    folder.mkdir(parents=True)
+    code = (f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+            "from transformers import PretrainedConfig\n\nclass EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    (folder / "configuration_evil.py").write_text(code)
+    (folder / "modeling_evil.py").write_text(code)
+    (folder / "model.safetensors").write_bytes(b"x")  # the loaders look for weights before reading the config
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["EvilModel"], "model_type": "evil",
+        "auto_map": {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel",
+                     "AutoModelForCausalLM": "modeling_evil.EvilModel",
+                     "AutoModelForTokenClassification": "modeling_evil.EvilModel"}}))
+
+
+def _preset_with_code(table: Path, marker: Path) -> Path:
+    """A policy preset inside the table that loads the table's model with trust_remote_code."""
+    _model_with_code(table / "model", marker)
+    (table / "preset.yaml").write_text(f"backend: transformers\nid: evil\nmodel: {table / 'model'}\n"
+                                       "trust_remote_code: true\n")
+    return table / "preset.yaml"
+
+
+def _hidden_estimator(path: Path, policy: str) -> None:
+    """A complete hidden-state estimator whose header names ``policy`` (routing it runs that policy)."""
+    with np.load(DEMO / "estimator-tfidf.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files if not k.startswith("tfidf_")}
+    width, rows = 4 + len(arrays["stats_mean"]), arrays["clf_coef"].shape[0]
+    arrays.update(hidden_mean=np.zeros(4), hidden_scale=np.ones(4), hidden_var=np.ones(4), hidden_seen=np.asarray(8),
+                  ridge_coef=np.zeros(width), clf_coef=np.zeros((rows, width)))
+    header = json.loads(str(arrays["header"]))
+    arrays["header"] = np.asarray(json.dumps(dict(header, features="hidden", policy=policy)))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "selector.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def _set_manifest(table: Path, **config) -> None:
+    path = table / "state" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["config"].update(config)
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_table_never_turns_on_trust_remote_code_nor_names_a_model(tmp_path):
+    marker = tmp_path / "MARKER"
+    tables = {name: tmp_path / name / "t" for name in ("prm", "preset", "hidden", "outside")}
+    for t in tables.values():
+        shutil.copytree(DEMO, t)
+    # 1. The manifest names a PRM in the table's own folder, with trust_remote_code.
+    _model_with_code(tables["prm"] / "prm", marker)
+    _set_manifest(tables["prm"], prm=f"hf-prm:model={tables['prm'] / 'prm'},protocol=qwen25-math-prm,trust_remote_code=true")
+    # 2. The manifest names a preset file inside the table (a model path and trust_remote_code).
+    _set_manifest(tables["preset"], policy=str(_preset_with_code(tables["preset"], marker)))
+    # 3. The prompt:tfidf record points (sha256 updated) to a file whose header says hidden
+    #    features, computed by that preset: plain `route` would run the table's code.
+    _hidden_estimator(tables["hidden"] / "estimator-evil.npz", str(_preset_with_code(tables["hidden"], marker)))
+    _record_estimator(tables["hidden"], "estimator-evil.npz")
+    # 4. The record points outside the table (to a file of the right kind and hash).
+    _hidden_estimator(tables["outside"].parent / "outside.npz", "smollm2-135m")
+    _record_estimator(tables["outside"], "../outside.npz")
+
+    runs = {
+        "prm": [("solve", "What is 2 + 3?", "--tables", str(tables["prm"]), "--budget", "4"),
+                ("serve", "--tables", str(tables["prm"]), "--port", "0")],
+        "preset": [("solve", "What is 2 + 3?", "--tables", str(tables["preset"]), "--budget", "4"),
+                   ("serve", "--tables", str(tables["preset"]), "--port", "0")],
+        "hidden": [("route", "What is 2 + 3?", "--tables", str(tables["hidden"]), "--budget", "4"),
+                   ("evaluate", "--tables", str(tables["hidden"]), "--out", str(tmp_path / "e.json"))],
+        "outside": [("route", "What is 2 + 3?", "--tables", str(tables["outside"]), "--budget", "4"),
+                    ("evaluate", "--tables", str(tables["outside"]), "--out", str(tmp_path / "e.json"))],
+    }
+    words = {"prm": ["manifest.json", "trust_remote_code", "--prm"], "preset": ["manifest.json", "preset.yaml", "--policy"],
+             "hidden": ["estimator-evil.npz", "features 'hidden'", "prompt:tfidf"],
+             "outside": ["../outside.npz", "outside the table"]}
+    for name, commands in runs.items():
+        for argv in commands:
+            r = _cli(*argv)
+            assert r.returncode == 2 and "Traceback" not in r.stderr, (name, argv[0], r.stderr[-2000:])
+            assert all(w in r.stderr for w in words[name]), (name, argv[0], r.stderr[-1000:])
+            assert not marker.exists(), (name, argv[0])
+    # The refusal is about who chooses: with the PRM named by the user, the same table routes.
+    r = _cli("route", "What is 2 + 3?", "--tables", str(tables["prm"]), "--budget", "4", "--prm", "arith-check")
+    assert r.returncode == 0 and "bin" in r.stdout and not marker.exists(), r.stderr[-1000:]
+
+
+@pytest.mark.parametrize("spec,kind", [
+    ("hf:/models/x", "policy"), ("gguf:/m/x.gguf", "policy"), ("/t/preset.yaml", "policy"), ("preset.yml", "policy"),
+    ("vllm:model=/m", "policy"), ("vllm:preset=smollm2-135m,trust_remote_code=true", "policy"),
+    ("vllm:preset=/t/p.yaml", "policy"), ("sim:latency=1000", "policy"), ("hf-prm:model=/m,protocol=rlhflow", "PRM"),
+    ("vllm-prm:model=/m,protocol=rlhflow", "PRM"), ("arith-check:x=[1,2,3,4,5]", "PRM"),
+])
+def test_a_table_may_name_only_the_packages_own_engines(spec, kind):
+    assert package_spec_reason(spec, "policy" if kind == "policy" else "prm") is not None
+    with pytest.raises(InputError, match="package's own engines"):
+        require_package_spec(spec, kind, "manifest.json")
+
+
+@pytest.mark.parametrize("spec,kind", [("smollm2-135m", "policy"), ("sim", "policy"), ("sim:latency=0.05", "policy"),
+                                       ("vllm:preset=smollm2-135m", "policy"), ("arith-check", "PRM"), ("none", "PRM"),
+                                       ("sim:separation=2.0,noise=1.0,bias=1.0", "PRM")])
+def test_the_packages_own_engines_pass(spec, kind):
+    assert require_package_spec(spec, kind, "manifest.json") == spec

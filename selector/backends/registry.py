@@ -131,9 +131,10 @@ def _locate_package_dir(package: str, install_hint: str | None) -> Path:
 
 def load_preset(path: str | Path) -> dict[str, Any]:
     """Read a policy preset YAML and resolve its ``model`` locator into a path."""
+    from ..safe_yaml import load_yaml
+
     path = Path(path)
-    with path.open() as fh:
-        cfg = yaml.safe_load(fh)
+    cfg = load_yaml(path.read_text(), str(path), InputError)
     if not isinstance(cfg, dict) or "backend" not in cfg:
         raise ValueError(f"{path}: a preset is a mapping with at least a 'backend' key")
     model = cfg.get("model")
@@ -358,3 +359,59 @@ def require_local_spec(spec: Any, kind: str, where: str) -> str:
             f"the command line, or {kind}= in the Python API"
         )
     return spec
+
+
+# What a table directory (its manifest, an estimator header) may name by itself: the package's
+# own engines. A model path, a preset file, a server, or trust_remote_code would let a table
+# choose code to run or where prompts go, so they must come from the user's --policy/--prm.
+_PACKAGE_PRMS = ("arith-check", "sim", "none")
+_SIM_LIMITS = {"latency": 1.0}  # seconds per simulated call: a table must not make every call sleep
+
+
+def package_spec_reason(spec: Any, kind: str) -> str | None:
+    """Why ``spec`` is not one of the package's own engines (None when it is): a preset of
+    ``selector/presets/`` by name (also as ``vllm:preset=NAME``), the simulator ``sim[:k=v]``,
+    and for PRMs ``arith-check`` and ``none``."""
+    if not isinstance(spec, str):
+        return f"it is not a spec string ({type(spec).__name__})"
+    if "trust_remote_code" in spec:
+        return "it turns on trust_remote_code (runs code shipped with a model)"
+    remote = remote_reason(spec)
+    if remote is not None:
+        return remote
+    name, _, arg = spec.partition(":")
+    try:
+        kwargs = _parse_kwargs(arg) if arg else {}
+    except InputError as exc:
+        return str(exc)
+    if kind == "policy" and not arg and name in available_presets():
+        return None
+    if kind == "policy" and name == "vllm" and set(kwargs) == {"preset"} and kwargs["preset"] in available_presets():
+        return None
+    if name == "sim" or (kind != "policy" and name in _PACKAGE_PRMS):
+        for key, value in kwargs.items():
+            simple = (isinstance(value, (int, float, bool)) and (isinstance(value, bool) or math.isfinite(value))
+                      and abs(value) <= 1e15) or (isinstance(value, str) and len(value) <= 64) or (
+                isinstance(value, list) and len(value) <= 2 and all(isinstance(v, int) and 0 < v <= 4096 for v in value))
+            if not simple or (key in _SIM_LIMITS and not 0 <= value <= _SIM_LIMITS[key]):
+                return f"its value {key}={str(value)[:40]!r} is outside what a table may set"
+        return None
+    if "/" in spec or "\\" in spec or spec.endswith((".yaml", ".yml", ".gguf")):
+        return "it names a file or model path"
+    return "it is not one of the package's own engines"
+
+
+def require_package_spec(spec: Any, kind: str, where: str) -> str:
+    """``spec`` if it names one of the package's own engines (see :func:`package_spec_reason`);
+    else an :class:`~selector.errors.InputError` saying the user must name that engine."""
+    reason = package_spec_reason(spec, "policy" if kind == "policy" else "prm")
+    if reason is None:
+        return spec
+    flag = "--policy" if kind == "policy" else "--prm"
+    own = (f"presets {available_presets()}, sim" if kind == "policy" else f"{', '.join(_PACKAGE_PRMS)}")
+    shown = spec if isinstance(spec, str) and len(spec) <= 200 else f"{str(spec)[:200]}..."
+    raise InputError(
+        f"{where} names the {kind} {shown!r}, which is not used because {reason}: a table may only name the "
+        f"package's own engines ({own}); a model path, a preset file, a server or trust_remote_code must come "
+        f"from you. Name the engine yourself: {flag} SPEC on the command line, or {flag[2:]}= in the Python API"
+    )

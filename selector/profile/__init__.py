@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import shutil
 import sys
 import time
@@ -33,7 +32,7 @@ from .config import ConfigError, ProfileConfig, _build, load_config
 from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, prompt_difficulty, table_estimator
 from .evaluate import best_of_n_family_rows, read_tree_runs, tree_rows
 from .executors import Executor, ExecutorReport, LocalExecutor, RayExecutor, make_executor
-from .manifest import MANIFEST, check_manifest, kept_metadata
+from .manifest import MANIFEST, check_manifest, kept_metadata, read_manifest
 from .pool import import_pool, plan_shards, select_shards
 from .select import pick_table, select_tables
 
@@ -127,19 +126,34 @@ def _splits(problems: list[Problem], heldout: float, seed: int) -> dict[str, str
     return {p.id: ("heldout" if p.id in held else "profile") for p in problems}
 
 
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Temp files of writes a kill -9 interrupted (``.tree-shard-*.tmp`` and the like) are never
+    renamed into place: a resume removes the stale ones (see tables.remove_stale_temps)."""
+    from ..tables import remove_stale_temps
+
+    for sub in (out_dir, out_dir / "state", out_dir / "rollouts"):
+        remove_stale_temps(sub)
+
+
 def manifest_config(out_dir: str | Path) -> dict[str, Any]:
-    """The raw profile config recorded in a table directory's manifest ({} when absent)."""
-    path = Path(out_dir) / MANIFEST
-    return json.loads(path.read_text()).get("config", {}) if path.exists() else {}
+    """The profile config recorded in a table directory's manifest ({} when absent), checked as
+    untrusted input (:func:`selector.table_checks.read_table_manifest`)."""
+    from ..table_checks import read_table_manifest
+
+    return read_table_manifest(out_dir)
 
 
 def config_from_manifest(out_dir: str | Path) -> ProfileConfig:
     """The validated profile config a table directory's manifest records."""
     out_dir = Path(out_dir)
     path = out_dir / MANIFEST
-    if not path.exists():
-        raise ConfigError(f"{out_dir}: no {MANIFEST}; is this a profile output directory?")
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(out_dir)
+    if not manifest:
+        raise ConfigError(f"{out_dir}: no {MANIFEST} (or an empty one); is this a profile output directory? Merge the "
+                          "directories `tts-selector profile --shard i/k` wrote")
+    if not isinstance(manifest.get("config"), dict) or not isinstance(manifest.get("base_dir"), str):
+        raise ConfigError(f"{path}: the manifest needs a 'config' object and a 'base_dir' string: restore it, or "
+                          "re-run that --shard slice into a new --out")
     cfg = _build(ProfileConfig, manifest["config"], str(path))
     return dataclasses.replace(cfg, base_dir=manifest["base_dir"]).check()
 
@@ -170,6 +184,7 @@ def run_profile(
         raise ValueError(f"--shard i/k needs 0 <= i < k, got {shard[0]}/{shard[1]}")
     problems, dataset_sha = _load_problems(cfg)
     check_manifest(out_dir, cfg, dataset_sha)
+    _remove_stale_temps(out_dir)
     bar = _progress(progress)
     shards = select_shards(plan_shards(problems, cfg.shard_size), shard)
     agreement: dict[str, float] = {}

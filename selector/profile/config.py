@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import TTSError
 from ..datasets import FAMILIES, LEVELLED, dataset_family
 from ..search.aggregate import AGGREGATIONS
@@ -485,7 +483,12 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
     """``value`` checked against the field's annotation ``hint`` (lists become tuples, integers
     pass for numbers); raises ConfigError naming the key, the expected type and what was given."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    bad = ConfigError(f"{key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__}): fix it in the config")
+
+    def bad() -> ConfigError:  # formatted only when raised: a value may be huge (see safe_yaml)
+        shown = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else f"a {type(value).__name__}"
+        shown = shown if len(shown) <= 80 else shown[:80] + "..."
+        return ConfigError(f"{key} must be {_type_name(hint)}, got {shown} ({type(value).__name__}): fix it in the config")
+
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -496,27 +499,27 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
                 return _typed(value, arg, key)
             except ConfigError:
                 continue
-        raise bad
+        raise bad()
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise bad
+            raise bad()
         return tuple(_typed(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise bad
+            raise bad()
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad
+            raise bad()
         return value  # unconverted: the config hash of existing tables stays as it was
     if hint is int:
         if isinstance(value, float) and value.is_integer():  # 1.5e+9 parameters, written as a float
             return value
         if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
+            raise bad()
         return value
     if hint in (str, bool) and not isinstance(value, hint):
-        raise bad
+        raise bad()
     return value
 
 
@@ -526,10 +529,13 @@ def load_config(path: str | Path) -> ProfileConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    from ..safe_yaml import load_yaml
+
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+    raw = load_yaml(text, str(path), ConfigError)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a profile config is a mapping with at least 'name', 'dataset' and 'pool'")
     for key in ("name", "dataset", "pool"):

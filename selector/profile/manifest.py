@@ -21,18 +21,25 @@ from ..tables import atomic_write_text
 from .config import ConfigError, ProfileConfig
 
 MANIFEST = Path("state") / "manifest.json"
-KEPT_KEYS = ("estimators",)  # selection.parquet metadata written by later commands (train-estimator)
+KEPT_KEYS = ("estimators",)
+MANIFEST_MAX_BYTES = 4 << 20  # selection.parquet metadata written by later commands (train-estimator)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     """The manifest of ``out_dir`` ({} when there is none); a corrupt one is a ConfigError."""
+    from ..files import read_regular_file
+
     path = Path(out_dir) / MANIFEST
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return {}
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable manifest ({exc}): restore it, or profile into a new --out") from None
+        # A regular file of bounded size: a FIFO or a link to /dev/zero must not wedge a resume.
+        manifest = json.loads(read_regular_file(path, max_bytes=MANIFEST_MAX_BYTES, error=ConfigError,
+                                                what="manifest").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, ConfigError):
+            raise ConfigError(f"{exc}; or profile into a new --out") from None
+        raise ConfigError(f"{path}: unreadable manifest ({str(exc)[:200]}): restore it, or profile into a new --out") from None
     if not isinstance(manifest, dict):
         raise ConfigError(f"{path}: a manifest is a JSON object: restore it, or profile into a new --out")
     return manifest

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -25,8 +26,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import InputError
+from ..prompts import check_question as check_text
 from ..grading import has_final_answer
 from ..router import RoutedResult, Router
 from .auth import check_bearer, resolve_api_key
@@ -53,6 +56,28 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     api_key: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would make every request fail (a NaN or zero timeout answers
+        each one 504) with an InputError naming the setting."""
+        def number(name: str, value: Any, low: float, *, strict: bool, integer: bool = False) -> None:
+            ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+            if not ok or not math.isfinite(value) or value < low or (strict and value == low):
+                raise InputError(f"{name} must be a finite {'integer' if integer else 'number'} "
+                                 f"{'>' if strict else '>='} {low:g}, got {value!r}")
+
+        number("timeout (--timeout)", self.timeout_s, 0, strict=True)
+        number("batch window (--batch-window-ms)", self.batch_window_ms, 0, strict=False)
+        number("max batch (--max-batch)", self.max_batch, 1, strict=False, integer=True)
+        number("max prompt chars (--max-prompt-chars)", self.max_prompt_chars, 1, strict=False, integer=True)
+        number("max body bytes", self.max_body_bytes, 1, strict=False, integer=True)
+        number("max budget (--max-budget)", self.max_budget, 1, strict=False, integer=True)
+        if self.budget is not None:
+            number("budget (--budget)", self.budget, 1, strict=False, integer=True)
+        if self.average_budget is not None:
+            number("average budget (--average-budget)", self.average_budget, 0, strict=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
 
 
 _ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
@@ -130,26 +155,41 @@ def create_app(router: Router, config: ServeConfig = ServeConfig()) -> FastAPI:
         if declared.isdigit() and int(declared) > config.max_body_bytes:
             raise too_big
         chunks, size = [], 0
-        async for chunk in request.stream():  # read at most the limit: never buffer a huge body
-            size += len(chunk)
-            if size > config.max_body_bytes:
-                raise too_big
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():  # read at most the limit: never buffer a huge body
+                size += len(chunk)
+                if size > config.max_body_bytes:
+                    raise too_big
+                chunks.append(chunk)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing to log as a bug
+            raise APIError(400, "the client disconnected before sending the whole body", code="client_disconnected") from None
         body = b"".join(chunks)
         try:
             data = json.loads(body)
+        except RecursionError:
+            raise bad_request("the JSON body is nested too deeply", code="invalid_json") from None
         except ValueError as exc:
             raise bad_request(f"malformed JSON body: {exc}", code="invalid_json") from None
         if not isinstance(data, dict):
             raise bad_request(f"the body must be a JSON object, got {type(data).__name__}", code="invalid_json")
         try:
             return model.model_validate(data)
+        except RecursionError:
+            raise bad_request("the JSON body is nested too deeply", code="invalid_json") from None
         except ValidationError as exc:
             err = exc.errors()[0]
             param = ".".join(str(x) for x in err["loc"]) or None
             raise bad_request(f"{param}: {err['msg']}", param, "invalid_value") from None
 
     def check_question(question: str, param: str) -> str:
+        """This request's question alone, checked before it joins a batch: one bad request gets
+        its own 400 and never fails, nor shows anything to, the requests batched with it."""
+        try:
+            check_text(question, "the prompt")
+        except InputError as exc:
+            if question.strip():  # not valid UTF-8 (e.g. a lone surrogate escaped in the JSON)
+                raise bad_request(f"{exc}".replace(", or pass it with --prompt-file PATH", ""), param,
+                                  "invalid_prompt") from None
         if not question.strip():
             raise bad_request(f"the prompt is empty: send the question as {'the last user message' if param == 'messages' else 'prompt'}",
                               param, "empty_prompt")

@@ -4,7 +4,9 @@ Each request becomes a :class:`Job`. The batcher waits up to ``window_s`` after 
 of a batch (or until ``max_batch`` jobs), then hands the whole batch to ``solve`` in ONE
 worker thread: engines are not thread-safe, so exactly one batch runs at a time, and jobs
 arriving meanwhile form the next batch. A job's result must not depend on its batch: the
-router derives every seed from the request's seed and text, never from batch position.
+router derives every seed from the request's seed and text, never from batch position. So when
+a batch's solve raises, each of its jobs is solved again alone: the job that broke it gets the
+error, the others their normal results (a stranger's bad request never fails yours).
 """
 from __future__ import annotations
 
@@ -103,6 +105,19 @@ class DynamicBatcher:
         t0 = time.thread_time()
         return self._solve(batch), time.thread_time() - t0
 
+    def _solve_each(self, batch: list[Job]) -> tuple[list[Any], float]:
+        """Each job of a failed batch alone: its result, or the exception its own solve raised."""
+        t0, results = time.thread_time(), []
+        for job in batch:
+            if job.future.done():  # timed out meanwhile: no one waits for it
+                results.append(None)
+                continue
+            try:
+                results.append(self._solve([job])[0])
+            except Exception as exc:
+                results.append(exc)
+        return results, time.thread_time() - t0
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -115,8 +130,12 @@ class DynamicBatcher:
             try:
                 results, cpu = await loop.run_in_executor(self._executor, self._timed_solve, batch)
                 self.search_cpu_seconds += cpu
-            except Exception as exc:  # an engine failure fails this batch only; the loop keeps serving
-                results = [exc] * len(batch)
+            except Exception as exc:  # never the whole batch: retry each job alone; the loop keeps serving
+                if len(batch) == 1:
+                    results = [exc]
+                else:
+                    results, cpu = await loop.run_in_executor(self._executor, self._solve_each, batch)
+                    self.search_cpu_seconds += cpu
             seconds = time.perf_counter() - t0
             self.batches += 1
             self.search_seconds += seconds
