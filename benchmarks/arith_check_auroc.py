@@ -26,10 +26,10 @@ from selector.api import resolve_engines
 from selector.backends.base import ScoreRequest
 from selector.datasets import arithmetic_problems
 from selector.grading import is_equivalent
-from selector.metrics import auroc
+from selector.stats import auroc
 from selector.search.aggregate import AGGREGATIONS, aggregate, select_answer
 from selector.search.runner import run_search
-from selector.types import Candidate
+from selector.records import Candidate
 
 
 def main() -> None:

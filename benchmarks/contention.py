@@ -58,7 +58,7 @@ def worker(job: str, mode: str, questions: int, loop: bool) -> None:
     sys.path.insert(0, str(ROOT))
     from selector import BestOfN, solve_batch
     from selector.api import resolve_engines
-    from selector.router import Router
+    from selector.routing import Router
 
     if job == "routed":
         router = Router.load(TABLE)

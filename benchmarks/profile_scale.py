@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions, problem_for
-from selector.profile import load_config, run_profile
+from selector.profiler import load_config, run_profile
 
 
 class TimedEngine:
@@ -153,8 +153,8 @@ def compare_ray(cfg, out: Path, num_actors: int, prompts: int, n_pool: int) -> N
     import pandas as pd
     import ray
 
-    from selector.profile import RayExecutor
-    from selector.profile.config import ExecutorConfig
+    from selector.profiler import RayExecutor
+    from selector.profiler.config import ExecutorConfig
     from selector.tables import TableDir
 
     cpus = os.cpu_count() or 1

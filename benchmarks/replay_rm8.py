@@ -27,7 +27,7 @@ from pathlib import Path
 
 from selector.grading import extract_answer, group_keys, is_equivalent
 from selector.search.aggregate import select_answer
-from selector.types import Candidate
+from selector.records import Candidate
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "qwen25math_rm8_math_cot_100.jsonl"
 

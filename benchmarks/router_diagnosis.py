@@ -51,13 +51,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selector.binning import assign_bins, bin_edges  # noqa: E402
-from selector.evaluate import bootstrap_indices, ci95, config_key, outcome_lookup, route_prompts  # noqa: E402
-from selector.learning_curve import _configs, _declared_router, _select  # noqa: E402
-from selector.metrics import auroc  # noqa: E402
-from selector.profile import config_from_manifest  # noqa: E402
-from selector.profile.adaptive import adaptive_consistency_rows  # noqa: E402
-from selector.profile.evaluate import best_of_n_family_rows  # noqa: E402
-from selector.tables import TableDir  # noqa: E402
+from selector.heldout import HeldoutSetup, config_key, select_cells  # noqa: E402
+from selector.learning_curve import refit_router  # noqa: E402
+from selector.profiler import config_from_manifest  # noqa: E402
+from selector.profiler.adaptive import adaptive_consistency_rows  # noqa: E402
+from selector.profiler.manifest import profiled_settings  # noqa: E402
+from selector.profiler.outcomes import best_of_n_family_rows  # noqa: E402
+from selector.stats import auroc, bootstrap_indices, ci95  # noqa: E402
 
 
 def _split_half(cfg, scored: pd.DataFrame, ids: list[str]) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
@@ -96,29 +96,21 @@ def _row(acc: np.ndarray, boot: np.ndarray, base: np.ndarray | None = None) -> d
 
 
 def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
-    table = TableDir(table_dir)
-    meta = table.metadata
-    prompts = table.prompts()
-    held = prompts[prompts["split"] == "heldout"].reset_index(drop=True)
-    prof = prompts[prompts["split"] == "profile"].reset_index(drop=True)
-    binning, sel = _configs(table)
+    setup = HeldoutSetup.of(table_dir)
+    table, meta, held, prof = setup.table, setup.meta, setup.target, setup.profile
+    binning, sel = profiled_settings(table.path)
     k = int(meta.get("difficulty_samples", 0))
-    if held.empty or not k:
+    if not k:
         # Without difficulty samples, oracle pass@1 is read from the scored samples themselves.
-        raise SystemExit(f"{table_dir}: needs a held-out split and difficulty samples (pool.difficulty_samples)")
-    ev = table.evaluations()
-    ev["config"] = [config_key(r) for r in ev.itertuples(index=False)]
-    budgets = sorted(int(b) for b in table.selection()["budget"].unique())
-    ids = held["prompt_id"].tolist()
-    lookup = outcome_lookup(ev[ev["prompt_id"].isin(set(ids))])
-    ev_prof = ev[ev["prompt_id"].isin(set(prof["prompt_id"]))]
+        raise SystemExit(f"{table_dir}: needs difficulty samples (pool.difficulty_samples)")
+    budgets, ids, ev_prof = setup.budgets, setup.ids, setup.ev_profile
     boot = bootstrap_indices(len(ids), bootstrap, seed)
-    zeros = np.zeros(len(ids))
 
     def routed(cells, bins, name):
-        return route_prompts(name, name, ids, np.asarray(bins), zeros, zeros, False, budgets, cells, lookup)
+        # Same budget N for every method: a pilot's or an embedder's own cost is left out here.
+        return setup.route(name, bins, cells)
 
-    one_cells = _select(ev_prof, pd.Series(1, index=prof["prompt_id"]), sel, meta, "one")
+    one_cells = select_cells(ev_prof, pd.Series(1, index=prof["prompt_id"]), sel, meta, "one")
     one = routed(one_cells, np.ones(len(ids), int), "one")
     out: dict = {"table": table_dir, "n_heldout": len(ids), "n_profile": len(prof), "budgets": budgets}
 
@@ -159,7 +151,7 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
     # 3. Estimator quality: cells and routing from the same kind of bins.
     def by_scores(col_prof, col_held, name):
         edges = bin_edges(col_prof, binning.scheme, binning.k, binning.thresholds)
-        cells = _select(ev_prof, pd.Series(assign_bins(col_prof, edges), index=prof["prompt_id"]), sel, meta, name)
+        cells = select_cells(ev_prof, pd.Series(assign_bins(col_prof, edges), index=prof["prompt_id"]), sel, meta, name)
         return routed(cells, assign_bins(col_held, edges), name)
 
     quality = {
@@ -170,7 +162,7 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
     }
     declared = meta.get("declared_router", "prompt:tfidf")
     if declared.startswith("prompt:"):
-        cells, bins, _, _ = _declared_router(declared, None, prof, held, table, ev_prof, binning, sel, meta)
+        cells, bins, _, _ = refit_router(declared, None, prof, held, table, ev_prof, binning, sel, meta)
         quality[f"declared router ({declared})"] = routed(cells, bins, declared)
     out["estimator_quality"] = {name: {str(b): _row(m.accuracy[b], boot, one.accuracy[b]) for b in budgets}
                                 for name, m in quality.items()}
@@ -183,7 +175,7 @@ def diagnose(table_dir: str, bootstrap: int = 1000, seed: int = 0) -> dict:
     for kk in (1, 2, 3, 5, 8):
         scores = prof["predicted_pass1"].to_numpy(float)
         edges = bin_edges(scores, "quantile", kk, ())
-        cells = _select(ev_prof, pd.Series(assign_bins(scores, edges), index=prof["prompt_id"]), sel, meta, f"k{kk}")
+        cells = select_cells(ev_prof, pd.Series(assign_bins(scores, edges), index=prof["prompt_id"]), sel, meta, f"k{kk}")
         m = routed(cells, assign_bins(held["predicted_pass1"].to_numpy(float), edges), f"k{kk}")
         counts[str(kk)] = {str(b): _row(m.accuracy[b], boot, one.accuracy[b]) for b in budgets}
     out["bin_count"] = counts

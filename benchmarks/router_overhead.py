@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from selector.datasets import load_dataset
-from selector.router import Router
+from selector.routing import Router
 
 DEFAULT_TABLE = Path(__file__).resolve().parents[1] / "tables" / "smollm2-135m__arith-check__arithmetic"
 

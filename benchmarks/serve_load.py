@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def sim_table(out: Path) -> Path:
     from selector.estimators.train import train_on_table
-    from selector.profile import load_config, run_profile
+    from selector.profiler import load_config, run_profile
 
     run_profile(load_config(ROOT / "configs" / "sim-small.yaml"), out, progress=False)
     train_on_table(out, features="tfidf", folds=3)

@@ -8,7 +8,7 @@ from .backends.base import PRM, Policy, SamplingParams
 from .backends.registry import DEFAULT_POLICY, DEFAULT_PRM, make_policy, make_prm
 from .search.base import StrategyConfig
 from .search.runner import run_search
-from .types import Candidate, SearchResult
+from .records import Candidate, SearchResult
 
 _ENGINES: dict[tuple[str, str], object] = {}
 _ENGINES_LOCK = threading.Lock()

@@ -101,7 +101,7 @@ def _strategy_text(strategy) -> str:
 def _load_router(args: argparse.Namespace):
     from .catalog import is_catalog
     from .errors import InputError
-    from .router import Router
+    from .routing import Router
     from .tables import TableDir
 
     if args.temperature is not None:
@@ -225,7 +225,7 @@ def _default_out(cfg) -> str:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from .profile import load_config, run_profile
+    from .profiler import load_config, run_profile
 
     cfg = _with_executor(load_config(args.config), args.executor, args.ray_address)
     summary = run_profile(cfg, args.out or _default_out(cfg), shard=_parse_shard(args.shard), progress=not args.quiet,
@@ -251,7 +251,7 @@ def _with_executor(cfg, kind: str | None, address: str | None):
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from .profile import merge_profiles
+    from .profiler import merge_profiles
 
     summary = merge_profiles(args.out, args.dirs, progress=not args.quiet, force=args.force)
     print(summary.render())
@@ -259,7 +259,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_reprice(args: argparse.Namespace) -> int:
-    from .profile import reprice_table
+    from .profiler import reprice_table
 
     summary = reprice_table(args.table, prefix_cache=args.prefix_cache, shared_prefix_tokens=args.shared_prefix_tokens,
                             progress=not args.quiet)
@@ -303,7 +303,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                 bootstrap=args.bootstrap, progress=progress)
         out = Path(args.out) if args.out else learning_curve_path(args.tables, args.split)
     else:
-        from .evaluate import evaluate_router
+        from .router_evaluation import evaluate_router
 
         report = evaluate_router(args.tables, split=args.split, estimators=args.estimators, bootstrap=args.bootstrap,
                                  router=args.router, prefix_cache=args.prefix_cache)
@@ -319,7 +319,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import FEW_PROMPTS, inspect_path, write_plots
+    from .table_summary import FEW_PROMPTS, inspect_path, write_plots
 
     few = FEW_PROMPTS if args.few_prompts is None else args.few_prompts
     _check_table(args.dir)

@@ -44,12 +44,12 @@ import numpy as np
 import pandas as pd
 
 from .binning import assign_bins, bin_edges
-from .cost_model import CostModel
 from .errors import InputError
-from .evaluate import bootstrap_indices, ci95, config_key, outcome_lookup, pilot_routing, route_prompts
-from .profile.difficulty import pilot_scores
-from .router import SelectionCells
-from .tables import TableDir
+from .estimators import EstimateContext
+from .heldout import HeldoutSetup, pilot_routing, route_prompts, select_cells
+from .profiler.difficulty import pilot_scores
+from .profiler.manifest import profiled_settings
+from .stats import bootstrap_indices, ci95, two_way
 
 DEFAULT_SIZES = (50, 100, 200, 300)
 ONE_STRATEGY = "one strategy"
@@ -151,19 +151,12 @@ def learning_curve(
             neither ``prompt:<features>`` nor ``pilot:<k>`` with ``k`` at most the table's
             difficulty samples, ``draws`` < 1.
     """
-    table = TableDir(table_dir)
-    meta = table.metadata
-    prompts = table.prompts()
-    target = prompts[prompts["split"] == split].reset_index(drop=True)
-    profile = prompts[prompts["split"] == "profile"].reset_index(drop=True)
-    if target.empty:
-        raise InputError(f"{table_dir}: no {split!r} prompts to score on; profile with dataset.heldout > 0")
+    setup = HeldoutSetup.of(table_dir, split)
+    table, meta, target, profile = setup.table, setup.meta, setup.target, setup.profile
     if draws < 1:
         raise InputError(f"--draws must be at least 1, got {draws}")
-    declared = router or meta.get("declared_router", "prompt:tfidf")
-    if not declared.startswith(("prompt:", "pilot:")):
-        raise InputError(f"the router must be 'prompt:<features>' or 'pilot:<k>', got {declared!r}")
-    binning, sel = _configs(table)
+    declared = setup.declared_router(router)
+    binning, sel = profiled_settings(table.path)
     n_full = len(profile)
     min_size = 2 * max(binning.k if binning.scheme == "quantile" else len(binning.thresholds) + 1, sel.folds)
     wanted = sorted({int(s) for s in (sizes or DEFAULT_SIZES) if int(s) < n_full} | {n_full})
@@ -171,13 +164,7 @@ def learning_curve(
         raise InputError(f"size {wanted[0]} is too small: a subset needs at least {min_size} prompts "
                          f"(2 x max(bins, select folds)); pass larger --sizes")
 
-    ev = table.evaluations()
-    ev["config"] = [config_key(r) for r in ev.itertuples(index=False)]
-    axis = CostModel.from_metadata(meta).axis
-    budgets = sorted(int(b) for b in table.selection()["budget"].unique())
-    held_ids = target["prompt_id"].tolist()
-    lookup = outcome_lookup(ev[ev["prompt_id"].isin(set(held_ids))])
-    ev_profile = ev[ev["prompt_id"].isin(set(profile["prompt_id"]))]
+    axis, budgets, held_ids, lookup, ev_profile = setup.model.axis, setup.budgets, setup.ids, setup.lookup, setup.ev_profile
     own = meta.get("default_selection", "bins:predicted")
     k_own = int(meta.get("difficulty_samples", 0))
     # The table's own bins are priced as the K-sample pilot they are (as in `evaluate`).
@@ -200,7 +187,7 @@ def learning_curve(
             sub_ids = sub["prompt_id"].tolist()
             sub_ev = ev_profile[ev_profile["prompt_id"].isin(set(sub_ids))]
             meth = {
-                names[0]: _declared_router(declared, pilot_k, sub, target, table, sub_ev, binning, sel, meta),
+                names[0]: refit_router(declared, pilot_k, sub, target, table, sub_ev, binning, sel, meta),
                 names[1]: _own_bins(sub, target, sub_ev, binning, sel, meta) + own_spend,
                 names[2]: _one_strategy(sub_ids, target, sub_ev, sel, meta),
             }
@@ -220,13 +207,13 @@ def learning_curve(
                 acc = np.asarray(per_method[name][b])  # (draws, held-out prompts)
                 draw_means = acc.mean(axis=1)
                 row = {"method": name, "n_profile": n, "budget": b, "accuracy": float(acc.mean()),
-                       **dict(zip(("ci_low", "ci_high"), ci95(_two_way(acc, draw_boot, boot)))),
+                       **dict(zip(("ci_low", "ci_high"), ci95(two_way(acc, draw_boot, boot)))),
                        "draw_range": [float(draw_means.min()), float(draw_means.max())],
                        "mean_flops": float(np.mean(flops[name][b])), "draws": n_draws,
                        "reference": name == names[1] and own in ("bins:oracle", "bins:level")}
                 if name == names[0]:
                     diff = acc - np.asarray(per_method[ONE_STRATEGY][b])
-                    row.update(margin=float(diff.mean()), margin_ci=ci95(_two_way(diff, draw_boot, boot)),
+                    row.update(margin=float(diff.mean()), margin_ci=ci95(two_way(diff, draw_boot, boot)),
                                one_strategy_mean_flops=float(np.mean(flops[ONE_STRATEGY][b])))
                 rows.append(row)
     if bar is not None:
@@ -234,51 +221,34 @@ def learning_curve(
     return LearningCurve(str(table_dir), split, len(target), n_full, wanted, draws, budgets, declared, rows)
 
 
-def _two_way(values: np.ndarray, draw_boot: np.ndarray, boot: np.ndarray) -> np.ndarray:
-    """Bootstrap means of a (draws, prompts) array: resample ``r`` averages the draws
-    ``draw_boot[r]`` over the prompts ``boot[r]``."""
-    return np.array([values[d][:, p].mean() for d, p in zip(draw_boot, boot)])
-
-
-def _configs(table: TableDir):
-    """The binning and select settings the table was profiled with (its manifest)."""
-    from .profile.manifest import profiled_settings
-
-    return profiled_settings(table.path)
-
-
 def _edges(scores: np.ndarray, binning) -> list[float]:
     return bin_edges(scores, binning.scheme, binning.k, binning.thresholds)
-
-
-def _select(ev: pd.DataFrame, bins: pd.Series, sel, meta: dict, name: str) -> SelectionCells:
-    from .cost_model import sample_cost
-    from .profile.select import select_tables
-
-    unit = sample_cost(ev)  # the subset's own budget unit, as a table profiled on it would have
-    _, rows = select_tables(ev, bins, sel, meta["policy_id"], meta["prm_id"], estimator=name, unit=unit)
-    return SelectionCells(rows, unit)
 
 
 def _own_bins(sub, target, sub_ev, binning, sel, meta) -> tuple:
     edges = _edges(sub["difficulty_score"].to_numpy(dtype=float), binning)
     bins = pd.Series(assign_bins(sub["difficulty_score"].to_numpy(dtype=float), edges), index=sub["prompt_id"])
-    cells = _select(sub_ev, bins, sel, meta, meta.get("default_selection", ""))
+    cells = select_cells(sub_ev, bins, sel, meta, meta.get("default_selection", ""))
     return (cells, assign_bins(target["difficulty_score"].to_numpy(dtype=float), edges))
 
 
 def _one_strategy(sub_ids, target, sub_ev, sel, meta) -> tuple:
-    cells = _select(sub_ev, pd.Series(1, index=sub_ids), sel, meta, ONE_STRATEGY)
+    cells = select_cells(sub_ev, pd.Series(1, index=sub_ids), sel, meta, ONE_STRATEGY)
     n = len(target)
     return cells, np.ones(n, dtype=int), np.zeros(n), np.zeros(n)
 
 
-def _declared_router(declared, pilot_k, sub, target, table, sub_ev, binning, sel, meta) -> tuple:
+def refit_router(declared, pilot_k, sub, target, table, sub_ev, binning, sel, meta) -> tuple:
+    """Router ``declared`` re-learned from the profiling prompts ``sub`` (rows ``sub_ev``) as
+    ``profile`` and ``train-estimator`` would on a table of those prompts, and what it does on
+    ``target``: (cells, bins, extra FLOPs, extra generations) per target prompt. A ``pilot:k``
+    (``pilot_k``) refits its edges; a ``prompt:<features>`` is cross-validated (its cells
+    chosen on its out-of-fold bins) and fitted on ``sub``."""
     n = len(target)
     if pilot_k is not None:
         scores = pilot_scores(sub["difficulty_scores"], pilot_k).to_numpy(dtype=float)
         edges = _edges(scores, binning)
-        cells = _select(sub_ev, pd.Series(assign_bins(scores, edges), index=sub["prompt_id"]), sel, meta, declared)
+        cells = select_cells(sub_ev, pd.Series(assign_bins(scores, edges), index=sub["prompt_id"]), sel, meta, declared)
         return (cells, *pilot_routing(table, target, pilot_k, edges))
     from .estimators.prompt import PromptEstimator
     from .estimators.train import cross_validate
@@ -293,7 +263,7 @@ def _declared_router(declared, pilot_k, sub, target, table, sub_ev, binning, sel
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         report = cross_validate(texts, pass1, bins, features=features, folds=int(record.get("folds", 5)),
                                 seed=int(record.get("seed", 0)))
-    cells = _select(sub_ev, pd.Series(report.oof_bins, index=sub["prompt_id"]), sel, meta, declared)
+    cells = select_cells(sub_ev, pd.Series(report.oof_bins, index=sub["prompt_id"]), sel, meta, declared)
     est = PromptEstimator(features=features).fit(texts, pass1, bins)
-    estimates = est.estimate_batch(target["text"].tolist(), int(meta.get("policy_params", 0)))
+    estimates = est.estimate_batch(target["text"].tolist(), EstimateContext(int(meta.get("policy_params", 0))))
     return cells, np.array([e.bin for e in estimates]), np.array([e.cost.flops for e in estimates]), np.zeros(n)

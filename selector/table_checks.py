@@ -253,7 +253,7 @@ def check_manifest(manifest: Any, path: Any) -> dict[str, Any]:
     keys and values) and ``grid`` (the profile config's types, budgets within MAX_BUDGET)."""
     from .backends.base import SamplingParams
     from .errors import TTSError
-    from .profile.config import ConfigError, GridConfig, _build
+    from .profiler.config import ConfigError, GridConfig, _build
     from .search.adaptive_consistency import STOP_RULES
     from .search.aggregate import ANSWER_RULES
     from .search.base import STRATEGIES
@@ -315,7 +315,7 @@ def table_grid(config: dict[str, Any], where: Any) -> Grid | None:
         return None
     budgets = set(grid.get("budgets") or ()) | set(grid.get("tree_budgets") or ())
     if not budgets:
-        from .profile.config import GridConfig
+        from .profiler.config import GridConfig
 
         budgets = set(GridConfig().budgets)
     return Grid(frozenset(int(b) for b in budgets), max(int(b) for b in budgets), str(where))

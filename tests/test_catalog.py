@@ -19,11 +19,11 @@ from selector.catalog import (
 )
 from selector.datasets import FAMILIES, dataset_family
 from selector.estimators import Estimate
-from selector.profile import load_config, run_profile
-from selector.profile.config import ConfigError
-from selector.router import Router
+from selector.profiler import load_config, run_profile
+from selector.profiler.config import ConfigError
+from selector.routing import Router
 from selector.tables import TableDir, read_metadata, write_table
-from selector.types import Cost
+from selector.records import Cost
 
 from fakes import RecordingPolicy
 from test_profile import sim_config
@@ -47,12 +47,10 @@ class FixedPass1:
     """An estimator stand-in (the estimator is outside the unit under test): every prompt gets
     ``pass1``, and a bin of its own numbering that the prior must ignore."""
 
-    needs_engines = False
-
     def __init__(self, pass1: float):
         self.pass1 = pass1
 
-    def estimate_batch(self, prompts, policy_params=0):
+    def estimate_batch(self, prompts, ctx=None):
         return [Estimate(self.pass1, 7, {7: 1.0}, Cost(seconds=0.001), "fixed") for _ in prompts]
 
 

@@ -126,7 +126,7 @@ def test_the_python_api_raises_the_same_typed_errors():
     from selector import BestOfN, solve
     from selector.backends.base import SamplingParams
     from selector.errors import InputError
-    from selector.router import Router
+    from selector.routing import Router
 
     for bad in ("", "   \n", "caf\udce9"):
         with pytest.raises(InputError, match="empty|UTF-8"):
@@ -201,7 +201,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     assert r.returncode == 2 and "aliases" in err and "bomb.yaml" in err and "Traceback" not in err, err[-600:]
     assert time.perf_counter() - t0 < 20 and not (tmp_path / "out").exists()
     # A wrong type is still named, with a value too large to print cut short.
-    from selector.profile.config import ConfigError, load_config
+    from selector.profiler.config import ConfigError, load_config
 
     (tmp_path / "big.yaml").write_text("name: x\ndataset: {name: d.jsonl}\npool: {n: '" + "9" * 100_000 + "'}\n")
     with pytest.raises(ConfigError, match=r"pool.n must be an integer, got '9999.*\.\.\.") as err_info:

@@ -6,8 +6,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from selector.profile import load_config
-from selector.profile.config import ConfigError
+from selector.profiler import load_config
+from selector.profiler.config import ConfigError
 
 from test_profile import sim_config
 

@@ -8,10 +8,10 @@ from sklearn.base import clone
 from selector import BestOfN, Majority, WeightedBestOfN, solve
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions
 from selector.estimators import (
-    CascadeEstimator, EstimatorIntegrityError, PilotEstimator, PromptEstimator, load_estimator, save_estimator,
+    CascadeEstimator, EstimateContext, EstimatorIntegrityError, PilotEstimator, PromptEstimator, load_estimator, save_estimator,
 )
 from selector.estimators.train import cross_validate, train_on_dataset_levels, train_on_table
-from selector.profile import load_config, run_profile
+from selector.profiler import load_config, run_profile
 from selector.tables import TableDir
 
 from fakes import RecordingPolicy
@@ -138,7 +138,7 @@ def test_pilot_rollouts_count_inside_the_budget(strategy):
     policy, prm = RecordingPolicy(SimulatedPolicy()), SimulatedPRM()
     for q in qs:
         before = sum(r.n for call in policy.calls for r in call)
-        est = pilot.estimate(q, policy, prm, seed=1)
+        est = pilot.estimate(q, EstimateContext.with_engines(policy, prm, seed=1))
         assert len(est.pilot) == k and est.cost.generations == k
         result = solve(q, strategy, policy=policy, prm=prm, seed=1, pilot=est.pilot)
         spent = sum(r.n for call in policy.calls for r in call) - before
@@ -152,15 +152,40 @@ def test_pilot_estimate_tracks_difficulty_and_cascade_counts_both_costs():
     pilot = PilotEstimator(k=8, edges=(0.3, 0.7)).fit([0.95, 0.9, 0.6, 0.5, 0.2, 0.1], [1.0, 0.9, 0.6, 0.4, 0.2, 0.0])
     policy, prm = SimulatedPolicy(), SimulatedPRM(separation=3.0, noise=0.3)
     easy, hard = make_questions([0.02, 0.98], prefix="pilot")
-    e_easy, e_hard = pilot.estimate_batch([easy, hard], policy, prm)
+    ctx = EstimateContext.with_engines(policy, prm)
+    e_easy, e_hard = pilot.estimate_batch([easy, hard], ctx)
     assert e_easy.pass1 > e_hard.pass1 and e_easy.bin < e_hard.bin
     texts, pass1, bins = synthetic_prompts(60)
     prompt = PromptEstimator().fit(texts, pass1, bins)
-    always = CascadeEstimator(prompt, pilot, threshold=1.01).estimate_batch([easy], policy, prm)[0]
-    never = CascadeEstimator(prompt, pilot, threshold=0.0).estimate_batch([easy], policy, prm)[0]
+    always = CascadeEstimator(prompt, pilot, threshold=1.01).estimate_batch([easy], ctx)[0]
+    never = CascadeEstimator(prompt, pilot, threshold=0.0).estimate_batch([easy], ctx)[0]
     assert always.source.startswith("cascade>pilot") and always.cost.generations == 8 and len(always.pilot) == 8
     assert always.cost.seconds > e_easy.cost.seconds * 0  # prompt stage's seconds are included
     assert never.source == "prompt:tfidf" and never.cost.generations == 0 and never.pilot == ()
+
+
+class _SeesContext:
+    """A prompt stage that records the context it was given (the unit under test is the cascade)."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def estimate_batch(self, prompts, ctx=EstimateContext()):
+        self.seen.append(ctx.policy_params)
+        return self.inner.estimate_batch(prompts, ctx)
+
+
+def test_the_cascade_passes_the_context_to_both_stages():
+    # One protocol: the prompt stage gets the policy's size (a hidden-feature stage prices its
+    # FLOPs from it), and the pilot samples with the same context's engines.
+    texts, pass1, bins = synthetic_prompts(60)
+    prompt = _SeesContext(PromptEstimator().fit(texts, pass1, bins))
+    pilot = PilotEstimator(k=2, edges=(0.5,)).fit([0.9, 0.1], [1.0, 0.0])
+    ctx = EstimateContext.with_engines(SimulatedPolicy(), SimulatedPRM(), policy_params=135_000_000)
+    out = CascadeEstimator(prompt, pilot, threshold=1.01).estimate_batch(texts[:2], ctx)
+    assert prompt.seen == [135_000_000] and all(e.cost.generations == 2 for e in out)
+    with pytest.raises(ValueError, match="samples with the policy and PRM"):
+        pilot.estimate_batch(texts[:1])  # no engines in the default context: said, not a TypeError
 
 
 def test_train_on_table_saves_a_hash_checked_estimator(tmp_path):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from selector.evaluate import evaluate_router
-from selector.inspect import inspect_table
-from selector.profile import load_config
+from selector.router_evaluation import evaluate_router
+from selector.table_summary import inspect_table
+from selector.profiler import load_config
 from selector.tables import TableDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_split_half_headroom_is_far_below_the_in_sample_maximum(table):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from router_diagnosis import _split_half
 
-    from selector.profile import config_from_manifest
+    from selector.profiler import config_from_manifest
 
     held = table.prompts().query("split == 'heldout'")["prompt_id"].tolist()
     rollouts = table.rollouts()

@@ -471,7 +471,7 @@ def test_profile_records_grader_timeouts_per_shard(tmp_path, short_deadline: flo
     from fakes import HashPRM, ScriptedPolicy
     from test_profile import sim_config
 
-    from selector.profile import load_config, run_profile
+    from selector.profiler import load_config, run_profile
     from selector.tables import read_metadata, rollout_shards
 
     # Every sample answers (x+y+z)^{300}: verifying it against a reference outlasts the deadline.

@@ -17,11 +17,11 @@ import yaml
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions, problem_for
 from selector.binning import assign_bins, bin_edges
 from selector.datasets import Problem
-from selector.profile import load_config, run_profile
-from selector.profile.difficulty import final_scores
-from selector.profile.evaluate import best_of_n_family_rows
-from selector.profile.pool import _rollout_rows
-from selector.profile.select import allocate_bins, profile_pick
+from selector.profiler import load_config, run_profile
+from selector.profiler.difficulty import final_scores
+from selector.profiler.outcomes import best_of_n_family_rows
+from selector.profiler.pool import _rollout_rows
+from selector.profiler.selection import allocate_bins, profile_pick
 from selector.search.best_of_n import BestOfN
 from selector.search.runner import run_search
 from selector.tables import TableDir

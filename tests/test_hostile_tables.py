@@ -25,8 +25,8 @@ import pandas as pd
 import pytest
 
 from selector.estimators.train import train_on_table
-from selector.evaluate import evaluate_router
-from selector.profile import load_config, run_profile
+from selector.router_evaluation import evaluate_router
+from selector.profiler import load_config, run_profile
 from selector.tables import read_table, write_table
 
 from test_profile import sim_config
@@ -285,8 +285,8 @@ def test_json_output_is_json_even_when_a_figure_is_not_finite():
     most parsers reject), whatever a figure turned out to be."""
     import math
 
-    from selector.evaluate import EvalReport
-    from selector.router import Decision
+    from selector.router_evaluation import EvalReport
+    from selector.routing import Decision
     from selector.search import make_strategy
     from selector.strict_json import dumps
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selector.evaluate import evaluate_router
+from selector.router_evaluation import evaluate_router
 from selector.learning_curve import ONE_STRATEGY, learning_curve, learning_curve_path, read_learning_curve
 from selector.tables import TableDir
 

@@ -10,11 +10,11 @@ import pytest
 from selector.backends.base import Continuation, SamplingParams, ScoreOutput, StepOutput
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions, problem_for
 from selector.datasets import Problem
-from selector.profile import run_profile
+from selector.profiler import run_profile
 from selector.cost_model import CostModel
-from selector.profile.adaptive import adaptive_configs, adaptive_consistency_rows
-from selector.profile.config import ConfigError, DatasetConfig, GridConfig, PoolConfig, ProfileConfig, load_config
-from selector.profile.pool import _rollout_rows
+from selector.profiler.adaptive import adaptive_configs, adaptive_consistency_rows
+from selector.profiler.config import ConfigError, DatasetConfig, GridConfig, PoolConfig, ProfileConfig, load_config
+from selector.profiler.pool import _rollout_rows
 from selector.search import AdaptiveConsistency, BestOfN, ParticleFiltering, make_strategy, run_search
 from selector.search.adaptive_consistency import beta_confidence, should_stop
 from selector.search.particle_filtering import likelihood_weights, resample

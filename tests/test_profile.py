@@ -19,12 +19,12 @@ import yaml
 
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions, problem_for
 from selector.binning import assign_bins, quantile_edges
-from selector.profile import load_config, merge_profiles, run_profile
-from selector.profile.config import ConfigError
-from selector.profile.evaluate import _best, _vote, subsets
+from selector.profiler import load_config, merge_profiles, run_profile
+from selector.profiler.config import ConfigError
+from selector.profiler.outcomes import _best, _vote, subsets
 from selector.search.aggregate import select_answer
 from selector.tables import TableDir, rollout_shards
-from selector.types import Candidate
+from selector.records import Candidate
 
 from fakes import RecordingPolicy
 
@@ -155,7 +155,7 @@ def test_profile_writes_consistent_tables(tmp_path):
     assert (rollouts.groupby("prompt_id").size() == 12).all()
     assert set(rollouts.loc[rollouts["sample_id"] < 4, "role"]) == {"difficulty"}
     assert set(rollouts.loc[rollouts["sample_id"] >= 4, "role"]) == {"evaluation"}
-    from selector.profile.difficulty import final_scores
+    from selector.profiler.difficulty import final_scores
 
     diff = rollouts[rollouts["role"] == "difficulty"].sort_values("sample_id").groupby("prompt_id")
     want = diff["step_scores"].apply(lambda s: float(np.mean(final_scores(s))))

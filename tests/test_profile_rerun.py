@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from selector.estimators.train import train_on_table
-from selector.profile import load_config, run_profile
-from selector.profile.config import ConfigError
-from selector.profile.manifest import MANIFEST
-from selector.router import Router
+from selector.profiler import load_config, run_profile
+from selector.profiler.config import ConfigError
+from selector.profiler.manifest import MANIFEST
+from selector.routing import Router
 from selector.tables import TableDir, read_table, write_table
 
 from test_profile import sim_config

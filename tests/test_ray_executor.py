@@ -22,10 +22,10 @@ import yaml
 
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM
 from selector.errors import InputError
-from selector.profile import RayExecutor, load_config, run_profile
-from selector.profile import executors
-from selector.profile.config import ConfigError, ExecutorConfig
-from selector.profile.evaluate import read_tree_runs
+from selector.profiler import RayExecutor, load_config, run_profile
+from selector.profiler import executors
+from selector.profiler.config import ConfigError, ExecutorConfig
+from selector.profiler.outcomes import read_tree_runs
 from selector.tables import TableDir, read_rollouts, rollout_shards
 
 ray = pytest.importorskip("ray")

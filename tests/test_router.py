@@ -10,8 +10,8 @@ import pytest
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions
 from selector.estimators import EstimatorIntegrityError
 from selector.estimators.train import train_on_table
-from selector.profile import load_config, run_profile
-from selector.router import Router, SelectionCells
+from selector.profiler import load_config, run_profile
+from selector.routing import Router, SelectionCells
 from selector.tables import TableDir
 
 from fakes import RecordingPolicy
@@ -47,6 +47,26 @@ def test_route_reads_the_selection_cell_and_falls_back_to_lower_budgets(sim_tabl
     assert later.budget == 8 and "nearest lower budget 8" in later.fallback
     with pytest.raises(ValueError, match="below the table's smallest budget 1"):
         router.route(q, 0)
+
+
+def test_a_forced_strategy_is_a_router_call_with_the_tables_tree_settings(sim_table):
+    router = Router.load(sim_table)
+    max_steps = TableDir(sim_table).config["grid"]["max_steps"]
+    assert router.tree_settings["max_steps"] == max_steps
+    d = router.force("beam_search", 6)  # width lowered to the class default 4, n rounded down to a multiple
+    assert d.forced and d.bin is None and (d.strategy.n, d.strategy.m, d.strategy.max_steps) == (4, 4, max_steps)
+    assert (d.budget, d.requested_budget) == (4, 6) and "routing bypassed" in d.source
+    assert "forced" in d.expectation() and d.to_dict()["forced"] is True
+    small = router.force("dvts", 2)
+    assert (small.strategy.n, small.strategy.m) == (2, 2)
+    assert router.force("particle_filtering", 3).strategy.max_steps == max_steps  # every tree strategy gets them
+    assert not router.route(make_questions([0.5])[0], 8).forced
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        router.force("nope", 4)
+    (result,) = router.solve_decided(["What is 2 + 2?"], [router.force("majority", 2)], [None])
+    assert result.cost.generations == 2 and result.estimate_cost.generations == 0
+    with pytest.raises(TypeError):
+        router.tree_settings["max_steps"] = 1  # read-only: the table's settings, not the caller's
 
 
 def test_solve_counts_the_pilot_in_the_ledger_and_never_reuses_its_samples(sim_table):
@@ -123,7 +143,7 @@ def test_evaluate_scores_routers_and_fixed_strategies_on_held_out_prompts(sim_ta
     import json
 
     from selector.cli import main as cli_main
-    from selector.evaluate import evaluate_router
+    from selector.router_evaluation import evaluate_router
 
     report = evaluate_router(sim_table, bootstrap=200)
     prompts = TableDir(sim_table).prompts()
@@ -194,7 +214,7 @@ def test_router_never_loses_to_the_profile_pick_on_the_simulator(tmp_path):
     is checked on its shipped table in tests/test_evidence_table.py."""
     from pathlib import Path
 
-    from selector.evaluate import evaluate_router
+    from selector.router_evaluation import evaluate_router
 
     root = Path(__file__).resolve().parents[1]
     run_profile(load_config(root / "configs" / "sim-router.yaml"), tmp_path / "t", progress=False)
@@ -280,7 +300,7 @@ def test_a_bin_without_cells_routes_to_the_nearest_bin_and_says_so():
     # predictions never gave, so that estimator's selection has no cells there.
     import pandas as pd
 
-    from selector.router import SelectionCells
+    from selector.routing import SelectionCells
 
     rows = pd.DataFrame([{"bin": b, "budget": n, "strategy": "majority", "n": n, "m": None, "aggregation": None,
                           "accuracy": 0.1 * b, "ci_low": 0.0, "ci_high": 1.0, "mean_flops": 1.0}
@@ -295,8 +315,8 @@ def test_a_bin_without_cells_routes_to_the_nearest_bin_and_says_so():
 
 
 def test_a_table_is_repriced_and_reselected_without_generating(sim_table, tmp_path):
-    from selector.evaluate import evaluate_router
-    from selector.profile import reprice_table
+    from selector.router_evaluation import evaluate_router
+    from selector.profiler import reprice_table
 
     in_memory = evaluate_router(sim_table, estimators=["prompt:tfidf"], bootstrap=100, prefix_cache="none")
     assert in_memory.cost_model["prefix_cache"] == "none" and in_memory.cost_model["repriced"]

@@ -10,7 +10,7 @@ from selector.search import aggregate, select_answer
 from selector.search.base import SearchContext
 from selector.search.runner import run_search
 from selector.seeds import derive_seed
-from selector.types import Candidate
+from selector.records import Candidate
 
 from fakes import HashPRM, RecordingPolicy, RecordingPRM, ScriptedPolicy
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selector.profile.config import SelectConfig
-from selector.profile.select import _frontier, allocate_bins, guard, pick_table, profile_pick, select_tables
+from selector.profiler.config import SelectConfig
+from selector.profiler.selection import _frontier, allocate_bins, guard, pick_table, profile_pick, select_tables
 
 SEL = SelectConfig(folds=5, repeats=3, bootstrap=400)
 

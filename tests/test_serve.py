@@ -14,8 +14,8 @@ import pytest
 
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions, problem_for
 from selector.estimators.train import train_on_table
-from selector.profile import load_config, run_profile
-from selector.router import Router
+from selector.profiler import load_config, run_profile
+from selector.routing import Router
 from selector.serve import ServeConfig, make_server
 
 from fakes import RecordingPolicy

@@ -25,7 +25,7 @@ import pytest
 from selector.backends.registry import package_spec_reason, remote_reason, require_local_spec, require_package_spec
 from selector.errors import InputError
 from selector.estimators.train import train_on_table
-from selector.profile import load_config, run_profile
+from selector.profiler import load_config, run_profile
 from selector.tables import read_table, write_table
 
 from test_profile import sim_config

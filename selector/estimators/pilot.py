@@ -15,19 +15,18 @@ estimate's: ``k`` generations, the prompt once, ``k`` PRM scorings.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.isotonic import IsotonicRegression
 
-from ..backends.base import PRM, Policy, SamplingParams
 from ..binning import assign_bins
 from ..search.aggregate import aggregate
 from ..search.best_of_n import BestOfN
 from ..search.runner import run_search
 from ..seeds import derive_seed
-from .base import Estimate, proba_dict
+from .base import Estimate, EstimateContext, proba_dict
 
 
 class PilotEstimator(BaseEstimator):
@@ -37,8 +36,6 @@ class PilotEstimator(BaseEstimator):
     highest scores). ``fit(pilot_scores, oracle_pass1)`` calibrates ``pass1``; without it
     (or with ``oracle_pass1=None``) the mean score is taken as pass@1 as is (uncalibrated).
     """
-
-    needs_engines: ClassVar[bool] = True  # estimate_batch takes the policy and PRM
 
     def __init__(self, k: int = 4, edges: Sequence[float] = ()):
         self.k = k
@@ -70,13 +67,13 @@ class PilotEstimator(BaseEstimator):
         proba[np.arange(len(x)), assign_bins(x, self.edges) - 1] = 1.0
         return pass1, proba
 
-    def estimate_batch(
-        self, prompts: Sequence[str], policy: Policy, prm: PRM, *, sampling: SamplingParams | None = None, seed: int = 0,
-    ) -> list[Estimate]:
-        """Draw the pilots for all prompts in one batched search and estimate each prompt."""
+    def estimate_batch(self, prompts: Sequence[str], ctx: EstimateContext = EstimateContext()) -> list[Estimate]:
+        """Draw the pilots for all prompts in one batched search with ``ctx``'s engines and
+        estimate each prompt."""
+        policy, prm, sampling = ctx.sampling_engines()
         # Its own seed: the chosen strategy, run with ``seed``, must not redraw these very samples.
         results = run_search([(p, BestOfN(n=self.k)) for p in prompts], policy, prm, sampling=sampling,
-                             seed=derive_seed(seed, "pilot"))
+                             seed=derive_seed(ctx.seed, "pilot"))
         # Scored as the profiler scored the difficulty samples the edges were fitted on (an
         # empty solution counts 0).
         predicted = np.array([
@@ -91,5 +88,5 @@ class PilotEstimator(BaseEstimator):
                                 r.cost, f"pilot:{self.k}", tuple(r.candidates)))
         return out
 
-    def estimate(self, prompt: str, policy: Policy, prm: PRM, *, sampling: SamplingParams | None = None, seed: int = 0) -> Estimate:
-        return self.estimate_batch([prompt], policy, prm, sampling=sampling, seed=seed)[0]
+    def estimate(self, prompt: str, ctx: EstimateContext = EstimateContext()) -> Estimate:
+        return self.estimate_batch([prompt], ctx)[0]

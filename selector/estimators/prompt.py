@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from ..types import Cost
-from .base import Estimate, proba_dict
+from ..records import Cost
+from .base import Estimate, EstimateContext, proba_dict
 from .features import FEATURE_PARAMETERS, make_features
 
 
@@ -22,8 +22,6 @@ class PromptEstimator(BaseEstimator):
     ``predict_proba`` their probabilities (columns in ``classes_`` order), ``predict_pass1``
     the regression clipped to [0, 1].
     """
-
-    needs_engines: ClassVar[bool] = False  # estimate_batch needs only the text
 
     def __init__(self, features: str = "tfidf", alpha: float = 1.0, C: float = 1.0, policy: str = "smollm2-135m"):
         self.features = features
@@ -58,14 +56,15 @@ class PromptEstimator(BaseEstimator):
     def predict(self, prompts: Sequence[str]) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(prompts), axis=1)]
 
-    def estimate_batch(self, prompts: Sequence[str], policy_params: int = 0) -> list[Estimate]:
-        """Estimates with their cost: seconds shared evenly, FLOPs of the feature model."""
+    def estimate_batch(self, prompts: Sequence[str], ctx: EstimateContext = EstimateContext()) -> list[Estimate]:
+        """Estimates with their cost: seconds shared evenly, FLOPs of the feature model (for
+        ``hidden`` features, the policy's: ``ctx.policy_params`` parameters)."""
         t0 = time.perf_counter()
         X = self._X(prompts)
         pass1 = np.clip(self.regressor_.predict(X), 0.0, 1.0)
         proba = self.classifier_.predict_proba(X) if self.classifier_ is not None else np.ones((len(prompts), 1))
         seconds = (time.perf_counter() - t0) / max(len(prompts), 1)
-        params = policy_params if self.features == "hidden" else FEATURE_PARAMETERS.get(self.features, 0)
+        params = ctx.policy_params if self.features == "hidden" else FEATURE_PARAMETERS.get(self.features, 0)
         out = []
         for text, p, pr in zip(prompts, pass1, proba):
             # Token count for FLOPs: words are a lower bound of subword tokens; only neural
@@ -75,5 +74,5 @@ class PromptEstimator(BaseEstimator):
                                 Cost(other_flops=flops, seconds=seconds), f"prompt:{self.features}"))
         return out
 
-    def estimate(self, prompt: str, policy_params: int = 0) -> Estimate:
-        return self.estimate_batch([prompt], policy_params)[0]
+    def estimate(self, prompt: str, ctx: EstimateContext = EstimateContext()) -> Estimate:
+        return self.estimate_batch([prompt], ctx)[0]

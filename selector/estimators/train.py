@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.model_selection import StratifiedKFold
 
-from ..metrics import auroc
+from ..stats import auroc
 from ..tables import TableDir, read_table, write_table
 from .persist import ESTIMATOR_SUFFIX, save_estimator
 from .prompt import PromptEstimator
@@ -128,9 +128,9 @@ def train_on_table(
 
 def _estimator_selection(table: TableDir, prompt_ids: list[str], bins: list[int], name: str, meta: dict) -> pd.DataFrame:
     """The selection rows of estimator ``name`` from its out-of-fold ``bins`` of the profiling prompts."""
-    from ..profile import manifest_config
-    from ..profile.config import SelectConfig, _build
-    from ..profile.select import select_tables
+    from ..profiler import manifest_config
+    from ..profiler.config import SelectConfig, _build
+    from ..profiler.selection import select_tables
 
     raw = manifest_config(table.path).get("select", {})
     sel = _build(SelectConfig, raw, f"{table.path} manifest select") if raw else SelectConfig()

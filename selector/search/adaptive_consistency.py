@@ -33,7 +33,8 @@ from typing import ClassVar, Sequence
 
 from ..grading import extract_answer, group_keys
 from .aggregate import check_aggregation
-from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig
+from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig, parameter
+from .best_of_n import AGGREGATION_HELP
 
 STOP_RULES = ("unanimous", "beta")
 VOTES = ("majority", "weighted")
@@ -70,11 +71,13 @@ class AdaptiveConsistency(StrategyConfig):
     """Self-consistency sampled ``window`` at a time, stopped early by ``rule``; ``n`` caps it."""
 
     name: ClassVar[str] = "adaptive_consistency"
-    window: int = 4
-    rule: str = "beta"
-    threshold: float = 0.95
-    vote: str = "majority"
-    aggregation: str = "last"
+    kind: ClassVar[str] = "replayed"  # whole solutions: replayed on the pool's samples in order
+    label: ClassVar[str] = "adaptive consistency"
+    window: int = parameter(4, "adaptive_consistency: samples per window (default 4)")
+    rule: str = parameter("beta", "adaptive_consistency stop rule: beta (default) | unanimous")
+    threshold: float = parameter(0.95, "adaptive_consistency: beta rule's posterior threshold (default 0.95)")
+    vote: str = parameter("majority", "adaptive_consistency final vote: majority (default) | weighted")
+    aggregation: str = parameter("last", AGGREGATION_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Sequence
 
-from ..types import Candidate
+from ..records import Candidate
 
 
 def _last(scores: Sequence[float]) -> float:

@@ -13,7 +13,7 @@ search and DVTS: ``n`` frontier paths per step, so at most ``n`` generations in 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Generator, NamedTuple
 
 from ..seeds import derive_seed
@@ -76,19 +76,77 @@ class SearchContext:
 
 STRATEGIES: dict[str, type["StrategyConfig"]] = {}
 
+# How the profiler scores a strategy's configurations (``StrategyConfig.kind``):
+# ``pooled``: from the pool's whole-solution samples, by subsets voted with the strategy's
+# answer rule (no generation beyond the pool); ``replayed``: its own search replayed on the
+# pool's samples in order (adaptive consistency); ``live``: run for real, step by step.
+KINDS = ("pooled", "replayed", "live")
+
+# Defaults of the tree strategies' settings, written once: the strategy classes and the
+# profile config's grid (selector/profiler/config.py) both take them from here.
+DEFAULT_WIDTH = 4  # beam width m
+DEFAULT_MAX_STEPS = 40  # rounds
+DEFAULT_TREE_ANSWER_RULE = "weighted"
+
+
+def parameter(default: Any, help: str, *, flag: str | None = None) -> Any:
+    """A strategy hyperparameter declared once: its default, the help text the CLI shows for it,
+    and its flag when the field's own name would clash with another option (``flag``, e.g.
+    particle filtering's ``temperature`` is ``--pf-temperature``, since ``--temperature`` is
+    the policy's sampling temperature). ``tts-selector solve`` derives its flags from these."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Base class of the strategy configs. Subclasses register under their ``name``."""
+    """Base class of the strategy configs. Subclasses register under their ``name``.
+
+    A strategy declares, once: its hyperparameters (dataclass fields, with :func:`parameter`
+    for their help), its ``kind`` (how the profiler scores it, see :data:`KINDS`), its
+    ``label`` (words for people; default: the name with spaces) and, for a strategy with a
+    secondary size, which field a table's ``m`` column holds (``m`` itself for beam widths).
+    The CLI's flags, the profiler's grid and the router's words are derived from these."""
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = "live"
+    label: ClassVar[str] = ""
     reuses_pilot: ClassVar[bool] = False  # whether pilot samples count inside the budget
     n: int = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
+            if cls.kind not in KINDS:
+                raise TypeError(f"strategy {cls.name!r}: kind must be one of {list(KINDS)}, got {cls.kind!r}")
             STRATEGIES[cls.name] = cls
+
+    @classmethod
+    def words(cls) -> str:
+        """The strategy in words (its ``label``, else its name with spaces), e.g. 'beam search'."""
+        return cls.label or cls.name.replace("_", " ")
+
+    @classmethod
+    def takes(cls) -> frozenset[str]:
+        """The names of the hyperparameters this strategy takes (its dataclass fields)."""
+        return frozenset(f.name for f in fields(cls))
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """This strategy's default for hyperparameter ``name`` (what runs when it is not set)."""
+        return {f.name: f.default for f in fields(cls)}[name]
+
+    @classmethod
+    def at_budget(cls, budget: int, settings: dict[str, Any] | None = None, *, m: int | None = None,
+                  aggregation: str | None = None) -> "StrategyConfig":
+        """The strategy at ``budget`` generations per round: a beam width ``m`` (default: the
+        class's, lowered to the budget when larger) with ``n`` rounded down to a multiple of it;
+        ``settings`` (e.g. a table's ``max_steps``) as in :meth:`from_table_row`. What a forced
+        strategy and a published prior's rule run."""
+        n = int(budget)
+        if "m" in cls.takes():
+            m = int(m) if m is not None else min(int(cls.default("m")), n)
+            n -= n % m
+        return cls.from_table_row(n, m if "m" in cls.takes() else None, aggregation, settings or {})
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
@@ -119,7 +177,7 @@ class StrategyConfig:
     ) -> "StrategyConfig":
         """The config a table row ``(strategy, n, m, aggregation)`` names; ``settings`` are the
         profile's grid settings (e.g. ``max_steps``), of which those this strategy takes apply."""
-        takes = {f.name for f in fields(cls)}
+        takes = cls.takes()
         params: dict[str, Any] = {k: v for k, v in settings.items() if k in takes}
         params["n"] = n
         if m is not None:
@@ -141,11 +199,16 @@ def make_strategy(name: str, **params: Any) -> StrategyConfig:
         cls = STRATEGIES[name]
     except KeyError:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}") from None
-    allowed = {f.name for f in fields(cls)}
+    allowed = cls.takes()
     unknown = set(params) - allowed
     if unknown:
         raise ValueError(f"strategy {name!r} takes {sorted(allowed)}; unknown: {sorted(unknown)}")
     return cls(**params)
+
+
+def strategies_of_kind(*kinds: str) -> tuple[str, ...]:
+    """Names of the registered strategies of these kinds, in registration order."""
+    return tuple(name for name, cls in STRATEGIES.items() if cls.kind in kinds)
 
 
 def top_k(nodes: list[Node], k: int, aggregation: str) -> list[Node]:

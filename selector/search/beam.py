@@ -17,15 +17,21 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .aggregate import check_aggregation, check_answer_rule
-from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig, top_k
+from .base import (DEFAULT_MAX_STEPS, DEFAULT_TREE_ANSWER_RULE, DEFAULT_WIDTH, ROOT, Expansion, Node, SearchContext,
+                   SearchGenerator, StrategyConfig, parameter, top_k)
+from .best_of_n import AGGREGATION_HELP
+
+MAX_STEPS_HELP = "max search rounds"
+ANSWER_RULE_HELP = "final-answer rule: weighted | best | majority"
 
 
 @dataclass(frozen=True)
 class _TreeSearch(StrategyConfig):
-    m: int = 4
-    aggregation: str = "last"
-    max_steps: int = 40
-    answer_rule: str = "weighted"  # type: ignore[misc]  # a field here, a class constant elsewhere
+    m: int = parameter(DEFAULT_WIDTH, "beam width M (beam_search, dvts); N must be a multiple")
+    aggregation: str = parameter("last", AGGREGATION_HELP)
+    max_steps: int = parameter(DEFAULT_MAX_STEPS, MAX_STEPS_HELP)
+    # a field here, a class constant elsewhere
+    answer_rule: str = parameter(DEFAULT_TREE_ANSWER_RULE, ANSWER_RULE_HELP)  # type: ignore[misc]
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,6 +54,7 @@ class BeamSearch(_TreeSearch):
     """Beam search: keep the top ``n/m`` paths per round, expand each ``m`` ways."""
 
     name: ClassVar[str] = "beam_search"
+    label: ClassVar[str] = "beam search"
 
     def search(self, ctx: SearchContext) -> SearchGenerator:
         keep = self.n // self.m

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .aggregate import check_aggregation
-from .base import ROOT, Expansion, SearchContext, SearchGenerator, StrategyConfig
+from .base import ROOT, Expansion, SearchContext, SearchGenerator, StrategyConfig, parameter
+
+AGGREGATION_HELP = "step-score aggregation: last | min | prod | mean"
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class _SampleN(StrategyConfig):
     # Pilot samples (e.g. from a difficulty estimator) are i.i.d. whole solutions from the
     # same policy: they count as the first samples of the budget, and only n - k more are drawn.
     reuses_pilot: ClassVar[bool] = True
+    kind: ClassVar[str] = "pooled"  # scored from the pool's samples, by the answer rule
 
     def search(self, ctx: SearchContext) -> SearchGenerator:
         reused = list(ctx.pilot[: self.n])
@@ -41,6 +44,7 @@ class Majority(_SampleN):
     """Self-consistency over ``n`` samples."""
 
     name: ClassVar[str] = "majority"
+    label: ClassVar[str] = "majority vote"
     answer_rule: ClassVar[str] = "majority"
 
 
@@ -49,8 +53,9 @@ class BestOfN(_SampleN):
     """Highest aggregated PRM score among ``n`` samples."""
 
     name: ClassVar[str] = "best_of_n"
+    label: ClassVar[str] = "best-of-N"
     answer_rule: ClassVar[str] = "best"
-    aggregation: str = "last"
+    aggregation: str = parameter("last", AGGREGATION_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,4 +67,5 @@ class WeightedBestOfN(BestOfN):
     """Sum of aggregated PRM scores per equivalent answer among ``n`` samples."""
 
     name: ClassVar[str] = "weighted_best_of_n"
+    label: ClassVar[str] = "weighted best-of-N"
     answer_rule: ClassVar[str] = "weighted"

@@ -25,6 +25,7 @@ class DVTS(_TreeSearch):
     """Diverse verifier tree search: ``n/m`` independent greedy subtrees of width ``m``."""
 
     name: ClassVar[str] = "dvts"
+    label: ClassVar[str] = "DVTS"
 
     def search(self, ctx: SearchContext) -> SearchGenerator:
         subtrees = self.n // self.m

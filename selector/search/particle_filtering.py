@@ -34,7 +34,10 @@ from itertools import accumulate
 from typing import ClassVar, Sequence
 
 from .aggregate import AGGREGATIONS, check_aggregation, check_answer_rule
-from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig
+from .base import (DEFAULT_MAX_STEPS, DEFAULT_TREE_ANSWER_RULE, ROOT, Expansion, Node, SearchContext, SearchGenerator,
+                   StrategyConfig, parameter)
+from .beam import ANSWER_RULE_HELP, MAX_STEPS_HELP
+from .best_of_n import AGGREGATION_HELP
 
 RESAMPLING = ("multinomial", "systematic")
 _CLIP = 1e-7
@@ -76,11 +79,14 @@ class ParticleFiltering(StrategyConfig):
     """Particle filtering: ``n`` particles, one step per round, PRM-likelihood resampling."""
 
     name: ClassVar[str] = "particle_filtering"
-    temperature: float = 1.0
-    resampling: str = "multinomial"
-    aggregation: str = "last"
-    max_steps: int = 40
-    answer_rule: str = "weighted"  # type: ignore[misc]  # a field here, a class constant elsewhere
+    label: ClassVar[str] = "particle filtering"
+    temperature: float = parameter(1.0, "particle_filtering: temperature of the PRM likelihood (default 1)",
+                                   flag="pf-temperature")
+    resampling: str = parameter("multinomial", "particle_filtering: multinomial (default) | systematic")
+    aggregation: str = parameter("last", AGGREGATION_HELP)
+    max_steps: int = parameter(DEFAULT_MAX_STEPS, MAX_STEPS_HELP)
+    # a field here, a class constant elsewhere
+    answer_rule: str = parameter(DEFAULT_TREE_ANSWER_RULE, ANSWER_RULE_HELP)  # type: ignore[misc]
 
     def __post_init__(self) -> None:
         super().__post_init__()

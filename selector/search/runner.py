@@ -16,7 +16,7 @@ from ..grading import extract_answer, group_keys, has_final_answer
 from ..prompts import check_questions
 from ..seeds import derive_seed
 from ..steps import split_steps
-from ..types import Candidate, Cost, SearchResult
+from ..records import Candidate, Cost, SearchResult
 from .aggregate import select_answer
 from .base import Expansion, Node, SearchContext, StrategyConfig
 

@@ -31,11 +31,11 @@ from starlette.requests import ClientDisconnect
 from ..errors import InputError
 from ..prompts import check_question as check_text
 from ..grading import has_final_answer
-from ..router import RoutedResult, Router
+from ..routing import RoutedResult, Router
 from .auth import check_bearer, resolve_api_key
 from .batching import DynamicBatcher, Job
-from .errors import APIError, bad_request
-from .metrics import GatewayMetrics
+from .http_errors import APIError, bad_request
+from .prometheus import GatewayMetrics
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .solver import Solver
 
@@ -318,7 +318,7 @@ def _tts(job: Job, result: RoutedResult, t0: float) -> dict[str, Any]:
     queued = max(job.started - job.enqueued, 0.0)
     return {
         "answer": result.answer,
-        "forced": result.decision.estimator.startswith("none (strategy forced"),
+        "forced": result.decision.forced,
         "decision": result.decision.to_dict(),
         "cost": {**cost.to_dict(), "estimation": est.to_dict(), "estimation_share": share},
         "candidates": [{"answer": c.answer, "answer_key": c.answer_key, "score": c.step_scores[-1] if c.step_scores else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hmac
 import os
 
-from .errors import APIError
+from .http_errors import APIError
 
 API_KEY_ENV = "TTS_SELECTOR_API_KEY"
 

@@ -19,12 +19,12 @@ from typing import Any, Callable, Sequence
 
 @dataclass
 class Job:
-    """One question to solve: its budget (None: the server's), forced strategy (None: route) and
+    """One question to solve: its budget (None: the server's), forced decision (None: route) and
     seed (jobs with one seed share a search). Times are ``perf_counter`` seconds."""
 
     question: str
     budget: int | None
-    strategy: Any  # a forced StrategyConfig, or None to route
+    forced: Any  # the router's Decision for a forced strategy (Router.force), or None to route
     seed: int
     future: asyncio.Future = field(repr=False, default=None)  # type: ignore[assignment]
     enqueued: float = 0.0

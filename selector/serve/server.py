@@ -8,7 +8,7 @@ import sys
 import uvicorn
 
 from ..errors import InputError
-from ..router import Router
+from ..routing import Router
 from .app import ServeConfig, create_app
 from .auth import API_KEY_ENV, resolve_api_key
 

@@ -2,19 +2,18 @@
 
 ``solve(jobs)`` runs in the batcher's worker thread. Jobs with the same seed share one
 estimate call and one search (:meth:`Router.solve_decided`), whatever their budgets and
-whether their strategy was routed or forced; a different seed is a separate search.
+whether their strategy was routed or forced; a different seed is a separate search. Every
+decision is the router's (:meth:`Router.decide`, :meth:`Router.force`): the gateway only
+validates what a request asks for.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
-from ..router import Decision, RoutedResult, Router
-from ..search.base import STRATEGIES, make_strategy
+from ..routing import Decision, RoutedResult, Router
+from ..search.base import STRATEGIES
 from .batching import Job
-from .errors import bad_request
-
-FORCED_SOURCE = "forced by the request (tts.strategy / X-TTS-Strategy): routing bypassed, no expectation measured"
+from .http_errors import bad_request
 
 
 class Solver:
@@ -22,8 +21,9 @@ class Solver:
 
     ``budget``: the default budget N (N scored samples' compute); ``average_budget``: instead,
     each difficulty bin gets the budget the table's allocation gives it over the profiled
-    prompts' bin mix (so traffic with the table's difficulty mix averages at most that much
-    compute, and a request's budget depends on its bin only, never on its batch). Without either, the table's largest budget (8 for a published prior).
+    prompts' bin mix (:meth:`Router.bin_budgets`: traffic with the table's difficulty mix
+    averages at most that much compute, and a request's budget depends on its bin only, never
+    on its batch). Without either, the table's largest budget (8 for a published prior).
     ``max_budget`` caps budgets of a published prior (it names none of its own).
     """
 
@@ -52,26 +52,22 @@ class Solver:
             raise bad_request(f"budget {budget} is outside the table: {which}", param, "budget_out_of_range")
         return budget
 
-    def forced(self, name: str, budget: int | None, param: str = "tts.strategy") -> Any:
-        """The strategy ``name`` at ``budget`` with the table's tree settings (beam width 4,
-        lowered to the budget; n rounded down to a multiple of it)."""
+    def forced(self, name: str, budget: int | None, param: str = "tts.strategy") -> Decision:
+        """The router's decision for strategy ``name`` at ``budget`` (None: the server's
+        default); a 400 naming the known strategies for an unknown one."""
         if name not in STRATEGIES:
             raise bad_request(f"unknown strategy {name!r}: use one of {sorted(STRATEGIES)}", param, "unknown_strategy")
-        n = budget if budget is not None else (self.default_budget or self.max_budget)
-        params: dict[str, Any] = {"n": n}
-        takes = set(STRATEGIES[name].__dataclass_fields__)
-        if "m" in takes:
-            m = min(4, n)
-            # The table's tree settings this strategy takes (adaptive-consistency keys are not beam search's).
-            params.update({k: v for k, v in self.router._tree.items() if k in takes}, m=m, n=n - n % m)
-        return make_strategy(name, **params)
+        try:
+            return self.router.force(name, budget if budget is not None else (self.default_budget or self.max_budget))
+        except ValueError as exc:  # e.g. a budget the strategy cannot run at
+            raise bad_request(f"cannot run {name}: {exc}", param, "invalid_value") from None
 
     def solve(self, jobs: Sequence[Job]) -> list[RoutedResult | BaseException]:
         """Solve a batch: one estimate call and one search per seed among the jobs."""
         out: list[Any] = [None] * len(jobs)
         for seed in sorted({j.seed for j in jobs}):
             idx = [i for i, j in enumerate(jobs) if j.seed == seed]
-            routed = [i for i in idx if jobs[i].strategy is None]
+            routed = [i for i in idx if jobs[i].forced is None]
             estimates: dict[int, Any] = {}
             if routed:
                 for i, e in zip(routed, self.router.estimate_batch([jobs[i].question for i in routed], seed=seed)):
@@ -79,10 +75,8 @@ class Solver:
             decided, decisions = [], []
             for i in idx:
                 job = jobs[i]
-                if job.strategy is not None:
-                    s = job.strategy
-                    decisions.append(Decision(None, {}, s, s.n, job.budget or s.n, math.nan, (math.nan, math.nan),
-                                              math.nan, "none (strategy forced)", None, FORCED_SOURCE))
+                if job.forced is not None:
+                    decisions.append(job.forced)
                 else:
                     e = estimates[i]
                     budget = job.budget if job.budget is not None else self._budget_for(e.bin)

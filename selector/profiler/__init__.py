@@ -26,15 +26,15 @@ from ..binning import assign_bins, bin_edges, bin_labels
 from ..cost_model import CostModel, measure_shared_prefix, sample_cost
 from ..datasets import JsonlFormat, Problem, load_dataset
 from ..tables import read_rollouts, write_table
-from ..types import Cost
+from ..records import Cost
 from .adaptive import adaptive_consistency_rows
 from .config import ConfigError, ProfileConfig, _build, load_config
 from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, prompt_difficulty, table_estimator
-from .evaluate import best_of_n_family_rows, read_tree_runs, tree_rows
+from .outcomes import best_of_n_family_rows, read_tree_runs, tree_rows
 from .executors import Executor, ExecutorReport, LocalExecutor, RayExecutor, make_executor
 from .manifest import MANIFEST, check_manifest, kept_metadata, read_manifest
 from .pool import import_pool, plan_shards, select_shards
-from .select import pick_table, select_tables
+from .selection import pick_table, select_tables
 
 __all__ = [
     "Executor", "LocalExecutor", "ProfileConfig", "ProfileSummary", "RayExecutor", "config_from_manifest", "load_config",
@@ -343,7 +343,7 @@ def _ledger(rollouts: pd.DataFrame, runs: pd.DataFrame, policy_params: int, prm_
 def _check_tree_runs(cfg: ProfileConfig, runs: pd.DataFrame, ids: list[str], out_dir: Path) -> None:
     """Refuse to finish while a prompt lacks a live tree run the grid asks for (a slice that
     has not finished its tree stage): selection would silently drop those configurations."""
-    from .evaluate import tree_configs
+    from .outcomes import tree_configs
 
     configs = tree_configs(cfg)
     if not configs:

@@ -52,27 +52,16 @@ import numpy as np
 import pandas as pd
 
 from .binning import assign_bins
-from .cost_model import CostModel, sample_cost
+from .cost_model import sample_cost
 from .errors import InputError
-from .profile.difficulty import pilot_scores
-from .router import SelectionCells, load_table_estimator
+from .estimators import EstimateContext
+from .heldout import HeldoutSetup, Method, config_key, family_key, pilot_routing, route_prompts
+from .profiler.difficulty import pilot_scores
+from .routing import SelectionCells, load_table_estimator
+from .stats import boot_means, bootstrap_indices, ci95
 from .tables import TableDir
 
 PROFILE_PICK = "profile pick"
-
-
-@dataclass
-class Method:
-    name: str
-    estimator: str | None = None  # routers: the estimator whose selection it uses
-    accuracy: dict[int, np.ndarray] = field(default_factory=dict)  # budget -> per-prompt accuracy
-    flops: dict[int, np.ndarray] = field(default_factory=dict)
-    cost: dict[int, np.ndarray] = field(default_factory=dict)  # on the table's cost axis
-    generations: dict[int, np.ndarray] = field(default_factory=dict)
-    reported: dict[int, np.ndarray] = field(default_factory=dict)  # routers: the cell's expected accuracy
-    reference: bool = False  # routers on bins no deployed router reproduces (oracle, level): not compared
-    configs: dict[int, str] = field(default_factory=dict)  # profile pick: its configuration per budget
-    chosen: dict[int, list[str]] = field(default_factory=dict)  # routers: each prompt's configuration per budget
 
 
 @dataclass
@@ -173,28 +162,14 @@ def evaluate_router(
     trained ``prompt:<features>`` or a profiled ``pilot:<k>``. ``prefix_cache``: re-price the
     table under another cost model (``none`` | ``prompt`` | ``shared``) and re-select every
     router's cells under it, in memory (the table is not changed)."""
-    table = TableDir(table_dir)
-    prompts = table.prompts()
-    target = prompts[prompts["split"] == split].reset_index(drop=True)
-    if target.empty:
-        raise ValueError(f"{table_dir}: no {split!r} prompts; profile with dataset.heldout > 0 to reserve some")
-    meta = table.metadata
-    declared = router or meta.get("declared_router", "prompt:tfidf")
-    if not declared.startswith(("prompt:", "pilot:")):
-        raise InputError(f"the declared router must be a deployable estimator ('prompt:<features>' or 'pilot:<k>'), "
-                         f"got {declared!r}: set evaluate.router in the config or pass --router")
-    model = CostModel.from_metadata(meta, prefix_cache)
-    repriced = (meta.get("cost_model") or {}).get("prefix_cache") != model.prefix_cache
-    ev_all = model.price(table.evaluations()) if repriced else table.evaluations()
-    ev_all = ev_all.assign(config=[config_key(r) for r in ev_all.itertuples(index=False)])
-    profile_ids = prompts.loc[prompts["split"] == "profile", "prompt_id"].tolist()
-    ev_profile = ev_all[ev_all["prompt_id"].isin(set(profile_ids))]
+    setup = HeldoutSetup.of(table_dir, split, prefix_cache)
+    table, meta, target, ids = setup.table, setup.meta, setup.target, setup.ids
+    declared = setup.declared_router(router)
+    model, repriced, budgets, lookup = setup.model, setup.repriced, setup.budgets, setup.lookup
+    ev_profile = setup.ev_profile
     unit = sample_cost(ev_profile)
-    ev = ev_all[ev_all["prompt_id"].isin(set(target["prompt_id"]))].copy()
+    ev = setup.ev[setup.ev["prompt_id"].isin(set(ids))].copy()
     ev["family"] = [family_key(r) for r in ev.itertuples(index=False)]  # the config without its n
-    budgets = sorted(int(b) for b in table.selection()["budget"].unique())
-    ids = target["prompt_id"].tolist()
-    lookup = outcome_lookup(ev)
     methods: list[Method] = []
 
     # Fixed configurations (every one evaluated on all target prompts at that budget).
@@ -230,7 +205,7 @@ def evaluate_router(
             routed[name] = pilot_routing(table, target, int(pilots[name]["k"]), pilots[name]["edges"], model)
         else:
             est, _ = load_table_estimator(table, name)
-            estimates = est.estimate_batch(target["text"].tolist(), int(meta.get("policy_params", 0)))
+            estimates = est.estimate_batch(target["text"].tolist(), EstimateContext(int(meta.get("policy_params", 0))))
             routed[name] = (np.array([e.bin for e in estimates]), np.array([e.cost.flops for e in estimates]),
                             np.zeros(len(ids)))
     axis = model.axis
@@ -270,8 +245,8 @@ def evaluate_router(
 def profile_pick_method(ev_profile: pd.DataFrame, ids: list[str], budgets: list[int], unit: float,
                         lookup: dict) -> Method:
     """The profile pick at each budget (chosen on ``ev_profile``, the profiling prompts' rows:
-    ``selector.profile.select.pick_table``), scored on the prompts ``ids``."""
-    from .profile.select import pick_table
+    ``selector.profiler.selection.pick_table``), scored on the prompts ``ids``."""
+    from .profiler.selection import pick_table
 
     m = Method(PROFILE_PICK)
     for b, pick in pick_table(ev_profile, budgets, unit).items():
@@ -286,8 +261,8 @@ def reselect(table: TableDir, name: str, ev_profile: pd.DataFrame, unit: float) 
     """The selection rows of router ``name`` chosen again on ``ev_profile`` (re-priced rows of
     the profiling prompts), on the bins that router assigns them: the table's own bins, a
     pilot's bins under its recorded edges, or a prompt estimator's recorded out-of-fold bins."""
-    from .profile.manifest import profiled_settings
-    from .profile.select import select_tables
+    from .profiler.manifest import profiled_settings
+    from .profiler.selection import select_tables
 
     meta = table.metadata
     prompts = table.prompts()
@@ -309,77 +284,6 @@ def reselect(table: TableDir, name: str, ev_profile: pd.DataFrame, unit: float) 
     return select_tables(ev_profile, bins, sel, meta["policy_id"], meta["prm_id"], estimator=name, unit=unit)[1]
 
 
-def outcome_lookup(ev: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float, float, float]]:
-    """``(prompt_id, config key) -> (accuracy, FLOPs, generations, cost on the axis)`` from
-    evaluation rows that carry a ``config`` column (:func:`config_key`)."""
-    return _Outcomes({(pid, cfg): (acc, fl, g, c) for pid, cfg, acc, fl, g, c in
-                      ev[["prompt_id", "config", "accuracy", "flops", "generations", "cost"]].itertuples(index=False)})
-
-
-class _Outcomes(dict):
-    """The outcome lookup; a selected cell the evaluations lack is a broken table, not a bug."""
-
-    def __missing__(self, key: tuple) -> Any:
-        from .tables import TableError
-
-        pid, cfg = key
-        raise TableError(f"evaluations.parquet has no row for prompt {str(pid)[:80]!r}, configuration {cfg}, which "
-                         "selection.parquet selects: the table's files do not belong together (tampered with or mixed "
-                         "from different runs); restore it, or rebuild it with `tts-selector profile`")
-
-
-def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n) prompt indices; every method of one report shares them (paired CIs)."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-
-
-def route_prompts(name, estimator, ids, bins, extra_flops, extra_gen, allocated, budgets, cells, lookup,
-                  axis: str = "flops") -> Method:
-    """Per-prompt outcomes of routing each prompt by its bin: at budget B for every prompt, or
-    (``allocated``) at per-prompt cells with mean compute <= B chosen from the table's curves.
-    ``axis``: the table's cost axis (the estimate's extra FLOPs or generations are added to it)."""
-    m = Method(name, estimator)
-    for b in budgets:
-        per_prompt = cells.allocate(bins, b) if allocated else [b] * len(ids)
-        acc, fl, gen, cost, rep = (np.empty(len(ids)) for _ in range(5))
-        m.chosen[b] = []
-        for i, (pid, bin_, pb) in enumerate(zip(ids, bins, per_prompt)):
-            row, _ = cells.cell(int(bin_), pb)
-            key = config_key(row)
-            m.chosen[b].append(key)
-            a, f, g, c = lookup[(pid, key)]
-            acc[i], rep[i] = a, float(row.accuracy)
-            gen[i], fl[i] = g + extra_gen[i], f + extra_flops[i]
-            cost[i] = c + (extra_flops[i] if axis == "flops" else extra_gen[i])
-        m.accuracy[b], m.flops[b], m.generations[b], m.cost[b], m.reported[b] = acc, fl, gen, cost, rep
-    return m
-
-
-def pilot_routing(table: TableDir, target: pd.DataFrame, k: int, edges: list[float],
-                  model: CostModel | None = None) -> tuple[np.ndarray, ...]:
-    """Bins a ``k``-sample pilot gives (from each prompt's first ``k`` difficulty samples) and what
-    it spends: ``k`` generations and the FLOPs of its samples' tokens and PRM scorings under the
-    cost model (``model``: the table's), whatever strategy follows."""
-    model = model or CostModel.from_metadata(table.metadata)
-    scores = pilot_scores(target["difficulty_scores"], k).to_numpy(dtype=float)
-    bins = assign_bins(scores, edges)
-    if "difficulty_tokens" not in target:
-        raise InputError(f"{table.path}: its prompts table records no pilot token counts (written before issue 23): "
-                         f"re-finish it with `tts-selector reprice {table.path}`")
-    tokens = np.array([sum(t[:k]) for t in target["difficulty_tokens"]], dtype=float)
-    prm = np.array([sum(t[:k]) for t in target["difficulty_prm_tokens"]], dtype=float)
-    flops = model.pilot_flops(target["prompt_tokens"].to_numpy(dtype=float), tokens, prm)
-    return bins, flops, np.full(len(target), float(k))
-
-
-def _boot_means(values: np.ndarray, boot: np.ndarray) -> np.ndarray:
-    return values[boot].mean(axis=1)
-
-
-def ci95(samples: np.ndarray) -> list[float]:
-    return [float(np.quantile(samples, 0.025)), float(np.quantile(samples, 0.975))]
-
-
 def _versus_profile_pick(router: Method | None, pick: Method, budgets: list[int], boot: np.ndarray) -> list[dict[str, Any]]:
     """The declared router against the profile pick at each budget, and pooled over budgets
     (per prompt the mean margin over the budgets both have, then its mean and paired CI)."""
@@ -398,12 +302,12 @@ def _versus_profile_pick(router: Method | None, pick: Method, budgets: list[int]
                     "fixed_accuracy": float(pick.accuracy[b].mean()), "router_flops": float(router.flops[b].mean()),
                     "fixed_flops": float(pick.flops[b].mean()), "router_cost": float(router.cost[b].mean()),
                     "fixed_cost": float(pick.cost[b].mean()), "margin": float(diff.mean()),
-                    "margin_ci": ci95(_boot_means(diff, boot))})
+                    "margin_ci": ci95(boot_means(diff, boot))})
     if margins:
         pooled = np.mean(margins, axis=0)
         out.append({"budget": "pooled", "budgets": [v["budget"] for v in out],
                     "differs_at": [v["budget"] for v in out if not v["identical"]], "margin": float(pooled.mean()),
-                    "margin_ci": ci95(_boot_means(pooled, boot))})
+                    "margin_ci": ci95(boot_means(pooled, boot))})
     return out
 
 
@@ -428,7 +332,7 @@ def _versus_fixed(methods: list[Method], budgets: list[int], boot: np.ndarray) -
                 "best_fixed_accuracy": float(base.mean()) if best else None,
                 # No fixed configuration that cheap: no margin (not one against 0).
                 "margin": float(acc.mean() - base.mean()) if best else None,
-                "margin_ci": ci95(_boot_means(acc - base, boot)) if best else None,
+                "margin_ci": ci95(boot_means(acc - base, boot)) if best else None,
             })
     return out
 
@@ -481,25 +385,12 @@ def _calibration(methods: list[Method], boot: np.ndarray) -> dict[str, dict[str,
         reported = np.mean([m.reported[b] for b in budgets], axis=0)
         out[m.estimator] = {
             "reported": float(reported.mean()), "realized": float(realized.mean()),
-            "ci": ci95(_boot_means(realized, boot)), "gap": float(realized.mean() - reported.mean()),
-            "gap_ci": ci95(_boot_means(realized - reported, boot)),
+            "ci": ci95(boot_means(realized, boot)), "gap": float(realized.mean() - reported.mean()),
+            "gap_ci": ci95(boot_means(realized - reported, boot)),
             "by_budget": {str(b): {"reported": float(m.reported[b].mean()), "realized": float(m.accuracy[b].mean())}
                           for b in budgets},
         }
     return out
-
-
-def family_key(row: Any) -> str:
-    """A fixed strategy across budgets: strategy, beam width and aggregation (n = the budget)."""
-    m = "" if pd.isna(row.m) else f"/m={int(row.m)}"
-    agg = f"/{row.aggregation}" if isinstance(row.aggregation, str) else ""
-    return f"{row.strategy}{m}{agg}"
-
-
-def config_key(row: Any) -> str:
-    m = "" if pd.isna(row.m) else f"/{int(row.m)}"
-    agg = f"/{row.aggregation}" if isinstance(row.aggregation, str) else ""
-    return f"{row.strategy}/{int(row.n)}{m}{agg}"
 
 
 def _order(rows: list[dict]) -> list[dict]:

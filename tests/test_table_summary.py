@@ -17,8 +17,8 @@ from matplotlib.collections import PathCollection
 
 from selector import plots
 from selector.cli import main
-from selector.inspect import FEW_PROMPTS, curves_path, inspect_path, inspect_table
-from selector.profile import load_config
+from selector.table_summary import FEW_PROMPTS, curves_path, inspect_path, inspect_table
+from selector.profiler import load_config
 from selector.tables import TableDir, TableError, write_table
 
 ROOT = Path(__file__).resolve().parents[1]

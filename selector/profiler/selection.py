@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from ..cost_model import sample_cost
+from ..stats import bootstrap_means, interval
 from .config import SelectConfig
 
 CONFIG_KEYS = ["strategy", "n", "m", "aggregation"]
@@ -109,17 +110,6 @@ class Outcomes:
         budget_of = ev.groupby("config")["budget"].first()
         return cls(np.array(acc.index), [config_of[k] for k in ids], budget_of.loc[ids].to_numpy(dtype=int),
                    acc[ids].to_numpy(dtype=float), costs)
-
-
-def _bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap means over rows (prompts); ``values`` is (prompts,) or (prompts, configs)."""
-    idx = rng.integers(0, len(values), size=(resamples, len(values)))
-    return values[idx].mean(axis=1)
-
-
-def _interval(means: np.ndarray, confidence: float) -> tuple[float, float]:
-    alpha = (1.0 - confidence) / 2.0
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
 
 
 def profile_pick(acc: np.ndarray, cost: np.ndarray, cap: float) -> int | None:
@@ -314,9 +304,9 @@ def select_tables(
     bar = progress(total=len(budgets), desc="select", unit="budget") if progress else None
     for label in labels:
         rows = b == label
-        boot = _bootstrap_means(out.acc[rows], sel.bootstrap, np.random.default_rng([sel.seed, label, 0]))
+        boot = bootstrap_means(out.acc[rows], sel.bootstrap, np.random.default_rng([sel.seed, label, 0]))
         for j, c in enumerate(out.configs):
-            low, high = _interval(boot[:, j], sel.confidence)
+            low, high = interval(boot[:, j], sel.confidence)
             results.append({
                 "bin": label, "budget": int(out.budgets[j]), **dict(zip(CONFIG_KEYS, c)),
                 "accuracy": float(out.acc[rows, j].mean()), "ci_low": low, "ci_high": high,
@@ -342,7 +332,7 @@ def select_tables(
         for label in labels:
             rows = b == label
             j = final[label]
-            low, high = _interval(_bootstrap_means(held[rows], sel.bootstrap, rng), sel.confidence)
+            low, high = interval(bootstrap_means(held[rows], sel.bootstrap, rng), sel.confidence)
             fits = g.agreement.get(label, ())
             selection.append({
                 "estimator": estimator, "policy": policy, "prm": prm, "bin": label, "budget": int(budget),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..router import RoutedResult
+from ..routing import RoutedResult
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -37,7 +37,7 @@ class GatewayMetrics:
         name = d.strategy.name
         self.generations.labels(name).inc(result.cost.generations)
         self.flops.labels(name).inc(result.cost.flops)
-        self.decisions.labels("forced" if d.estimator.startswith("none (strategy forced") else ("none" if d.bin is None else str(d.bin)), name).inc()
+        self.decisions.labels("forced" if d.forced else ("none" if d.bin is None else str(d.bin)), name).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,7 +25,7 @@ from ..search.base import Node, SearchContext
 from ..search.runner import candidates_of
 from .config import ADAPTIVE, ProfileConfig
 from ..cost_model import CostModel
-from .evaluate import EVAL_COLUMNS, priced, token_columns
+from .outcomes import EVAL_COLUMNS, priced, token_columns
 
 
 def adaptive_configs(cfg: ProfileConfig) -> list[AdaptiveConsistency]:

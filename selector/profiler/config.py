@@ -26,7 +26,7 @@ BEST_OF_N_FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
 _FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 TREE_STRATEGIES = ("beam_search", "dvts", "particle_filtering")  # run live, step by step
 WIDTH_STRATEGIES = ("beam_search", "dvts")  # the tree strategies with a beam width m
-ADAPTIVE = "adaptive_consistency"  # replayed on the pool's samples (selector/profile/adaptive.py)
+ADAPTIVE = "adaptive_consistency"  # replayed on the pool's samples (selector/profiler/adaptive.py)
 # Where a prompt's bin comes from: PRM-predicted pass@1 (mean final-step score) or graded
 # pass@1 of its difficulty samples, or the data set's own difficulty label.
 DIFFICULTY_SOURCES = ("predicted", "oracle", "level")
@@ -233,7 +233,7 @@ SELECT_METHODS = ("guarded", "per_bin", "profile_pick")
 
 @dataclass(frozen=True)
 class SelectConfig:
-    """How each router's cells are chosen at each budget (see ``selector/profile/select.py``).
+    """How each router's cells are chosen at each budget (see ``selector/profiler/selection.py``).
 
     ``method``: ``guarded`` (default) starts from the profile pick (the one configuration most
     accurate over all profiling prompts within the budget's compute) and replaces it by a

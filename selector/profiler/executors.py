@@ -29,7 +29,7 @@ import pandas as pd
 from ..backends.base import PRM, Policy
 from ..errors import EngineError, InputError
 from .config import ExecutorConfig, ProfileConfig
-from .evaluate import run_tree_shards, tree_checkpoint, tree_configs, tree_shard_rows, write_tree_shard
+from .outcomes import run_tree_shards, tree_checkpoint, tree_configs, tree_shard_rows, write_tree_shard
 from .pool import Shard, done_shard_indices, generate_pool, pool_shard_rows, write_pool_shard
 
 
