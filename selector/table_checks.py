@@ -253,7 +253,7 @@ def check_manifest(manifest: Any, path: Any) -> dict[str, Any]:
     keys and values) and ``grid`` (the profile config's types, budgets within MAX_BUDGET)."""
     from .backends.base import SamplingParams
     from .errors import TTSError
-    from .profiler.config import ConfigError, GridConfig, _build
+    from .profiler.config import ConfigError, GridConfig, build_section
     from .search.adaptive_consistency import STOP_RULES
     from .search.aggregate import ANSWER_RULES
     from .search.base import STRATEGIES
@@ -287,7 +287,7 @@ def check_manifest(manifest: Any, path: Any) -> dict[str, Any]:
         if not isinstance(grid, dict):
             raise _error(path, "config.grid", f"must be a mapping, got {type(grid).__name__}")
         try:
-            g = _build(GridConfig, grid, "config.grid")
+            g = build_section(GridConfig, grid, "config.grid")
         except ConfigError as exc:
             raise _error(path, "config.grid", str(exc).replace("fix it in the config", "")) from None
         for key in ("budgets", "tree_budgets", "adaptive_windows"):

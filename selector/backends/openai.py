@@ -42,7 +42,7 @@ import json
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ..errors import EngineError
 from ..steps import cut_at_delimiter
@@ -198,9 +198,9 @@ class OpenAIPolicy:
                 )
             return None
 
-        data, base = post_json(
+        data, base = http_client.post_json(
             self.base_urls, "/v1/completions", payload, slot=slot, timeout=self.timeout, retries=self.retries,
-            backoff=self.backoff, api_key=self.api_key, client_error=client_error,
+            backoff=self.backoff, api_key=self.api_key, error=OpenAIBackendError, client_error=client_error,
         )
         _validate(data, f"{base}/v1/completions")
         return data, base
@@ -251,28 +251,6 @@ class OpenAIPolicy:
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         cached = min(cached, prompt) if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None
         return StepOutput(tuple(conts), prompt, cached)
-
-
-def post_json(
-    base_urls: Sequence[str],
-    path: str,
-    payload: bytes,
-    *,
-    slot: int,
-    timeout: float,
-    retries: int,
-    backoff: float,
-    api_key: str | None = None,
-    error: type[Exception] = OpenAIBackendError,
-    client_error: Callable[[str, int, str], Exception | None] | None = None,
-) -> tuple[Any, str]:
-    """:func:`selector.backends.http_client.post_json` raising ``error`` (default
-    :class:`OpenAIBackendError`): pooled keep-alive connections, a total deadline of ``timeout``
-    seconds per attempt, retries on connection errors, timeouts, 408, 429 and 5xx."""
-    return http_client.post_json(
-        base_urls, path, payload, slot=slot, timeout=timeout, retries=retries, backoff=backoff, api_key=api_key,
-        error=error, client_error=client_error,
-    )
 
 
 _FIX = "check that the URL is an OpenAI-compatible completions server (vllm serve, SGLang, llama.cpp's server)"

@@ -20,12 +20,10 @@ parsed as YAML scalars) or, for path-taking backends, a path:
 """
 from __future__ import annotations
 
-import collections.abc
 import importlib.util
 import inspect
 import math
 import re
-import types
 import typing
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +31,7 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import DependencyError, InputError
+from ..typed_values import describe, fits
 from .arith_check import ArithCheckPRM
 from .base import PRM, Policy
 from .simulated import SimulatedPolicy, SimulatedPRM
@@ -59,32 +58,6 @@ def _parse_kwargs(arg: str | None) -> dict[str, Any]:
     return out
 
 
-_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a spec value fits a constructor annotation (scalars, optionals and tuples are
-    checked; anything else is left to the constructor)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if origin in (tuple, list, collections.abc.Sequence):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[int, int]: fixed length
-            return len(args) == len(value) and all(_fits(v, a) for v, a in zip(value, args))
-        return not args or all(_fits(v, args[0]) for v in value)  # tuple[int, ...], list[str], Sequence[str]
-    if hint is float:
-        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if hint is int:
-        return not isinstance(value, bool) and isinstance(value, int)
-    if hint in (str, bool):
-        return isinstance(value, hint)
-    return True
-
-
 def _construct(factory: Callable[..., Any], kwargs: dict[str, Any], spec: str) -> Any:
     """``factory(**kwargs)`` after checking the keys against its parameters (the message lists
     the allowed ones) and simple values against its annotations."""
@@ -99,25 +72,12 @@ def _construct(factory: Callable[..., Any], kwargs: dict[str, Any], spec: str) -
     except Exception:  # annotations that need optional imports: leave the values to the constructor
         hints = {}
     for key, value in kwargs.items():
-        if key in hints and not _fits(value, hints[key]):
-            raise InputError(f"spec {spec!r}: {key}={value!r} is not {_describe(hints[key])}; fix the value")
+        if key in hints and not fits(value, hints[key]):
+            raise InputError(f"spec {spec!r}: {key}={value!r} is not {describe(hints[key])}; fix the value")
     try:
         return factory(**kwargs)
     except TypeError as exc:
         raise InputError(f"spec {spec!r}: {exc}") from None
-
-
-def _describe(hint: Any) -> str:
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if hint is type(None):
-        return "null"
-    if args:
-        if typing.get_origin(hint) is tuple and args[-1] is not Ellipsis:
-            return f"a list [{', '.join(_describe(a) for a in args)}]"
-        return f"a list of {_describe(args[0])}s"
-    return _SCALARS.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _locate_package_dir(package: str, install_hint: str | None) -> Path:
@@ -204,16 +164,27 @@ def _openai_policy(arg: str | None) -> Policy:
         path = _preset_path(str(preset))
         if path is None:
             raise ValueError(f"unknown preset {preset!r}; use one of {available_presets()} or a preset YAML path")
-        # The preset's prompt format, id, delimiter, sampling and size. The vLLM policy class
-        # formats prompts with the tokenizer alone (no engine, no weights), exactly as both
-        # in-process backends do, so it serves as the formatter for any server of that model.
-        fmt = _vllm_policy_class().from_preset(load_preset(path))
+        # The preset's prompt format (tokenizer alone: no engine, no weights, as both in-process
+        # backends write prompts), id, delimiter, sampling and size, for any server of that model.
+        from .prompt_format import PromptFormat
+
+        preset_cfg = load_preset(path)
+        fmt = PromptFormat.from_preset(preset_cfg)
         kwargs.setdefault("prompt_format", fmt)
-        kwargs.setdefault("id", fmt.id)
-        kwargs.setdefault("step_delimiter", fmt.step_delimiter)
-        kwargs.setdefault("sampling", fmt.sampling)
+        kwargs.setdefault("id", preset_cfg.get("id") or _default_policy_id(fmt))
+        kwargs.setdefault("step_delimiter", preset_cfg.get("step_delimiter", "\n\n"))
+        kwargs.setdefault("sampling", preset_cfg.get("sampling"))
         kwargs.setdefault("num_parameters", fmt.num_parameters)
     return _construct(OpenAIPolicy, kwargs, f"openai:{arg}")
+
+
+def _default_policy_id(fmt: Any) -> str:
+    """A policy's default id, as the in-process backends name it: the GGUF file's stem or the
+    model directory's name."""
+    if fmt.gguf_path is not None:
+        name = fmt.gguf_path.name
+        return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+    return fmt.source_dir.resolve().name
 
 
 def _preset_path(name: str) -> Path | None:

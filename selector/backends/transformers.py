@@ -5,12 +5,8 @@ downloads) and samples reasoning steps with its own batched decoding loop:
 
 * **Sources.** A GGUF file (``model=<dir>, gguf_file=<name>``, or ``model=<path/to/x.gguf>``)
   or a plain Hugging Face directory (``config.json`` plus ``*.safetensors``). A GGUF file is
-  de-quantized by ``transformers`` (slow: 15-40 s, mostly metadata parsing), then converted
-  once to a safetensors cache under ``cache_dir`` (default ``$TTS_SELECTOR_CACHE`` or
-  ``~/.cache/tts-selector``) in ``gguf/<sha256 of the file>/``. The cache is written to a
-  temporary folder and renamed into place, so an interrupted conversion is never used; later
-  loads read the cache (under a second). Weights are read with ``use_safetensors=True``
-  only: no pickle anywhere.
+  converted once to a safetensors cache (:mod:`selector.backends.gguf_cache`) and later loads
+  read the cache. Weights are read with ``use_safetensors=True`` only: no pickle anywhere.
 * **Lazy.** The constructor validates its arguments and touches no weights; the model loads
   on first use (thread-safe) or on an explicit :meth:`TransformersPolicy.load`.
 * **Sampling.** ``generate_steps`` flattens every request's ``n`` continuations into rows,
@@ -43,13 +39,8 @@ the text but is counted in ``num_tokens`` (it was generated).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
-import json
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -61,7 +52,6 @@ from ..threads import configure_threads
 configure_threads()  # before torch loads OpenMP: yield instead of spin (see selector/threads.py)
 import torch  # noqa: E402
 
-from ..files import fsync_dir
 from ..seeds import derive_seed
 from ..steps import cut_at_delimiter
 from .base import Continuation, SamplingParams, StepOutput, StepRequest, check_step_requests
@@ -82,41 +72,18 @@ from .hf_common import (
     resolve_model_source,
 )
 
-__all__ = ["TransformersPolicy", "default_cache_dir", "gguf_safetensors_dir", "FALLBACK_PROMPT_FORMAT"]
+from .gguf_cache import GGUFCache, default_cache_dir
+
+__all__ = ["TransformersPolicy", "FALLBACK_PROMPT_FORMAT"]
 
 log = logging.getLogger(__name__)
 
-_CACHE_ENV = "TTS_SELECTOR_CACHE"
-_CACHE_MARKER = "tts-selector-cache.json"
-_CACHE_FORMAT = 1
 # Top-p first looks for the nucleus among this many most likely tokens, then widens.
 _TOP_P_FIRST_K = 256
 # Shared-prefix prefill: the shortest shared (or cache-matched) part worth reusing, and how many
 # shared prefixes the policy keeps (least recently used dropped first).
 _MIN_SHARED_TOKENS = 16
 _PREFIX_CACHE_ENTRIES = 4
-
-
-def default_cache_dir() -> Path:
-    """``$TTS_SELECTOR_CACHE`` if set, else ``~/.cache/tts-selector``."""
-    env = os.environ.get(_CACHE_ENV)
-    return Path(env).expanduser() if env else Path("~/.cache/tts-selector").expanduser()
-
-
-def _sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-    fsync_dir(folder)
 
 
 @dataclasses.dataclass
@@ -186,8 +153,9 @@ class TransformersPolicy:
         self.sampling, self._default_params = check_sampling_args(step_delimiter, sampling)
 
         self.max_batch_size = check_batch_size(max_batch_size)
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.trust_remote_code = trust_remote_code
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self._gguf = GGUFCache(self._gguf_path, self.cache_dir, trust_remote_code) if self._gguf_path is not None else None
         if not isinstance(share_prefix, bool):
             raise TypeError(f"share_prefix must be a bool, got {share_prefix!r}")
         self.share_prefix = share_prefix
@@ -206,7 +174,6 @@ class TransformersPolicy:
         self._model: Any = None
         self._tokenizer: Any = None
         self._num_parameters: int | None = None
-        self._sha256: str | None = None
         self.load_info: dict[str, Any] = {}
         self.last_stats: dict[str, Any] = {}
         # token tuple -> per-layer (keys, values) of batch size 1; least recently used first.
@@ -233,25 +200,7 @@ class TransformersPolicy:
     @property
     def gguf_cache_path(self) -> Path | None:
         """The cache folder of this GGUF file (hashes the file once); None for HF directories."""
-        if self._gguf_path is None:
-            return None
-        if self._sha256 is None:
-            self._sha256 = _sha256_file(self._gguf_path)
-        return self.cache_dir / "gguf" / self._sha256
-
-    def _cache_complete(self, folder: Path) -> bool:
-        marker = folder / _CACHE_MARKER
-        if not marker.is_file():
-            return False
-        try:
-            meta = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            return False
-        return (
-            meta.get("format") == _CACHE_FORMAT
-            and meta.get("sha256") == self._sha256
-            and any(folder.glob("*.safetensors"))
-        )
+        return self._gguf.path if self._gguf is not None else None
 
     def load(self) -> "TransformersPolicy":
         """Load tokenizer and model now (idempotent, thread-safe). Returns ``self``."""
@@ -282,9 +231,9 @@ class TransformersPolicy:
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(str(self._model_dir), **common)
         else:
-            cache = self.gguf_cache_path
-            assert cache is not None
-            if self._cache_complete(cache):
+            assert self._gguf is not None
+            cache = self._gguf.path
+            if self._gguf.complete():
                 source = "cache"
                 with load_progress(cache):
                     model = AutoModelForCausalLM.from_pretrained(
@@ -294,7 +243,7 @@ class TransformersPolicy:
                     tokenizer = AutoTokenizer.from_pretrained(str(cache), **common)
             else:
                 source = "gguf"
-                model, gguf_tokenizer = self._convert_gguf(cache)
+                model, gguf_tokenizer = self._gguf.convert()
                 if tokenizer is None:
                     tokenizer = gguf_tokenizer
                 if self._torch_dtype() not in ("auto", torch.float32):
@@ -315,88 +264,12 @@ class TransformersPolicy:
         self._tokenizer = tokenizer
         self._model = model
 
-    def _convert_gguf(self, cache: Path) -> tuple[Any, Any]:
-        """De-quantize the GGUF file (float32) and write its safetensors cache to ``cache``.
-        Returns the model and the GGUF's tokenizer."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        assert self._gguf_path is not None
-        common = {"local_files_only": True, "trust_remote_code": self.trust_remote_code}
-        folder, name = str(self._gguf_path.parent), self._gguf_path.name
-        gguf_tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **common)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **common)
-        self._strip_quantizer(model)
-        self._write_cache(model, gguf_tokenizer, cache)
-        return model, gguf_tokenizer
-
     def ensure_gguf_cache(self) -> Path:
-        """The safetensors folder of this policy's GGUF file, converting it once if needed (see
-        the module docstring). Raises if the cache cannot be written (other engines, such as
-        vLLM, read the folder and cannot fall back to the in-memory model)."""
-        cache = self.gguf_cache_path
-        if cache is None:
+        """The safetensors folder of this policy's GGUF file, converting it once if needed
+        (:meth:`GGUFCache.ensure`: raises if the folder cannot be written)."""
+        if self._gguf is None:
             raise ValueError(f"{self!r} reads a Hugging Face directory, not a GGUF file: there is nothing to convert")
-        if not self._cache_complete(cache):
-            with self._load_lock:
-                if not self._cache_complete(cache):
-                    self._convert_gguf(cache)
-            if not self._cache_complete(cache):
-                raise RuntimeError(
-                    f"could not write the safetensors conversion of {str(self._gguf_path)!r} to {str(cache)!r} "
-                    f"(see the warning above); make that folder writable or set {_CACHE_ENV} to a writable folder"
-                )
-        return cache
-
-    @staticmethod
-    def _strip_quantizer(model: Any) -> None:
-        """A GGUF model is already de-quantized; drop the quantizer so it saves as plain weights."""
-        for attr, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
-            if hasattr(model, attr):
-                setattr(model, attr, value)
-        if hasattr(model.config, "quantization_config"):
-            delattr(model.config, "quantization_config")
-
-    def _write_cache(self, model: Any, tokenizer: Any, final: Path) -> None:
-        """Save a safetensors copy in a temporary folder, then rename it into place."""
-        tmp: Path | None = None
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}.tmp-", dir=final.parent))
-            model.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-            pickles = [p.name for p in tmp.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
-            if pickles or not any(tmp.glob("*.safetensors")):
-                raise RuntimeError(f"conversion wrote unexpected files {pickles} (no safetensors?)")
-            (tmp / _CACHE_MARKER).write_text(
-                json.dumps(
-                    {
-                        "format": _CACHE_FORMAT,
-                        "sha256": self._sha256,
-                        "source": self._gguf_path.name if self._gguf_path else None,
-                        "transformers": _transformers_version(),
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    },
-                    indent=1,
-                )
-            )
-            _fsync_tree(tmp)
-            if final.exists() and not self._cache_complete(final):
-                # Not written by this protocol (renames are atomic): move it aside, then drop it.
-                stale = final.with_name(f".{final.name[:16]}.stale-{os.getpid()}-{time.time_ns()}")
-                os.rename(final, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            try:
-                os.rename(tmp, final)
-                tmp = None
-            except OSError:
-                # Someone else finished the same conversion first; theirs is as good.
-                if not self._cache_complete(final):
-                    raise
-        except Exception as exc:  # a cache we cannot write only costs speed next time
-            log.warning("could not cache the GGUF conversion at %s: %s", final, exc)
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+        return self._gguf.ensure()
 
     def _setup(self, model: Any, tokenizer: Any) -> None:
         """Derive what the decoding loop needs from the loaded model and tokenizer."""
@@ -454,18 +327,10 @@ class TransformersPolicy:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         common = {"local_files_only": True, "trust_remote_code": self.trust_remote_code}
-        if self._gguf_path is None:
+        if self._gguf is None:
             config = AutoConfig.from_pretrained(str(self._model_dir), **common)
         else:
-            cache = self.gguf_cache_path
-            if cache is not None and self._cache_complete(cache):
-                config = AutoConfig.from_pretrained(str(cache), **common)
-            else:
-                config = AutoConfig.from_pretrained(
-                    str(self._gguf_path.parent), gguf_file=self._gguf_path.name, **common
-                )
-                if hasattr(config, "quantization_config"):
-                    delattr(config, "quantization_config")
+            config = self._gguf.config()
         return count_parameters_from_config(config, AutoModelForCausalLM, self.trust_remote_code)
 
     # ------------------------------------------------------------------ prompts
@@ -790,22 +655,6 @@ class TransformersPolicy:
         return int(order[pick]) if order is not None else pick
 
 
-def gguf_safetensors_dir(
-    gguf_file: str | os.PathLike, *, cache_dir: str | None = None, trust_remote_code: bool = False
-) -> Path:
-    """The safetensors folder (config, weights, tokenizer) of a GGUF file, converting it once.
-
-    The same cache the transformers backend reads (``cache_dir``/``gguf/<sha256 of the file>``,
-    default ``$TTS_SELECTOR_CACHE`` or ``~/.cache/tts-selector``); a complete cache is returned
-    without loading anything (the file is hashed, under a second for small models). Engines that
-    cannot read GGUF files, such as vLLM, load this folder.
-    """
-    policy = TransformersPolicy(str(gguf_file), cache_dir=cache_dir, trust_remote_code=trust_remote_code)
-    if policy.gguf_cache_path is None:
-        raise ValueError(f"{str(gguf_file)!r} is not a GGUF file; pass the path of a .gguf file")
-    return policy.ensure_gguf_cache()
-
-
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two token sequences."""
     n = min(len(a), len(b))
@@ -819,12 +668,3 @@ def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
         else:
             hi = mid
     return lo
-
-
-def _transformers_version() -> str:
-    try:
-        import transformers
-
-        return transformers.__version__
-    except Exception:  # pragma: no cover
-        return "unknown"

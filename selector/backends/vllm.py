@@ -14,7 +14,7 @@ vLLM's API moves between releases, so pin the version you test.
   would put a second BOS in front of a chat template that writes its own.
 - **Sources.** A Hugging Face model directory, or a GGUF file, which is loaded from the
   safetensors folder the transformers backend converts it to once
-  (:func:`~selector.backends.transformers.gguf_safetensors_dir`). :meth:`VLLMPolicy.from_preset`
+  (:func:`~selector.backends.gguf_cache.gguf_safetensors_dir`). :meth:`VLLMPolicy.from_preset`
   reuses a preset YAML (id, model, few-shot, system prompt, step delimiter, sampling).
 - **Lazy.** The constructor checks its arguments and reads nothing; the tokenizer loads on the
   first :meth:`~VLLMPolicy.format_prompt`, the engine on the first
@@ -75,16 +75,8 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import DependencyError, EngineError
 from .base import Continuation, FinishReason, SamplingParams, StepOutput, StepRequest, check_step_requests
-from .hf_common import (
-    bos_to_prepend,
-    check_prompt_args,
-    check_sampling_args,
-    count_parameters_from_config,
-    encode_prefix,
-    format_chat_prompt,
-    parse_dtype,
-    resolve_model_source,
-)
+from .hf_common import check_sampling_args, parse_dtype
+from .prompt_format import PromptFormat
 
 __all__ = [
     "VLLMPolicy", "VLLMBackendError", "import_vllm", "vllm_dtype", "split_engine_kwargs", "check_engine_kwargs",
@@ -161,6 +153,32 @@ def start_engine(vllm: Any, kwargs: Mapping[str, Any]) -> tuple[Any, dict[str, A
     return llm, info
 
 
+class EngineOnce:
+    """A ``vllm.LLM`` started at most once, by whichever thread asks first (checked again under
+    the lock, so two first calls start one engine), with its load record (``load_info``:
+    seconds, model path, vLLM version). Shared by the policy and the PRM."""
+
+    def __init__(self) -> None:
+        self.llm: Any = None
+        self.load_info: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def started(self) -> bool:
+        return self.llm is not None
+
+    def start(self, vllm: Any, kwargs: Mapping[str, Any], what: str) -> Any:
+        """The engine, started now with ``vllm.LLM(**kwargs)`` if it was not; ``what`` names it
+        in the log line."""
+        if self.llm is None:
+            with self._lock:
+                if self.llm is None:
+                    llm, self.load_info = start_engine(vllm, kwargs)
+                    log.info("started vLLM %s: %s in %.1f s", self.load_info["vllm"], what, self.load_info["seconds"])
+                    self.llm = llm
+        return self.llm
+
+
 def split_engine_kwargs(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` with every key that is not a parameter of ``cls`` moved into its
     ``engine_kwargs`` (so a spec or preset can carry any ``vllm.LLM`` argument, such as
@@ -228,15 +246,17 @@ class VLLMPolicy:
         id: str | None = None,
         engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        self._gguf_path, self._source_dir = resolve_model_source(model, gguf_file, "VLLMPolicy")
-        if tokenizer is not None and not Path(tokenizer).expanduser().is_dir():
-            raise FileNotFoundError(
-                f"tokenizer directory {str(tokenizer)!r} does not exist; pass a local tokenizer directory "
-                "or leave tokenizer=None to use the model's."
-            )
-        self._tokenizer_dir = Path(tokenizer).expanduser() if tokenizer is not None else None
+        if not isinstance(trust_remote_code, bool):
+            raise TypeError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
+        # The prompt format (tokenizer, system prompt, few-shot turns), shared with servers of
+        # the same preset: see selector/backends/prompt_format.py.
+        self._prompts = PromptFormat(model, gguf_file=gguf_file, tokenizer=tokenizer, system_prompt=system_prompt,
+                                     few_shot=few_shot, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
+                                     what="VLLMPolicy")
+        self._gguf_path, self._source_dir = self._prompts.gguf_path, self._prompts.source_dir
+        self._tokenizer_dir = self._prompts.tokenizer_dir
         self.dtype = vllm_dtype(dtype)
-        self.system_prompt, self.few_shot = check_prompt_args(system_prompt, few_shot)
+        self.system_prompt, self.few_shot = self._prompts.system_prompt, self._prompts.few_shot
         self.step_delimiter = step_delimiter
         self.sampling, self._default_params = check_sampling_args(step_delimiter, sampling)
         if gpu_memory_utilization is not None and (
@@ -252,8 +272,6 @@ class VLLMPolicy:
                 raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
         self.max_model_len = max_model_len
         self.tensor_parallel_size = tensor_parallel_size
-        if not isinstance(trust_remote_code, bool):
-            raise TypeError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
         self.trust_remote_code = trust_remote_code
         self.cache_dir = cache_dir
         self.engine_kwargs = check_engine_kwargs(engine_kwargs, _OWN_ENGINE_KEYS)
@@ -263,14 +281,8 @@ class VLLMPolicy:
             raise ValueError(f"id must be a non-empty string, got {id!r}")
         self.id = id
 
-        self._lock = threading.Lock()  # loading (tokenizer, engine, model directory)
         self._generate_lock = threading.Lock()  # vllm.LLM is not thread-safe
-        self._model_dir: Path | None = None if self._gguf_path is not None else self._source_dir
-        self._tokenizer: Any = None
-        self._bos_id: int | None = None
-        self._llm: Any = None
-        self._num_parameters: int | None = None
-        self.load_info: dict[str, Any] = {}
+        self._engine = EngineOnce()
         self.last_stats: dict[str, Any] = {}
 
     @classmethod
@@ -288,39 +300,24 @@ class VLLMPolicy:
     @property
     def is_loaded(self) -> bool:
         """Whether the vLLM engine has been built."""
-        return self._llm is not None
+        return self._engine.started
+
+    @property
+    def load_info(self) -> dict[str, Any]:
+        """The engine's load record (seconds, model path, vLLM version); {} before it starts."""
+        return self._engine.load_info
 
     @property
     def model_dir(self) -> Path:
         """The directory vLLM loads: the model directory, or the GGUF file's safetensors
         conversion (converted on first access if it is not cached yet)."""
-        if self._model_dir is None:
-            with self._lock:
-                if self._model_dir is None:
-                    from .transformers import gguf_safetensors_dir
-
-                    assert self._gguf_path is not None
-                    self._model_dir = gguf_safetensors_dir(
-                        self._gguf_path, cache_dir=self.cache_dir, trust_remote_code=self.trust_remote_code
-                    )
-        return self._model_dir
+        return self._prompts.model_dir
 
     @property
     def tokenizer(self) -> Any:
         """The ``transformers`` tokenizer the prompts are formatted and encoded with (the same
         one the transformers backend uses); loading it does not start the engine."""
-        if self._tokenizer is None:
-            source = self._tokenizer_dir or self.model_dir
-            with self._lock:
-                if self._tokenizer is None:
-                    from transformers import AutoTokenizer
-
-                    tok = AutoTokenizer.from_pretrained(
-                        str(source), local_files_only=True, trust_remote_code=self.trust_remote_code
-                    )
-                    self._bos_id = bos_to_prepend(tok)
-                    self._tokenizer = tok
-        return self._tokenizer
+        return self._prompts.tokenizer
 
     def engine_args(self) -> dict[str, Any]:
         """The keyword arguments :meth:`load` passes to ``vllm.LLM``."""
@@ -335,56 +332,36 @@ class VLLMPolicy:
 
     def load(self) -> "VLLMPolicy":
         """Build the vLLM engine now (idempotent, thread-safe). Returns ``self``."""
-        if self._llm is None:
+        if not self._engine.started:
             vllm = import_vllm()
             kwargs = self.engine_args()
             self.tokenizer  # noqa: B018 - load it first, outside the engine lock
-            with self._lock:
-                if self._llm is None:
-                    llm, self.load_info = start_engine(vllm, kwargs)
-                    log.info("started vLLM %s for %s in %.1f s", self.load_info["vllm"], self.id, self.load_info["seconds"])
-                    self._llm = llm
+            self._engine.start(vllm, kwargs, f"policy {self.id}")
         return self
 
     @property
     def llm(self) -> Any:
         """The ``vllm.LLM`` engine (built if needed)."""
-        return self.load()._llm
+        return self.load()._engine.llm
 
     @property
     def num_parameters(self) -> int:
         """Parameter count for FLOPs, from the model config on the ``meta`` device (no weights
         read, engine not started; a GGUF file's own metadata when it is not converted yet)."""
-        if self._num_parameters is None:
-            if self._gguf_path is not None:
-                from .transformers import TransformersPolicy
-
-                count = TransformersPolicy(
-                    str(self._gguf_path), cache_dir=self.cache_dir, trust_remote_code=self.trust_remote_code
-                ).num_parameters
-            else:
-                from transformers import AutoConfig, AutoModelForCausalLM
-
-                config = AutoConfig.from_pretrained(
-                    str(self._source_dir), local_files_only=True, trust_remote_code=self.trust_remote_code
-                )
-                count = count_parameters_from_config(config, AutoModelForCausalLM, self.trust_remote_code)
-            self._num_parameters = count
-        return self._num_parameters
+        return self._prompts.num_parameters
 
     # ------------------------------------------------------------------ prompts
     def format_prompt(self, question: str) -> str:
         """Chat-template prompt, exactly as the transformers backend formats it
-        (:func:`~selector.backends.hf_common.format_chat_prompt`)."""
-        return format_chat_prompt(self.tokenizer, question, system_prompt=self.system_prompt, few_shot=self.few_shot)
+        (:class:`~selector.backends.prompt_format.PromptFormat`)."""
+        return self._prompts.format_prompt(question)
 
     def default_sampling_params(self) -> SamplingParams:
         return self._default_params
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prefix as the engine receives them (as the transformers backend reads them)."""
-        tokenizer = self.tokenizer
-        return encode_prefix(tokenizer, text, self._bos_id)
+        return self._prompts.encode(text)
 
     def __repr__(self) -> str:
         state = "engine started" if self.is_loaded else "engine not started"

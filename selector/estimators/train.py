@@ -128,12 +128,11 @@ def train_on_table(
 
 def _estimator_selection(table: TableDir, prompt_ids: list[str], bins: list[int], name: str, meta: dict) -> pd.DataFrame:
     """The selection rows of estimator ``name`` from its out-of-fold ``bins`` of the profiling prompts."""
-    from ..profiler import manifest_config
-    from ..profiler.config import SelectConfig, _build
+    from ..profiler.config import SelectConfig, build_section
     from ..profiler.selection import select_tables
 
-    raw = manifest_config(table.path).get("select", {})
-    sel = _build(SelectConfig, raw, f"{table.path} manifest select") if raw else SelectConfig()
+    raw = table.config.get("select", {})
+    sel = build_section(SelectConfig, raw, f"{table.path} manifest select") if raw else SelectConfig()
     ev = table.evaluations()
     ev = ev[ev["prompt_id"].isin(set(prompt_ids))]
     unit = (meta.get("cost_model") or {}).get("sample_cost")

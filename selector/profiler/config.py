@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from ..errors import TTSError
 from ..datasets import FAMILIES, LEVELLED, dataset_family
 from ..search.aggregate import AGGREGATIONS
 from ..search.base import STRATEGIES
+from ..typed_values import conform
 
 BEST_OF_N_FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
 _FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -446,7 +445,11 @@ _SECTIONS = {
 }
 
 
-def _build(cls, raw: Any, where: str):
+def build_section(cls: type, raw: Any, where: str) -> Any:
+    """A config dataclass ``cls`` (a section, or the whole :class:`ProfileConfig`) from the
+    mapping ``raw`` read from ``where``: unknown keys and values of the wrong type (checked
+    against the fields' annotations, :func:`selector.typed_values.conform`) are a ConfigError
+    naming the key; missing keys take the defaults. Not checked for ranges: ``.check()`` is."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
@@ -457,9 +460,9 @@ def _build(cls, raw: Any, where: str):
     hints = typing.get_type_hints(cls)
     for key, value in raw.items():
         if key in _SECTIONS and cls is ProfileConfig:
-            value = _build(_SECTIONS[key], value, key)
+            value = build_section(_SECTIONS[key], value, key)
         else:
-            value = _typed(value, hints[key], key if cls is ProfileConfig else f"{where}.{key}")
+            value = conform(value, hints[key], key if cls is ProfileConfig else f"{where}.{key}", _config_error)
         values[key] = value
     try:
         return cls(**values)
@@ -467,60 +470,8 @@ def _build(cls, raw: Any, where: str):
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _type_name(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(args[0], str(args[0]))
-    if origin is dict:
-        return "a mapping"
-    if args and origin is not None:  # X | None
-        return " or ".join(_type_name(a) for a in args) + (" or null" if type(None) in typing.get_args(hint) else "")
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(hint, str(hint))
-
-
-def _typed(value: Any, hint: Any, key: str) -> Any:
-    """``value`` checked against the field's annotation ``hint`` (lists become tuples, integers
-    pass for numbers); raises ConfigError naming the key, the expected type and what was given."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-
-    def bad() -> ConfigError:  # formatted only when raised: a value may be huge (see safe_yaml)
-        shown = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else f"a {type(value).__name__}"
-        shown = shown if len(shown) <= 80 else shown[:80] + "..."
-        return ConfigError(f"{key} must be {_type_name(hint)}, got {shown} ({type(value).__name__}): fix it in the config")
-
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _typed(value, arg, key)
-            except ConfigError:
-                continue
-        raise bad()
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise bad()
-        return tuple(_typed(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad()
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad()
-        return value  # unconverted: the config hash of existing tables stays as it was
-    if hint is int:
-        if isinstance(value, float) and value.is_integer():  # 1.5e+9 parameters, written as a float
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        return value
-    if hint in (str, bool) and not isinstance(value, hint):
-        raise bad()
-    return value
+def _config_error(message: str) -> ConfigError:
+    return ConfigError(f"{message}: fix it in the config")
 
 
 def load_config(path: str | Path) -> ProfileConfig:
@@ -544,5 +495,5 @@ def load_config(path: str | Path) -> ProfileConfig:
     raw.setdefault("name", path.stem)
     if "base_dir" in raw:
         raise ConfigError(f"{path}: 'base_dir' is set by the loader, not in the file")
-    cfg = _build(ProfileConfig, raw, str(path))
+    cfg = build_section(ProfileConfig, raw, str(path))
     return dataclasses.replace(cfg, base_dir=str(path.resolve().parent)).check()

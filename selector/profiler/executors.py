@@ -2,7 +2,8 @@
 
 A shard job is one (stage, shard) pair: a pool shard (N_pool rollouts per prompt) or a tree
 shard (beam search / DVTS runs). Both executors compute a job's rows with the same function
-(``STAGES[stage].rows``: ``pool.pool_shard_rows`` / ``evaluate.tree_shard_rows``), so their
+(``STAGES[stage].rows``: ``pool.pool_shard_rows`` / ``outcomes.tree_shard_rows``) and write it
+with the same ``STAGES[stage].write``, so their
 tables are identical. Pool shards are dispatched first, then tree shards.
 
 With Ray, each actor builds the policy and PRM from the config's specs once, then runs shard
@@ -29,8 +30,8 @@ import pandas as pd
 from ..backends.base import PRM, Policy
 from ..errors import EngineError, InputError
 from .config import ExecutorConfig, ProfileConfig
-from .outcomes import run_tree_shards, tree_checkpoint, tree_configs, tree_shard_rows, write_tree_shard
-from .pool import Shard, done_shard_indices, generate_pool, pool_shard_rows, write_pool_shard
+from .outcomes import tree_checkpoint, tree_configs, tree_shard_rows, write_tree_shard
+from .pool import Shard, done_shard_indices, pool_shard_rows, write_pool_shard
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,17 @@ def pending_jobs(cfg: ProfileConfig, shards: list[Shard], table_dir: Path) -> li
     if tree_configs(cfg):
         jobs += [ShardJob("tree", s) for s in shards if not tree_checkpoint(table_dir, s.index).exists()]
     return jobs
+
+
+def stage_bars(cfg: ProfileConfig, shards: list[Shard], jobs: list[ShardJob],
+               progress: Callable | None) -> tuple[list[str], dict[str, Any]]:
+    """The stages this config runs and one progress bar per stage (shards on disk counted as
+    done); no bars without ``progress``."""
+    stages = [s for s in STAGES if s == "pool" or tree_configs(cfg)]
+    todo = {s: sum(j.stage == s for j in jobs) for s in stages}
+    bars = {s: progress(total=len(shards), initial=len(shards) - todo[s], desc=STAGES[s].desc, unit="shard")
+            for s in stages} if progress else {}
+    return stages, bars
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,8 @@ def build_engines(policy_spec: str, prm_spec: str) -> tuple[Policy, PRM | None]:
 
 
 class LocalExecutor:
-    """Today's behaviour: every shard in this process, one after the other."""
+    """Every shard job in this process, one after the other, through the same :data:`STAGES`
+    as the Ray executor's actors."""
 
     kind = "local"
 
@@ -135,11 +148,19 @@ class LocalExecutor:
     def run(self, cfg, shards, table_dir, metadata, progress):
         t0, c0 = time.perf_counter(), time.process_time()
         jobs = pending_jobs(cfg, shards, table_dir)
-        total = len(shards) * (2 if tree_configs(cfg) else 1)
-        generate_pool(cfg, shards, table_dir, self.policy, self.prm, metadata, progress)
-        run_tree_shards(cfg, shards, table_dir, self.policy, self.prm, metadata, progress)
-        return ExecutorReport("local", 1, len(jobs), total - len(jobs), 0, time.perf_counter() - t0,
-                              time.process_time() - c0)
+        stages, bars = stage_bars(cfg, shards, jobs, progress)
+        try:
+            for job in jobs:
+                stage = STAGES[job.stage]
+                rows, stats = stage.rows(cfg, job.shard, self.policy, self.prm)
+                stage.write(table_dir, job.shard.index, rows, metadata, stats)
+                if job.stage in bars:
+                    bars[job.stage].update(1)
+        finally:
+            for bar in bars.values():
+                bar.close()
+        return ExecutorReport("local", 1, len(jobs), len(shards) * len(stages) - len(jobs), 0,
+                              time.perf_counter() - t0, time.process_time() - c0)
 
     def close(self) -> None:
         pass
@@ -268,11 +289,7 @@ class RayExecutor:
         ray = _ray()
         t0, c0 = time.perf_counter(), time.process_time()
         jobs = pending_jobs(cfg, shards, table_dir)
-        stages = [s for s in STAGES if s == "pool" or tree_configs(cfg)]
-        todo = {s: sum(j.stage == s for j in jobs) for s in stages}
-        bars = {
-            s: progress(total=len(shards), initial=len(shards) - todo[s], desc=STAGES[s].desc, unit="shard")
-            for s in stages} if progress else {}
+        stages, bars = stage_bars(cfg, shards, jobs, progress)
         queue = list(reversed(jobs))
         in_flight: dict[Any, tuple[int, ShardJob]] = {}
 

@@ -11,6 +11,7 @@ drops their records: retrain them).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ..tables import atomic_write_text
-from .config import ConfigError, ProfileConfig
+from .config import ConfigError, ProfileConfig, build_section
 
 MANIFEST = Path("state") / "manifest.json"
 KEPT_KEYS = ("estimators",)
@@ -125,12 +126,29 @@ def profiled_settings(out_dir: str | Path):
     """The binning and select settings a table was profiled with (its manifest's config), for
     re-selecting its cells without generating (learning curves, re-pricing)."""
     from ..errors import InputError
-    from .config import BinningConfig, SelectConfig, _build
+    from .config import BinningConfig, SelectConfig, build_section
 
-    raw = read_manifest(out_dir).get("config", {})
+    from ..tables import TableDir
+
+    raw = TableDir(out_dir).config  # the one checked read of a table's manifest (selector/table_checks.py)
     if not raw:
         raise InputError(f"{out_dir}: no state/manifest.json recording the profile config; re-selecting a table's "
                          "cells needs its binning and select settings")
     where = f"{Path(out_dir) / MANIFEST}"
-    return (_build(BinningConfig, raw.get("binning", {}), f"{where} binning"),
-            _build(SelectConfig, raw.get("select", {}), f"{where} select"))
+    return (build_section(BinningConfig, raw.get("binning", {}), f"{where} binning"),
+            build_section(SelectConfig, raw.get("select", {}), f"{where} select"))
+
+
+def config_from_manifest(out_dir: str | Path) -> ProfileConfig:
+    """The validated profile config a table directory's manifest records."""
+    out_dir = Path(out_dir)
+    path = out_dir / MANIFEST
+    manifest = read_manifest(out_dir)
+    if not manifest:
+        raise ConfigError(f"{out_dir}: no {MANIFEST} (or an empty one); is this a profile output directory? Merge the "
+                          "directories `tts-selector profile --shard i/k` wrote")
+    if not isinstance(manifest.get("config"), dict) or not isinstance(manifest.get("base_dir"), str):
+        raise ConfigError(f"{path}: the manifest needs a 'config' object and a 'base_dir' string: restore it, or "
+                          "re-run that --shard slice into a new --out")
+    cfg = build_section(ProfileConfig, manifest["config"], str(path))
+    return dataclasses.replace(cfg, base_dir=manifest["base_dir"]).check()

@@ -183,29 +183,6 @@ def tree_checkpoint(table_dir: Path, shard_index: int) -> Path:
     return table_dir / "state" / f"tree-shard-{shard_index:05d}.parquet"
 
 
-def run_tree_shards(
-    cfg: ProfileConfig, shards: list[Shard], table_dir: Path, policy: Policy, prm: PRM | None,
-    metadata: dict, progress: Callable | None = None,
-) -> None:
-    """Run the tree strategies (beam search, DVTS, particle filtering) for real on every shard
-    without a checkpoint yet.
-
-    Raw rows are one per (prompt, configuration, seed); all configurations and seeds of a
-    shard go to the backend together, so each round is one large batch.
-    """
-    if not tree_configs(cfg):
-        return
-    todo = [s for s in shards if not tree_checkpoint(table_dir, s.index).exists()]
-    bar = progress(total=len(shards), initial=len(shards) - len(todo), desc="beam search / DVTS", unit="shard") if progress else None
-    for shard in todo:
-        rows, stats = tree_shard_rows(cfg, shard, policy, prm)
-        write_tree_shard(table_dir, shard.index, rows, metadata, stats)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-
-
 def tree_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM | None) -> tuple[pd.DataFrame, dict]:
     """One shard's raw tree runs (one row per prompt, configuration and seed) and its stats
     (``seconds`` it took, of which ``policy_seconds`` / ``prm_seconds`` inside engine calls).

@@ -55,28 +55,6 @@ def done_shard_indices(table_dir: Path) -> set[int]:
     return {int(p.stem.split("-")[1]) for p in rollout_shards(table_dir)}
 
 
-def generate_pool(
-    cfg: ProfileConfig,
-    shards: list[Shard],
-    table_dir: Path,
-    policy: Policy,
-    prm: PRM | None,
-    metadata: dict,
-    progress: Callable | None = None,
-) -> None:
-    """Generate and write every shard in ``shards`` that has no file yet."""
-    done = done_shard_indices(table_dir)
-    todo = [s for s in shards if s.index not in done]
-    bar = progress(total=len(shards), initial=len(shards) - len(todo), desc="pool", unit="shard") if progress else None
-    for shard in todo:
-        rows, stats = pool_shard_rows(cfg, shard, policy, prm)
-        write_pool_shard(table_dir, shard.index, rows, metadata, stats)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-
-
 def pool_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM | None) -> tuple[pd.DataFrame, dict]:
     """One pool shard's rollout rows (difficulty + evaluation samples per prompt) and its stats
     (``seconds`` it took, of which ``policy_seconds`` / ``prm_seconds`` inside engine calls, and
