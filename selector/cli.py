@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -78,16 +79,39 @@ def _question(args: argparse.Namespace) -> str:
     return read_question(args.question, args.prompt_file)
 
 
+def _strategy_flags() -> dict[str, tuple[str, type, str]]:
+    """Every registered strategy's hyperparameters as solve flags, derived from their dataclass
+    fields (:func:`selector.search.base.parameter`): field name -> (flag, type, help). A field
+    several strategies share is one flag; its help names the strategies."""
+    import typing
+
+    from .search import STRATEGIES
+
+    flags: dict[str, tuple[str, type, str]] = {}
+    users: dict[str, list[str]] = {}
+    for name, cls in STRATEGIES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "n":
+                continue
+            users.setdefault(f.name, []).append(name)
+            if f.name not in flags:
+                kind = hints[f.name] if hints[f.name] in (int, float, str) else str
+                flag = f.metadata.get("flag") or f.name.replace("_", "-")
+                flags[f.name] = (flag, kind, f.metadata.get("help", ""))
+    # A help that does not already name its strategy ends with the strategies that take the flag.
+    return {k: (flag, kind, help if help.split(" ")[0].rstrip(":") in users[k] else f"{help} ({', '.join(users[k])})")
+            for k, (flag, kind, help) in flags.items()}
+
+
 def _build_strategy(args: argparse.Namespace):
     from .search import make_strategy
 
     params = {"n": args.n}
-    for key in ("m", "aggregation", "max_steps", "answer_rule", "window", "rule", "threshold", "vote", "resampling"):
-        value = getattr(args, key)
+    for key in _strategy_flags():
+        value = getattr(args, f"strategy_{key}", None)
         if value is not None:
             params[key] = value
-    if args.pf_temperature is not None:
-        params["temperature"] = args.pf_temperature
     return make_strategy(args.strategy, **params)
 
 
@@ -359,22 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log engine loading, with the model-loading progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .search import STRATEGIES
+
     p = sub.add_parser("solve", help="solve one question with a search strategy")
     _add_question_args(p)
-    p.add_argument("--strategy", default="beam_search",
-                   help="majority | best_of_n | weighted_best_of_n | beam_search | dvts | particle_filtering | adaptive_consistency")
+    p.add_argument("--strategy", default="beam_search", help=" | ".join(STRATEGIES))
     p.add_argument("--n", type=int, default=8, help="budget N: generations per round (default 8)")
-    p.add_argument("--m", type=int, default=None, help="beam width M (beam_search, dvts); N must be a multiple")
-    p.add_argument("--aggregation", default=None, help="step-score aggregation: last | min | prod | mean")
-    p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="max search rounds (tree strategies)")
-    p.add_argument("--answer-rule", dest="answer_rule", default=None, help="final-answer rule of tree strategies: weighted | best | majority")
-    p.add_argument("--window", type=int, default=None, help="adaptive_consistency: samples per window (default 4)")
-    p.add_argument("--rule", default=None, help="adaptive_consistency stop rule: beta (default) | unanimous")
-    p.add_argument("--threshold", type=float, default=None, help="adaptive_consistency: beta rule's posterior threshold (default 0.95)")
-    p.add_argument("--vote", default=None, help="adaptive_consistency final vote: majority (default) | weighted")
-    p.add_argument("--resampling", default=None, help="particle_filtering: multinomial (default) | systematic")
-    p.add_argument("--pf-temperature", dest="pf_temperature", type=float, default=None,
-                   help="particle_filtering: temperature of the PRM likelihood (default 1)")
+    # One flag per strategy hyperparameter, from the strategies' own declarations.
+    for key, (flag, kind, text) in _strategy_flags().items():
+        p.add_argument(f"--{flag}", dest=f"strategy_{key}", metavar=flag.replace("-", "_").upper(), type=kind,
+                       default=None, help=text)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--show", type=int, default=5, help="candidates to print (text mode)")
     p.add_argument("--tables", default=None,

@@ -18,14 +18,24 @@ from typing import Any
 from ..errors import TTSError
 from ..datasets import FAMILIES, LEVELLED, dataset_family
 from ..search.aggregate import AGGREGATIONS
-from ..search.base import STRATEGIES
+from ..search.adaptive_consistency import STOP_RULES, VOTES, AdaptiveConsistency
+from ..search.base import DEFAULT_MAX_STEPS, DEFAULT_TREE_ANSWER_RULE, DEFAULT_WIDTH, STRATEGIES
 from ..typed_values import conform
 
-BEST_OF_N_FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
 _FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-TREE_STRATEGIES = ("beam_search", "dvts", "particle_filtering")  # run live, step by step
-WIDTH_STRATEGIES = ("beam_search", "dvts")  # the tree strategies with a beam width m
-ADAPTIVE = "adaptive_consistency"  # replayed on the pool's samples (selector/profiler/adaptive.py)
+# The one replayed strategy: its grid keys (adaptive_*) are its own (selector/profiler/adaptive.py).
+ADAPTIVE = AdaptiveConsistency.name
+
+
+def of_kind(strategies: tuple[str, ...], *kinds: str) -> tuple[str, ...]:
+    """The ``strategies`` whose declared kind (``StrategyConfig.kind``) is one of ``kinds``:
+    ``pooled`` (scored from the pool), ``replayed`` (replayed on it) or ``live`` (run for real)."""
+    return tuple(s for s in strategies if s in STRATEGIES and STRATEGIES[s].kind in kinds)
+
+
+def with_width(strategies: tuple[str, ...]) -> tuple[str, ...]:
+    """The live ``strategies`` that take a beam width ``m`` (their budgets must be multiples of it)."""
+    return tuple(s for s in of_kind(strategies, "live") if "m" in STRATEGIES[s].takes())
 # Where a prompt's bin comes from: PRM-predicted pass@1 (mean final-step score) or graded
 # pass@1 of its difficulty samples, or the data set's own difficulty label.
 DIFFICULTY_SOURCES = ("predicted", "oracle", "level")
@@ -117,15 +127,15 @@ class PoolConfig:
 
 @dataclass(frozen=True)
 class GridConfig:
-    strategies: tuple[str, ...] = BEST_OF_N_FAMILY + WIDTH_STRATEGIES
+    strategies: tuple[str, ...] = ("majority", "best_of_n", "weighted_best_of_n", "beam_search", "dvts")
     budgets: tuple[int, ...] = (1, 2, 4, 8, 16)
-    tree_budgets: tuple[int, ...] | None = None  # budgets of beam search / DVTS (default: budgets)
-    beam_widths: tuple[int, ...] = (4,)
+    tree_budgets: tuple[int, ...] | None = None  # budgets of the live strategies (default: budgets)
+    beam_widths: tuple[int, ...] = (DEFAULT_WIDTH,)
     aggregations: tuple[str, ...] = ("last",)
-    # Aggregations of the (expensive, live) tree strategies; default: ``aggregations``.
+    # Aggregations of the (expensive) live strategies; default: ``aggregations``.
     tree_aggregations: tuple[str, ...] | None = None
-    max_steps: int = 40
-    answer_rule: str = "weighted"
+    max_steps: int = DEFAULT_MAX_STEPS
+    answer_rule: str = DEFAULT_TREE_ANSWER_RULE
     # Adaptive consistency (one stop rule per table: the rule is not part of a table row's key;
     # the window is its m column, the vote its aggregation column: None = majority vote).
     adaptive_windows: tuple[int, ...] = (4,)
@@ -142,35 +152,36 @@ class GridConfig:
                 raise ConfigError(f"grid.aggregations: unknown aggregation {a!r}; choose from {sorted(AGGREGATIONS)}")
         if not self.budgets or any(b < 1 for b in self.budgets):
             raise ConfigError(f"grid.budgets must be positive integers, got {list(self.budgets)}")
-        too_big = [b for b in self.budgets if b > pool.n and any(s in BEST_OF_N_FAMILY + (ADAPTIVE,) for s in self.strategies)]
+        too_big = [b for b in self.budgets if b > pool.n and of_kind(self.strategies, "pooled", "replayed")]
         if too_big:
             raise ConfigError(
                 f"grid.budgets {too_big} exceed pool.n={pool.n}: the best-of-N family is evaluated from the pool; "
                 f"raise pool.n or drop those budgets"
             )
-        if pool.source == "jsonl" and any(s in TREE_STRATEGIES for s in self.strategies):
+        live = of_kind(self.strategies, "live")
+        if pool.source == "jsonl" and live:
             raise ConfigError(
-                f"imported pools hold whole solutions only: remove {'/'.join(TREE_STRATEGIES)} from grid.strategies "
+                f"imported pools hold whole solutions only: remove {'/'.join(live)} from grid.strategies "
                 "(they need the policy to expand steps)"
             )
         self._check_adaptive()
-        for n in self.tree_budget_list if any(s in WIDTH_STRATEGIES for s in self.strategies) else ():
+        for n in self.tree_budget_list if with_width(self.strategies) else ():
             if not any(n % m == 0 and n >= m for m in self.beam_widths):
                 raise ConfigError(f"tree budget {n} is not a multiple of any beam width {list(self.beam_widths)}")
 
     @property
     def tree_budget_list(self) -> tuple[int, ...]:
-        if not any(s in TREE_STRATEGIES for s in self.strategies):
+        """Budgets of the live strategies: ``tree_budgets``, else the budgets that a beam width
+        divides (any budget when no live strategy takes a width)."""
+        if not of_kind(self.strategies, "live"):
             return ()
         if self.tree_budgets is not None:
             return self.tree_budgets
-        if not any(s in WIDTH_STRATEGIES for s in self.strategies):
-            return self.budgets  # particle filtering alone takes any budget
+        if not with_width(self.strategies):
+            return self.budgets  # e.g. particle filtering alone takes any budget
         return tuple(b for b in self.budgets if any(b % m == 0 and b >= m for m in self.beam_widths))
 
     def _check_adaptive(self) -> None:
-        from ..search.adaptive_consistency import STOP_RULES, VOTES
-
         if ADAPTIVE not in self.strategies:
             return
         if not self.adaptive_windows or any(not isinstance(w, int) or w < 1 for w in self.adaptive_windows):
@@ -389,7 +400,8 @@ class ProfileConfig:
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         self._check_sampling()
-        if self.pool.source == "generate" and self.prm == "none" and self.grid.strategies != ("majority",):
+        if self.pool.source == "generate" and self.prm == "none" and not all(
+                STRATEGIES[s].kind == "pooled" and STRATEGIES[s].answer_rule == "majority" for s in self.grid.strategies):
             raise ConfigError("prm is 'none': only the 'majority' strategy can be profiled without a PRM")
         return self
 

@@ -7,7 +7,8 @@ n-subsets drawn without replacement (all subsets when there are no more than
 configuration. Voting follows ``search/aggregate.select_answer`` exactly: a subset's members
 are taken in pool order, candidates without an answer take no part, and ties go to the answer
 seen first; ``tests/test_profile.py`` checks the vectorized code against it. Beam search,
-DVTS and particle filtering (M = None) are run for real at each (N, M, aggregation, seed),
+DVTS, particle filtering (M = None) and any other strategy of kind ``live`` are run for real
+at each (N, M, aggregation, seed),
 batched across the shard's prompts,
 with each shard's rows checkpointed so a resumed profile does not run them again.
 """
@@ -26,11 +27,11 @@ from ..backends.base import PRM, Policy
 from ..cost_model import CostModel
 from ..grading import is_equivalent
 from ..search.aggregate import AGGREGATIONS
-from ..search.base import make_strategy
+from ..search.base import STRATEGIES
 from ..search.runner import RunStats, run_search
 from ..seeds import derive_seed
 from ..tables import read_table, write_table
-from .config import BEST_OF_N_FAMILY, TREE_STRATEGIES, WIDTH_STRATEGIES, ProfileConfig
+from .config import ProfileConfig, of_kind
 from .pool import Shard, shard_time_metadata
 
 EVAL_COLUMNS = [
@@ -108,11 +109,14 @@ def _best(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def best_of_n_family_rows(
     cfg: ProfileConfig, rollouts: pd.DataFrame, cost_model: CostModel | None = None, progress: Callable | None = None
 ) -> pd.DataFrame:
-    """Expected accuracy and token counts of the best-of-N family at every budget, from the
-    pool, priced by ``cost_model`` (None: unpriced, see :func:`priced`)."""
+    """Expected accuracy and token counts of the pooled strategies (the best-of-N family: every
+    strategy of kind ``pooled``, voted by its declared ``answer_rule``: majority, best or
+    weighted) at every budget, from the pool, priced by ``cost_model`` (None: unpriced, see
+    :func:`priced`)."""
     grid = cfg.grid
     budgets = sorted(b for b in grid.budgets if b <= cfg.pool.n)
-    family = [s for s in grid.strategies if s in BEST_OF_N_FAMILY]
+    family = of_kind(grid.strategies, "pooled")
+    rules = {s: STRATEGIES[s].answer_rule for s in family}
     if not family:
         return pd.DataFrame(columns=EVAL_COLUMNS)
     out: list[dict] = []
@@ -127,7 +131,7 @@ def best_of_n_family_rows(
             if k is not None:
                 correct_of[key_ids[k]] = bool(c)
         agg = {a: np.array([AGGREGATIONS[a](s) for s in pool["step_scores"]]) for a in grid.aggregations} if any(
-            s != "majority" for s in family) else {}
+            rule != "majority" for rule in rules.values()) else {}
         size = len(pool)
         mean_gen = float(pool["tokens"].mean())
         mean_prm = float(pool["prm_tokens"].mean())
@@ -137,15 +141,16 @@ def best_of_n_family_rows(
             sub_ids = ids[idx]
             ones = np.ones(sub_ids.shape)
             for strategy in family:
-                for aggregation in ([None] if strategy == "majority" else grid.aggregations):
-                    if strategy == "majority":
+                rule = rules[strategy]
+                for aggregation in ([None] if rule == "majority" else grid.aggregations):
+                    if rule == "majority":
                         winner = _vote(sub_ids, ones, len(key_ids) or 1)
-                    elif strategy == "best_of_n":
+                    elif rule == "best":
                         winner = _best(sub_ids, agg[aggregation][idx])
                     else:
                         winner = _vote(sub_ids, agg[aggregation][idx], len(key_ids) or 1)
                     hits = np.where(winner >= 0, correct_of[np.maximum(winner, 0)], False)
-                    prm_tokens = 0.0 if strategy == "majority" else n * mean_prm
+                    prm_tokens = 0.0 if rule == "majority" else n * mean_prm  # a majority vote reads no PRM
                     out.append({
                         "prompt_id": prompt_id, "strategy": strategy, "n": n, "m": None, "aggregation": aggregation,
                         "budget": n, "accuracy": float(hits.mean()), "accuracy_std": float(hits.std()),
@@ -162,20 +167,22 @@ def best_of_n_family_rows(
 
 
 def tree_configs(cfg: ProfileConfig) -> list:
-    """Every (strategy, N, M, aggregation) of the live tree strategies in the grid, as configs
-    (M is None for particle filtering)."""
+    """Every (strategy, N, M, aggregation) of the live strategies in the grid, as configs: M
+    over the grid's beam widths for a strategy that takes one (None otherwise, e.g. particle
+    filtering), the aggregations for one that takes an aggregation, and the grid's
+    ``max_steps`` and ``answer_rule`` where the strategy takes them."""
     grid = cfg.grid
+    settings = {"max_steps": grid.max_steps, "answer_rule": grid.answer_rule}
     out = []
-    for strategy in (s for s in grid.strategies if s in TREE_STRATEGIES):
+    for strategy in of_kind(grid.strategies, "live"):
+        cls = STRATEGIES[strategy]
         for n in grid.tree_budget_list:
-            # Particle filtering has no beam width: one configuration per budget and aggregation.
-            for m in grid.beam_widths if strategy in WIDTH_STRATEGIES else (None,):
+            for m in grid.beam_widths if "m" in cls.takes() else (None,):
                 if m is not None and (n % m or n < m):
                     continue
-                width = {} if m is None else {"m": m}
-                for aggregation in grid.tree_aggregations or grid.aggregations:
-                    out.append(make_strategy(strategy, n=n, **width, aggregation=aggregation,
-                                             max_steps=grid.max_steps, answer_rule=grid.answer_rule))
+                aggregations = (grid.tree_aggregations or grid.aggregations) if "aggregation" in cls.takes() else (None,)
+                for aggregation in aggregations:
+                    out.append(cls.from_table_row(n, m, aggregation, settings))
     return out
 
 
@@ -200,7 +207,7 @@ def tree_shard_rows(cfg: ProfileConfig, shard: Shard, policy: Policy, prm: PRM |
             c = r.cost
             rows.append({
                 "prompt_id": problem.id, "strategy": config.name, "n": config.n, "m": config.m,
-                "aggregation": config.aggregation, "seed": seed,
+                "aggregation": config.params()["aggregation"], "seed": seed,
                 "correct": bool(is_equivalent(r.answer, problem.answer)),
                 "generations": c.generations, "policy_tokens": c.policy_tokens,
                 "policy_generated_tokens": c.policy_generated_tokens,

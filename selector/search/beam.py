@@ -27,7 +27,7 @@ ANSWER_RULE_HELP = "final-answer rule: weighted | best | majority"
 
 @dataclass(frozen=True)
 class _TreeSearch(StrategyConfig):
-    m: int = parameter(DEFAULT_WIDTH, "beam width M (beam_search, dvts); N must be a multiple")
+    m: int = parameter(DEFAULT_WIDTH, "beam width M; N must be a multiple")
     aggregation: str = parameter("last", AGGREGATION_HELP)
     max_steps: int = parameter(DEFAULT_MAX_STEPS, MAX_STEPS_HELP)
     # a field here, a class constant elsewhere
