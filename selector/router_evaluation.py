@@ -224,9 +224,9 @@ def evaluate_router(
         for b in budgets:
             if b not in m.accuracy:
                 continue
-            means = m.accuracy[b][boot].mean(axis=1)
+            low, high = ci95(boot_means(m.accuracy[b], boot))
             rows.append({"method": m.name, "budget": b, "accuracy": float(m.accuracy[b].mean()),
-                         "ci_low": float(np.quantile(means, 0.025)), "ci_high": float(np.quantile(means, 0.975)),
+                         "ci_low": low, "ci_high": high,
                          "mean_generations": float(m.generations[b].mean()), "mean_flops": float(m.flops[b].mean()),
                          "mean_cost": float(m.cost[b].mean()),
                          **({"config": m.configs[b]} if b in m.configs else {})})

@@ -27,3 +27,18 @@ def vllm_python() -> Path:
     if reason is not None:
         pytest.skip(f"vLLM integration skipped: {reason}")
     return python
+
+
+@pytest.fixture(scope="session")
+def sim_table(tmp_path_factory) -> Path:
+    """A simulator table (``test_profile.sim_config``, 40 prompts) with a trained tfidf
+    estimator, profiled once per session for every test that routes on one. Read-only: a
+    test that changes a table copies it first."""
+    from selector.estimators.train import train_on_table
+    from selector.profiler import load_config, run_profile
+    from test_profile import sim_config
+
+    tmp = tmp_path_factory.mktemp("sim-table")
+    run_profile(load_config(sim_config(tmp, prompts=40)), tmp / "table", progress=False)
+    train_on_table(tmp / "table", features="tfidf", folds=3)
+    return tmp / "table"

@@ -15,17 +15,8 @@ from selector.routing import Router, SelectionCells
 from selector.tables import TableDir
 
 from fakes import RecordingPolicy
-from test_profile import sim_config
 
 PRM_SPEC = "sim:separation=2.0,noise=1.0,bias=1.0"
-
-
-@pytest.fixture(scope="module")
-def sim_table(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("router")
-    run_profile(load_config(sim_config(tmp, prompts=40)), tmp / "table", progress=False)
-    train_on_table(tmp / "table", features="tfidf", folds=3)
-    return tmp / "table"
 
 
 def test_load_checks_the_engines_match_the_table(sim_table):

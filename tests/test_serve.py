@@ -13,25 +13,14 @@ import openai
 import pytest
 
 from selector.backends.simulated import SimulatedPolicy, SimulatedPRM, make_questions, problem_for
-from selector.estimators.train import train_on_table
-from selector.profiler import load_config, run_profile
 from selector.routing import Router
 from selector.serve import ServeConfig, make_server
 
 from fakes import RecordingPolicy
-from test_profile import sim_config
 
 
 def sim_prm() -> SimulatedPRM:
     return SimulatedPRM(separation=2.0, noise=1.0, bias=1.0)  # the table's PRM (test_profile.sim_config)
-
-
-@pytest.fixture(scope="session")
-def sim_table(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
-    run_profile(load_config(sim_config(tmp, prompts=40)), tmp / "table", progress=False)
-    train_on_table(tmp / "table", features="tfidf", folds=3)
-    return tmp / "table"
 
 
 class Running:

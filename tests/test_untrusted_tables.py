@@ -24,21 +24,10 @@ import pytest
 
 from selector.backends.registry import package_spec_reason, remote_reason, require_local_spec, require_package_spec
 from selector.errors import InputError
-from selector.estimators.train import train_on_table
-from selector.profiler import load_config, run_profile
 from selector.tables import read_table, write_table
 
-from test_profile import sim_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def table(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("untrusted")
-    run_profile(load_config(sim_config(tmp, prompts=24)), tmp / "table", progress=False)
-    train_on_table(tmp / "table", features="tfidf", folds=2)
-    return tmp / "table"
 
 
 # A class whose deserialisation writes a file (pickle, through __reduce__; also inside a numpy
@@ -73,7 +62,8 @@ def _record_estimator(table_dir: Path, file: str) -> None:
     write_table(df, path, "selection", dict(meta, estimators=dict(meta["estimators"], **{"prompt:tfidf": entry})))
 
 
-def test_a_hostile_table_neither_runs_code_nor_sends_prompts(table, tmp_path):
+def test_a_hostile_table_neither_runs_code_nor_sends_prompts(sim_table, tmp_path):
+    table = sim_table
     (tmp_path / "bombmod.py").write_text(BOMB)
     sys.path.insert(0, str(tmp_path))
     try:

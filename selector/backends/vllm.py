@@ -308,6 +308,11 @@ class VLLMPolicy:
         return self._engine.load_info
 
     @property
+    def llm(self) -> Any:
+        """The ``vllm.LLM`` engine (built if needed)."""
+        return self.load()._engine.llm
+
+    @property
     def model_dir(self) -> Path:
         """The directory vLLM loads: the model directory, or the GGUF file's safetensors
         conversion (converted on first access if it is not cached yet)."""
@@ -338,11 +343,6 @@ class VLLMPolicy:
             self.tokenizer  # noqa: B018 - load it first, outside the engine lock
             self._engine.start(vllm, kwargs, f"policy {self.id}")
         return self
-
-    @property
-    def llm(self) -> Any:
-        """The ``vllm.LLM`` engine (built if needed)."""
-        return self.load()._engine.llm
 
     @property
     def num_parameters(self) -> int:
