@@ -49,7 +49,7 @@ def main() -> None:
         t0 = time.perf_counter()
         grading.answer_keys([p for p, _ in pairs])
         print(f"answer_keys, cold, one batch:       {(time.perf_counter() - t0) * 1e3 / len(pairs):.2f} ms/answer")
-        pool = grading._pool()
+        pool = grading.grader_pool()
         n = 300
         grading.answer_key("y")
         t0 = time.perf_counter()

@@ -24,6 +24,6 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 tts-selector merge "$OUT-part0" "$OUT-part1" --out "$OUT"
 tts-selector train-estimator "$OUT" --features tfidf minilm
-tts-selector evaluate --tables "$OUT"
-tts-selector evaluate --tables "$OUT" --learning-curve --quiet
+tts-selector evaluate --tables "$OUT" --save
+tts-selector evaluate --tables "$OUT" --learning-curve --quiet --save
 tts-selector inspect "$OUT" --plot "$OUT-plots/table.png"

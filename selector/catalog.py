@@ -122,7 +122,7 @@ class CatalogEntry:
         path = Path(path)
         table = TableDir(path)
         meta = table.metadata
-        cells = table._get("selection")[["estimator", "bin", "budget", "n_prompts"]]  # checked values (table_checks)
+        cells = table.all_selections()[["estimator", "bin", "budget", "n_prompts"]]  # checked values (table_checks)
         config = table.config
         params = meta.get("policy_params")
         default = cells[cells["estimator"] == meta.get("default_selection")]

@@ -166,7 +166,8 @@ def _cmd_route(args: argparse.Namespace) -> int:
         print(strict_json.dumps(decision.to_dict(), indent=2))
     else:
         where = (f"no bin ({decision.estimator})" if decision.bin is None else
-                 f"bin {decision.bin} (p={decision.bin_proba.get(decision.bin, 0):.2f}, by {decision.estimator})")
+                 f"bin {decision.bin} (chosen by {decision.estimator}, its probability for this bin "
+                 f"{decision.confidence:.2f})")
         print(f"{where} -> {_strategy_text(decision.strategy)} at budget {decision.budget}: {decision.expectation()}")
         print(f"source: {decision.source}")
         if decision.fallback:
@@ -227,7 +228,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         f"{c.policy_generated_tokens} generated policy tokens, {c.prm_tokens} PRM tokens, "
         f"{c.flops:.3g} FLOPs, {c.seconds:.2f} s"
     )
-    print(f"candidates:  {len(result.candidates)}")
+    shown = min(len(result.candidates), args.show)
+    print(f"candidates:  {len(result.candidates)}" + (f" (showing {shown}; --show N for more)"
+                                                     if shown < len(result.candidates) else ""))
     for cand in result.candidates[: args.show]:
         score = f"{cand.step_scores[-1]:.3f}" if cand.step_scores else "-"
         print(f"  [{cand.answer_key!s:>8}] last-step score {score}: {cand.text.strip()!r}")
@@ -319,26 +322,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     _check_table(args.tables)
     _check_out(args.out, "--out")
+    if args.out is not None and args.save:
+        from .errors import InputError
+
+        raise InputError("give --out PATH or --save (beside the table), not both")
     if args.learning_curve:
         from .learning_curve import learning_curve, learning_curve_path
 
         progress = None if (args.json or args.quiet) else __import__("tqdm.auto", fromlist=["tqdm"]).tqdm
         report = learning_curve(args.tables, sizes=args.sizes, draws=args.draws, split=args.split, router=args.router,
                                 bootstrap=args.bootstrap, progress=progress)
-        out = Path(args.out) if args.out else learning_curve_path(args.tables, args.split)
+        beside = learning_curve_path(args.tables, args.split)
     else:
         from .router_evaluation import evaluate_router
 
         report = evaluate_router(args.tables, split=args.split, estimators=args.estimators, bootstrap=args.bootstrap,
                                  router=args.router, prefix_cache=args.prefix_cache)
-        out = Path(args.out) if args.out else Path(args.tables) / f"evaluation-{args.split}.json"
-    atomic_write_text(out, report.to_json())
+        beside = Path(args.tables) / f"evaluation-{args.split}.json"
+    # A report command writes only where it is asked to (a shipped table is part of the repo).
+    out = Path(args.out) if args.out else (beside if args.save else None)
+    if out is not None:
+        atomic_write_text(out, report.to_json())
     if args.json:  # stdout is the one JSON object, nothing else (`evaluate --json | jq`)
         print(report.to_json())
-        print(f"written {out}", file=sys.stderr)
+        if out is not None:
+            print(f"written {out}", file=sys.stderr)
         return 0
     print(report.render())
-    print(f"written {out}")
+    print(f"written {out}" if out is not None else
+          f"not written (--save writes it beside the table as {beside.name}, where inspect and the notebooks read it; "
+          "--out PATH elsewhere)")
     return 0
 
 
@@ -443,13 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="router estimators to compare (default: every trained prompt estimator and pilot:4)")
     p.add_argument("--bootstrap", type=_whole(10, 1_000_000, "--bootstrap"), default=1000,
                    help="bootstrap resamples of the confidence intervals (10 to 1000000; default 1000)")
-    p.add_argument("--out", default=None, help="JSON report path (default <tables>/evaluation-<split>.json)")
+    p.add_argument("--out", default=None, help="write the JSON report to this path (default: write nothing)")
+    p.add_argument("--save", action="store_true",
+                   help="write the JSON report beside the table (<tables>/evaluation-<split>.json, or "
+                        "learning-curve-<split>.json), where inspect and the notebooks read it")
     p.add_argument("--router", default=None,
                    help="the declared router of the headline figures (default: the table's declared_router)")
     p.add_argument("--json", action="store_true", help="print the JSON report (only) to stdout")
     p.add_argument("--learning-curve", action="store_true",
                    help="held-out accuracy vs number of profiling prompts: subsample them, re-select, score on the "
-                        "same split (no generation); writes <tables>/learning-curve-<split>.json unless --out")
+                        "same split (no generation)")
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="--learning-curve: profiling-prompt counts (default 50 100 200 300, and always all)")
     p.add_argument("--draws", type=int, default=5, help="--learning-curve: random subsets per size (default 5)")

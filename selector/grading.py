@@ -398,7 +398,8 @@ _POOL_LOCK = threading.Lock()
 _INT = re.compile(r"-?\d{1,60}")
 
 
-def _pool() -> GraderPool:
+def grader_pool() -> GraderPool:
+    """The process's grading worker pool (started on first use), shared by every grading call."""
     global _POOL
     if _POOL is None:
         with _POOL_LOCK:
@@ -408,7 +409,7 @@ def _pool() -> GraderPool:
 
 
 def _run(op: str, items: list[tuple]) -> list[tuple[str, Any]]:
-    pool = _pool()
+    pool = grader_pool()
     out = pool.run(op, items, timeout_s=GRADE_TIMEOUT_S)
     if pool.broken is None:
         return out

@@ -307,7 +307,13 @@ def selection_heatmap(table: TableLike, *, budget: int | None = None, few_prompt
     meta = t.metadata
     fig.suptitle(_wrap(f"Selected configuration per difficulty bin and budget\n{_table_title(meta)}", max(width, 6.0), 12),
                  fontsize=12)
-    _note_below(ax, _wrap(_heatmap_note([meta], few_prompts), max(width, 6.0), 8))
+    note = _heatmap_note([meta], few_prompts)
+    others = [e for e in t.selection_estimators() if e != meta.get("default_selection")]
+    if others and not meta.get("prior"):
+        # The router routes by its estimator's bins, not these: say so where the cells are shown.
+        note += (f"\n(cells chosen on the table's own bins, {meta.get('default_selection')}; a router with an "
+                 f"estimator ({', '.join(others)}) uses the cells chosen on that estimator's bins)")
+    _note_below(ax, _wrap(note, max(width, 6.0), 8))
     _strategy_legend(fig, strategies)
     return fig
 

@@ -599,6 +599,10 @@ class TableDir:
         """The estimators this table has a selection for."""
         return sorted(self._get("selection")["estimator"].unique())
 
+    def all_selections(self) -> pd.DataFrame:
+        """Every router's selection rows (column ``estimator`` names the router), checked."""
+        return self._get("selection")
+
     def evaluations(self) -> pd.DataFrame:
         """The evaluations table."""
         return self._get("evaluations")

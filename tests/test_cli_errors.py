@@ -238,7 +238,7 @@ def test_a_full_or_read_only_disk_exits_2_naming_the_path(tmp_path, monkeypatch,
     monkeypatch.setattr(os, "open", fake_open)
     monkeypatch.setattr(os, "mkdir", fake_mkdir)
     runs = [["profile", str(config), "--quiet", "--out", str(out)],
-            ["evaluate", "--tables", str(table), "--bootstrap", "20"],
+            ["evaluate", "--tables", str(table), "--bootstrap", "20", "--save"],
             ["train-estimator", str(table), "--folds", "2", "--quiet"]]
     for argv in runs:
         assert main(argv) == 2, argv

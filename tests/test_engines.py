@@ -69,6 +69,18 @@ def test_arith_check_parsing_rules():
     assert ArithCheckPRM.num_parameters == 0
 
 
+@pytest.mark.parametrize("step, verdict", [
+    ("7 + 7 equals 28", "false"), ("7 + 7 equals 14", "true"), ("7 + 7 is 28.", "false"),
+    ("(3 + 4) is equal to 7\n", "true"), ("7 + 7 Equals 14!", "true"), ("3 * 4 makes 12, so", "true"),
+    ("12 + 2 gives 15.", "false"), ("6 / 2 yields 3;", "true"), ("9 - 4 results in 6", "false"),
+    # not equations: nothing to judge
+    ("The answer is 42.", "none"), ("12 is 3 times 4.", "none"), ("Question 3 is 7.", "none"),
+])
+def test_arith_check_reads_equations_stated_in_words(step, verdict):
+    (score,) = scores(step)
+    assert {"false": score <= 0.2, "true": score > 0.5, "none": score == 0.5}[verdict], score
+
+
 # --- simulator ----------------------------------------------------------------------------------
 
 def test_simulator_pass_at_1_matches_latent_difficulty():

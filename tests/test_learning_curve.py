@@ -109,7 +109,7 @@ def test_cli_writes_the_report_beside_a_table_and_inspect_shows_and_plots_it(tmp
     table = tmp_path / "demo"
     shutil.copytree(DEMO, table)
     cmd = [sys.executable, "-m", "selector.cli", "evaluate", "--tables", str(table), "--learning-curve",
-           "--sizes", "20", "--draws", "2", "--bootstrap", "200", "--json"]
+           "--sizes", "20", "--draws", "2", "--bootstrap", "200", "--json", "--save"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)  # stdout is the one JSON object

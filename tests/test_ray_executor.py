@@ -28,7 +28,7 @@ from selector.profiler.config import ConfigError, ExecutorConfig
 from selector.profiler.outcomes import read_tree_runs
 from selector.tables import TableDir, read_rollouts, rollout_shards
 
-ray = pytest.importorskip("ray")
+ray = pytest.importorskip("ray", reason="the Ray executor tests need Ray: pip install -e '.[ray]' (CI installs it)")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "sim-small.yaml"

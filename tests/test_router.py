@@ -1,6 +1,7 @@
 """The online router on a simulator table: decisions, fallbacks, pilot reuse, batching, threads."""
 from __future__ import annotations
 
+import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -131,8 +132,6 @@ def test_tampered_estimator_is_refused_at_load(sim_table, tmp_path):
 
 
 def test_evaluate_scores_routers_and_fixed_strategies_on_held_out_prompts(sim_table, tmp_path, capsys):
-    import json
-
     from selector.cli import main as cli_main
     from selector.router_evaluation import evaluate_router
 
@@ -195,6 +194,21 @@ def test_evaluate_scores_routers_and_fixed_strategies_on_held_out_prompts(sim_ta
     assert cli_main(["evaluate", "--tables", str(sim_table), "--out", str(out), "--bootstrap", "100", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON object
     assert printed["efficiency"].keys() >= {"ratio_ci"} and "margin_ci" in printed["versus_fixed"][0]
+
+
+def test_evaluate_writes_into_a_table_only_when_asked(sim_table, tmp_path, capsys):
+    from selector.cli import main as cli_main
+
+    table = tmp_path / "copy"
+    shutil.copytree(sim_table, table)
+    before = sorted(p.name for p in table.iterdir())
+    assert cli_main(["evaluate", "--tables", str(table), "--bootstrap", "50"]) == 0
+    assert "not written (--save writes it beside the table" in capsys.readouterr().out
+    assert sorted(p.name for p in table.iterdir()) == before  # a report command left the table alone
+    assert cli_main(["evaluate", "--tables", str(table), "--bootstrap", "50", "--save"]) == 0
+    assert f"written {table / 'evaluation-heldout.json'}" in capsys.readouterr().out
+    assert json.loads((table / "evaluation-heldout.json").read_text())["n_prompts"] == 10
+    assert cli_main(["evaluate", "--tables", str(table), "--save", "--out", str(tmp_path / "e.json")]) == 2
 
 
 @pytest.mark.slow

@@ -2,7 +2,9 @@
 
 It never sees the reference answer. For each step it finds the equations the step states
 (``17 + 25 = 42``, chains such as ``3 * 4 = 12 + 2 = 14``, LaTeX ``\\times``/``\\cdot``/
-``\\div``/``\\frac``), evaluates every side exactly with fractions, and checks the final
+``\\div``/``\\frac``, and equations in words: ``7 + 7 equals 14``, ``is equal to``, ``makes``,
+``gives``, ``yields``, ``results in``, and ``is`` after an expression with an operator, each
+only when the right side ends the clause), evaluates every side exactly with fractions, and checks the final
 ``\\boxed{}`` answer against the last result the solution derived. The score of step ``k``
 describes the *prefix* ``1..k`` (as trained PRMs do):
 
@@ -34,6 +36,13 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 # A run of arithmetic characters containing at least one '='.
 _CHAIN = re.compile(r"[0-9.+\-*/^()\s]*=[0-9.+\-*/^()\s=]*")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\{([^{}]*)\}")
+# An equation in words: an arithmetic left side, a verb meaning '=', a number or expression
+# that ends the clause ("7 + 7 equals 14.", "3 * 4 is 12,"); "12 is 3 times 4" is not one.
+_WORD_EQUALS = re.compile(
+    r"(?P<left>[0-9.()][0-9.+\-*/^()\s]*?)\s+"
+    r"(?P<word>(?i:is\s+equal\s+to|is\s+equal|equals?|equal\s+to|makes|gives|yields|results\s+in|is))\s+"
+    r"(?P<right>[-(.\d][0-9.+\-*/^()\s]*?)(?=\s*(?:[.,;:!?]|$))", re.M)
+_OPERATOR = re.compile(r"[\d)]\s*[-+*/^]\s*[\d(]")
 _MAX_EXPONENT = 64
 
 
@@ -46,7 +55,16 @@ def _normalize(text: str) -> str:
         text = text.replace(old, new)
     text = _FRAC.sub(r"((\1)/(\2))", text)
     text = _TIMES_X.sub("*", text)
-    return _THOUSANDS.sub("", text)
+    text = _THOUSANDS.sub("", text)
+    return _WORD_EQUALS.sub(_word_equation, text)
+
+
+def _word_equation(m: re.Match) -> str:
+    """``left = right`` for an equation stated in words; a bare "is" only after an expression
+    with an operator ("Question 3 is 7." states no arithmetic)."""
+    if m["word"].lower() == "is" and not _OPERATOR.search(m["left"]):
+        return m.group(0)
+    return f"{m['left']} = {m['right']}"
 
 
 class _Parser:

