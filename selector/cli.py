@@ -82,7 +82,7 @@ def _build_strategy(args: argparse.Namespace):
     from .search import make_strategy
 
     params = {"n": args.n}
-    for key in ("m", "aggregation", "max_steps", "answer_rule", "window", "rule", "threshold", "vote", "resampling"):
+    for key in ("m", "aggregation", "max_steps", "answer_rule", "window", "rule", "threshold", "vote", "resampling", "keep"):
         value = getattr(args, key)
         if value is not None:
             params[key] = value
@@ -362,14 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("solve", help="solve one question with a search strategy")
     _add_question_args(p)
     p.add_argument("--strategy", default="beam_search",
-                   help="majority | best_of_n | weighted_best_of_n | beam_search | dvts | particle_filtering | adaptive_consistency")
+                   help="majority | best_of_n | weighted_best_of_n | filtered_vote | beam_search | dvts | particle_filtering | "
+                        "adaptive_consistency | adaptive_confidence")
     p.add_argument("--n", type=int, default=8, help="budget N: generations per round (default 8)")
     p.add_argument("--m", type=int, default=None, help="beam width M (beam_search, dvts); N must be a multiple")
     p.add_argument("--aggregation", default=None, help="step-score aggregation: last | min | prod | mean")
     p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="max search rounds (tree strategies)")
     p.add_argument("--answer-rule", dest="answer_rule", default=None, help="final-answer rule of tree strategies: weighted | best | majority")
     p.add_argument("--window", type=int, default=None, help="adaptive_consistency: samples per window (default 4)")
-    p.add_argument("--rule", default=None, help="adaptive_consistency stop rule: beta (default) | unanimous")
+    p.add_argument("--rule", default=None, help="adaptive_consistency stop rule: beta (default) | unanimous | confidence")
+    p.add_argument("--keep", type=float, default=None, help="filtered_vote: share of samples (highest score first) voted (default 0.5)")
     p.add_argument("--threshold", type=float, default=None, help="adaptive_consistency: beta rule's posterior threshold (default 0.95)")
     p.add_argument("--vote", default=None, help="adaptive_consistency final vote: majority (default) | weighted")
     p.add_argument("--resampling", default=None, help="particle_filtering: multinomial (default) | systematic")

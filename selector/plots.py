@@ -51,10 +51,10 @@ TableLike = Union[TableDir, str, Path]
 # same in every figure and every table.
 _TAB20 = matplotlib.colormaps["tab20"].colors
 _STRATEGY_SLOTS = {"majority": 7, "best_of_n": 0, "weighted_best_of_n": 2, "beam_search": 1, "dvts": 4,
-                   "particle_filtering": 3, "adaptive_consistency": 9}
-_SPARE_SLOTS = (5, 6, 8)
+                   "particle_filtering": 3, "adaptive_consistency": 9, "filtered_vote": 5, "adaptive_confidence": 8}
+_SPARE_SLOTS = (6,)
 _STRATEGY_MARKERS = {"majority": "o", "best_of_n": "s", "weighted_best_of_n": "^", "beam_search": "D", "dvts": "P",
-                     "particle_filtering": "X", "adaptive_consistency": "v"}
+                     "particle_filtering": "X", "adaptive_consistency": "v", "filtered_vote": "<", "adaptive_confidence": ">"}
 _AGG_STYLES = {"last": "-", "min": "--", "prod": ":", "mean": "-."}
 _M_MARKERS = ("o", "s", "^", "D", "v", "P")
 

@@ -233,7 +233,8 @@ class PriorRow(NamedTuple):
 
 # Words for the decision's source text.
 _STRATEGY_WORDS = {"beam_search": "beam search", "dvts": "DVTS", "best_of_n": "best-of-N",
-                   "weighted_best_of_n": "weighted best-of-N", "majority": "majority vote"}
+                   "weighted_best_of_n": "weighted best-of-N", "majority": "majority vote",
+                   "filtered_vote": "confidence-filtered vote"}
 
 
 def _default(strategy: str, name: str) -> Any:
@@ -502,7 +503,8 @@ class Router:
         cells, note = table_cells(table, name)
         grid = config.get("grid", {})
         tree = {"max_steps": grid.get("max_steps", 40), "answer_rule": grid.get("answer_rule", "weighted"),
-                **{k: v for k, v in grid.items() if k in ("adaptive_rule", "adaptive_threshold")}}
+                **{k: v for k, v in grid.items() if k in ("adaptive_rule", "adaptive_threshold")},
+                **({"keep": grid["filter_keep"]} if "filter_keep" in grid else {})}
         recorded = meta.get("policy_params")
         params = None if skip_policy or not recorded else int(recorded)
         source = f"table {table.path}" + (f": {choice.summary}" if choice is not None else "")

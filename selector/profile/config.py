@@ -23,10 +23,14 @@ from ..search.aggregate import AGGREGATIONS
 from ..search.base import STRATEGIES
 
 BEST_OF_N_FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
+# Every strategy scored from the pool's whole solutions by subsets (profile/evaluate.py).
+POOLED_STRATEGIES = BEST_OF_N_FAMILY + ("filtered_vote",)
 _FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 TREE_STRATEGIES = ("beam_search", "dvts", "particle_filtering")  # run live, step by step
 WIDTH_STRATEGIES = ("beam_search", "dvts")  # the tree strategies with a beam width m
 ADAPTIVE = "adaptive_consistency"  # replayed on the pool's samples (selector/profile/adaptive.py)
+ADAPTIVE_CONFIDENCE = "adaptive_confidence"  # the same, stopping on confidence-weighted agreement
+ADAPTIVE_STRATEGIES = (ADAPTIVE, ADAPTIVE_CONFIDENCE)
 # Where a prompt's bin comes from: PRM-predicted pass@1 (mean final-step score) or graded
 # pass@1 of its difficulty samples, or the data set's own difficulty label.
 DIFFICULTY_SOURCES = ("predicted", "oracle", "level")
@@ -133,6 +137,8 @@ class GridConfig:
     adaptive_rule: str = "beta"
     adaptive_threshold: float = 0.95
     adaptive_votes: tuple[str, ...] = ("majority", "weighted")
+    # filtered_vote: the share of the samples (highest aggregated score first) it votes among.
+    filter_keep: float = 0.5
 
     def check(self, pool: PoolConfig) -> None:
         for s in self.strategies:
@@ -143,7 +149,8 @@ class GridConfig:
                 raise ConfigError(f"grid.aggregations: unknown aggregation {a!r}; choose from {sorted(AGGREGATIONS)}")
         if not self.budgets or any(b < 1 for b in self.budgets):
             raise ConfigError(f"grid.budgets must be positive integers, got {list(self.budgets)}")
-        too_big = [b for b in self.budgets if b > pool.n and any(s in BEST_OF_N_FAMILY + (ADAPTIVE,) for s in self.strategies)]
+        too_big = [b for b in self.budgets
+                   if b > pool.n and any(s in POOLED_STRATEGIES + ADAPTIVE_STRATEGIES for s in self.strategies)]
         if too_big:
             raise ConfigError(
                 f"grid.budgets {too_big} exceed pool.n={pool.n}: the best-of-N family is evaluated from the pool; "
@@ -155,6 +162,9 @@ class GridConfig:
                 "(they need the policy to expand steps)"
             )
         self._check_adaptive()
+        if "filtered_vote" in self.strategies and (isinstance(self.filter_keep, bool) or not 0 < self.filter_keep <= 1):
+            raise ConfigError(f"grid.filter_keep is the share of samples filtered_vote votes among, in (0, 1], "
+                              f"got {self.filter_keep!r}")
         for n in self.tree_budget_list if any(s in WIDTH_STRATEGIES for s in self.strategies) else ():
             if not any(n % m == 0 and n >= m for m in self.beam_widths):
                 raise ConfigError(f"tree budget {n} is not a multiple of any beam width {list(self.beam_widths)}")
@@ -172,7 +182,7 @@ class GridConfig:
     def _check_adaptive(self) -> None:
         from ..search.adaptive_consistency import STOP_RULES, VOTES
 
-        if ADAPTIVE not in self.strategies:
+        if not set(ADAPTIVE_STRATEGIES) & set(self.strategies):
             return
         if not self.adaptive_windows or any(not isinstance(w, int) or w < 1 for w in self.adaptive_windows):
             raise ConfigError(f"grid.adaptive_windows must be positive integers (samples per window), got {list(self.adaptive_windows)}")
@@ -186,7 +196,7 @@ class GridConfig:
     @property
     def adaptive_budget_list(self) -> tuple[int, ...]:
         """Budgets (caps) of adaptive consistency: those a window fits in (a smaller one is plain voting)."""
-        if ADAPTIVE not in self.strategies:
+        if not set(ADAPTIVE_STRATEGIES) & set(self.strategies):
             return ()
         return tuple(b for b in self.budgets if b >= min(self.adaptive_windows))
 
@@ -429,9 +439,11 @@ class ProfileConfig:
         tables profiled before the key existed keep their hash)."""
         settings = self.to_dict()
         settings["dataset"].pop("family", None)
-        if ADAPTIVE not in self.grid.strategies:  # unused keys: tables profiled before them keep their hash
+        if not set(ADAPTIVE_STRATEGIES) & set(self.grid.strategies):  # unused keys: older tables keep their hash
             for key in [k for k in settings["grid"] if k.startswith("adaptive_")]:
                 settings["grid"].pop(key)
+        if "filtered_vote" not in self.grid.strategies:  # an unused key: older tables keep their hash
+            settings["grid"].pop("filter_keep")
         settings.pop("cost")  # pricing, not samples (CostConfig)
         # Keys added with the guarded selection, at their defaults: older tables keep their hash.
         for key, default in (("method", "guarded"), ("shrinkage", 20.0), ("repeats", 5)):

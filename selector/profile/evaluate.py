@@ -30,7 +30,8 @@ from ..search.base import make_strategy
 from ..search.runner import RunStats, run_search
 from ..seeds import derive_seed
 from ..tables import read_table, write_table
-from .config import BEST_OF_N_FAMILY, TREE_STRATEGIES, WIDTH_STRATEGIES, ProfileConfig
+from ..search.best_of_n import kept_count
+from .config import POOLED_STRATEGIES, TREE_STRATEGIES, WIDTH_STRATEGIES, ProfileConfig
 from .pool import Shard, shard_time_metadata
 
 EVAL_COLUMNS = [
@@ -98,6 +99,15 @@ def _vote(ids: np.ndarray, weights: np.ndarray, n_keys: int) -> np.ndarray:
     return np.where(valid.any(axis=1), winner, -1)
 
 
+def _top_share(scores: np.ndarray, k: int) -> np.ndarray:
+    """Mask of each row's ``k`` highest scores (ties: the earlier column), as
+    ``search.best_of_n.keep_top`` keeps them."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    mask = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(mask, order[:, :k], True, axis=1)
+    return mask
+
+
 def _best(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Answer id of the highest-scoring answered candidate per row (first on ties), or -1."""
     valid = ids >= 0
@@ -112,7 +122,7 @@ def best_of_n_family_rows(
     pool, priced by ``cost_model`` (None: unpriced, see :func:`priced`)."""
     grid = cfg.grid
     budgets = sorted(b for b in grid.budgets if b <= cfg.pool.n)
-    family = [s for s in grid.strategies if s in BEST_OF_N_FAMILY]
+    family = [s for s in grid.strategies if s in POOLED_STRATEGIES]
     if not family:
         return pd.DataFrame(columns=EVAL_COLUMNS)
     out: list[dict] = []
@@ -142,6 +152,9 @@ def best_of_n_family_rows(
                         winner = _vote(sub_ids, ones, len(key_ids) or 1)
                     elif strategy == "best_of_n":
                         winner = _best(sub_ids, agg[aggregation][idx])
+                    elif strategy == "filtered_vote":
+                        kept = _top_share(agg[aggregation][idx], kept_count(n, grid.filter_keep))
+                        winner = _vote(np.where(kept, sub_ids, -1), agg[aggregation][idx], len(key_ids) or 1)
                     else:
                         winner = _vote(sub_ids, agg[aggregation][idx], len(key_ids) or 1)
                     hits = np.where(winner >= 0, correct_of[np.maximum(winner, 0)], False)
