@@ -155,6 +155,7 @@ def test_an_answer_only_pool_profiles_into_a_valid_table_with_agreement_bins(fix
         records[r["id"]] = (pool[r["id"]]["final"], r["answer"])
     check_majority_and_agreement(table, records, [1, 2, 3, 6])
     assert meta["difficulty"] == "agreement" and meta["default_selection"] == "bins:agreement"
+    assert all(label.startswith("agreement") or "<= agreement" in label for label in meta["bin_labels"].values())
     assert meta["pool_supports"]["strategies"] == ["adaptive_consistency", "majority"]
     assert meta["pool_supports"]["adaptive_votes"] == ["majority"]
     assert meta["pool_tokens"] == {"generated": "the file's field 'ntok'", "prompt": "the file's field 'ptok'"}
