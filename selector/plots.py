@@ -315,7 +315,8 @@ def selection_heatmap(table: TableLike, *, budget: int | None = None, few_prompt
 # ----------------------------------------------------------------------------- difficulty
 
 def _difficulty_column(meta: dict) -> str:
-    return "predicted_pass1" if meta.get("difficulty") == "predicted" else "oracle_pass1"
+    # The value the bins were cut on: agreement tables bin by their modal answer's share.
+    return {"predicted": "predicted_pass1", "agreement": "agreement"}.get(meta.get("difficulty"), "oracle_pass1")
 
 
 def pass1_histogram(table: TableLike, *, split: str | None = "profile", buckets: int | None = None) -> Figure:
@@ -356,8 +357,9 @@ def pass1_histogram(table: TableLike, *, split: str | None = "profile", buckets:
                 bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.8"})
     if edges:
         ax.legend(loc="upper center", fontsize=8.5, frameon=False)
-    kind = "oracle (graded)" if column == "oracle_pass1" else "predicted (PRM)"
-    ax.set_xlabel(f"{kind} pass@1" + (f" (fraction of {n_pool} pooled samples correct)" if column == "oracle_pass1" and n_pool else ""))
+    kind = {"oracle_pass1": "oracle (graded) pass@1", "agreement": "agreement (share of the modal answer)"}.get(
+        column, "predicted (PRM) pass@1")
+    ax.set_xlabel(kind + (f" (fraction of {n_pool} pooled samples correct)" if column == "oracle_pass1" and n_pool else ""))
     ax.set_ylabel("prompts")
     ax.set_xlim(bars[0], bars[-1])
     where = {"profile": "profiling prompts", "heldout": "held-out prompts", None: "prompts"}.get(split, f"{split} prompts")

@@ -41,7 +41,7 @@ from .prompts import check_questions
 from .catalog import CatalogChoice, TableCatalog, format_params, is_catalog, policy_size, rows_for_size, table_family
 from .datasets import dataset_family
 from .errors import InputError
-from .estimators import Estimate, PilotEstimator, load_estimator
+from .estimators import PILOT_ESTIMATORS, Estimate, PilotEstimator, load_estimator
 from .search.base import STRATEGIES, StrategyConfig, make_strategy
 from .search.runner import run_search
 from .tables import TableDir
@@ -485,7 +485,8 @@ class Router:
         def check(policy_engine: Policy, prm_engine: PRM | None) -> None:
             checks = [("policy", policy_engine, meta.get("policy_id")), ("PRM", prm_engine, meta.get("prm_id"))]
             for kind, engine, want in checks[1:] if skip_policy else checks:
-                have = engine.id if engine is not None else None
+                # No engine is the PRM spec "none" (a table profiled without a PRM records that id).
+                have = engine.id if engine is not None else ("none" if kind == "PRM" else None)
                 if have != want:
                     raise ValueError(
                         f"{table_dir} was profiled with {kind} {want!r}, but the {kind} given is {have!r}: "
@@ -722,19 +723,20 @@ def calibration_table(choice: CatalogChoice | None, prm: PRM | None, k: int = 1)
     return None
 
 
-def _pilot_training(table: TableDir, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of the first ``k`` difficulty-sample scores and the graded pass@1 of the evaluation
-    samples of a table's profiling prompts: what a ``k``-sample pilot sees, and what it should
-    predict, measured on samples the pilot's score was not computed from (a sample's score and
-    its correctness are correlated, so a target sharing them would make the fit too steep)."""
+def _pilot_training(table: TableDir, k: int, signal: str = "prm_mean") -> tuple[np.ndarray, np.ndarray]:
+    """The ``k``-sample pilot value of a table's profiling prompts (``signal``: the mean of the
+    first ``k`` difficulty-sample scores, or their answers' agreement) and the graded pass@1 of
+    their evaluation samples: what a ``k``-sample pilot sees, and what it should predict,
+    measured on samples the pilot's value was not computed from (a sample's score and its
+    correctness are correlated, so a target sharing them would make the fit too steep)."""
     prompts = table.prompts()
     prompts = prompts[prompts["split"] == "profile"]
     have = int(table.metadata.get("difficulty_samples", 0))
     if k > have:
         raise ValueError(f"{table.path}: a pilot:{k} needs {k} difficulty samples per prompt, the table has {have}")
-    from .profile.difficulty import pilot_scores
+    from .profile.difficulty import pilot_values
 
-    scores = pilot_scores(prompts["difficulty_scores"], k).to_numpy(dtype=float)
+    scores = pilot_values(prompts, k, signal, table.path / "prompts.parquet").to_numpy(dtype=float)
     return scores, prompts["evaluation_pass1"].to_numpy(dtype=float)
 
 
@@ -783,7 +785,11 @@ def load_table_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, st
         if f"pilot:{k}" not in pilots:
             raise ValueError(f"{table.path}: no pilot:{k} profiled (have {sorted(pilots)}); use one of those, or "
                              f"profile with {k} in select.pilots")
-        scores, oracle = _pilot_training(table, k)
-        est = PilotEstimator(k=k, edges=tuple(pilots[f"pilot:{k}"]["edges"])).fit(scores, oracle)
+        from .profile.difficulty import record_signal
+
+        record = pilots[f"pilot:{k}"]
+        signal = record_signal(record)  # what the table's pilot:k cells were binned by
+        scores, oracle = _pilot_training(table, k, signal)
+        est = PILOT_ESTIMATORS[signal](k=k, edges=tuple(record["edges"])).fit(scores, oracle)
         return est, f"pilot:{k}"
     raise ValueError(f"unknown estimator {estimator!r}: use 'prompt:<features>' or 'pilot:<k>'")

@@ -12,6 +12,10 @@ The pilot rollouts are returned in the estimate for inspection; the router does 
 as samples of the chosen strategy, since samples that decided a prompt's bin would then also
 score it (and the table's cells were measured without such reuse). Their cost is the
 estimate's: ``k`` generations, the prompt once, ``k`` PRM scorings.
+
+Subclasses keep this protocol and change the sampler and the signal (:meth:`sampler`,
+:meth:`pilot_value`): :class:`~selector.estimators.agreement.AgreementPilot` votes instead of
+scoring, for tables without a PRM.
 """
 from __future__ import annotations
 
@@ -24,9 +28,11 @@ from sklearn.isotonic import IsotonicRegression
 from ..backends.base import PRM, Policy, SamplingParams
 from ..binning import assign_bins
 from ..search.aggregate import aggregate
+from ..search.base import StrategyConfig
 from ..search.best_of_n import BestOfN
 from ..search.runner import run_search
 from ..seeds import derive_seed
+from ..types import Candidate
 from .base import Estimate, proba_dict
 
 
@@ -39,6 +45,9 @@ class PilotEstimator(BaseEstimator):
     """
 
     needs_engines: ClassVar[bool] = True  # estimate_batch takes the policy and PRM
+    # What it bins by (a table's pilot record says which: selector.profile.difficulty.PILOT_SIGNALS);
+    # subclasses change the sampler and the signal, nothing else (estimators.PILOT_ESTIMATORS).
+    signal: ClassVar[str] = "prm_mean"
 
     def __init__(self, k: int = 4, edges: Sequence[float] = ()):
         self.k = k
@@ -70,19 +79,25 @@ class PilotEstimator(BaseEstimator):
         proba[np.arange(len(x)), assign_bins(x, self.edges) - 1] = 1.0
         return pass1, proba
 
+    def sampler(self) -> StrategyConfig:
+        """The search that draws the ``k`` pilot samples (here scored by the PRM)."""
+        return BestOfN(n=self.k)
+
+    def pilot_value(self, candidates: Sequence[Candidate]) -> float:
+        """The pilot's signal from its samples: the mean final-step score, as the profiler scored
+        the difficulty samples the edges were fitted on (an empty solution counts 0)."""
+        if not candidates:
+            return 0.0
+        return float(np.mean([aggregate(c.step_scores, "last") if c.step_scores else 0.0 for c in candidates]))
+
     def estimate_batch(
         self, prompts: Sequence[str], policy: Policy, prm: PRM, *, sampling: SamplingParams | None = None, seed: int = 0,
     ) -> list[Estimate]:
         """Draw the pilots for all prompts in one batched search and estimate each prompt."""
         # Its own seed: the chosen strategy, run with ``seed``, must not redraw these very samples.
-        results = run_search([(p, BestOfN(n=self.k)) for p in prompts], policy, prm, sampling=sampling,
+        results = run_search([(p, self.sampler()) for p in prompts], policy, prm, sampling=sampling,
                              seed=derive_seed(seed, "pilot"))
-        # Scored as the profiler scored the difficulty samples the edges were fitted on (an
-        # empty solution counts 0).
-        predicted = np.array([
-            np.mean([aggregate(c.step_scores, "last") if c.step_scores else 0.0 for c in r.candidates])
-            if r.candidates else 0.0 for r in results
-        ])
+        predicted = np.array([self.pilot_value(r.candidates) for r in results])
         pass1, proba = self.from_scores(predicted)
         out = []
         for r, p, pr in zip(results, pass1, proba):
