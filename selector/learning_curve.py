@@ -48,7 +48,7 @@ from .cost_model import CostModel
 from .errors import InputError
 from .evaluate import bootstrap_indices, ci95, config_key, outcome_lookup, pilot_routing, route_prompts
 from .profile.difficulty import own_pilot_signal, pilot_values, record_signal
-from .router import SelectionCells
+from .router import SelectionCells, pilot_size
 from .tables import TableDir
 
 DEFAULT_SIZES = (50, 100, 200, 300)
@@ -183,7 +183,7 @@ def learning_curve(
     # The table's own bins are priced as the K-sample pilot they are (as in `evaluate`).
     own_spend = (pilot_routing(table, target, k_own, meta["bin_edges"], signal=own_pilot_signal(own))[1:]
                  if own_pilot_signal(own) and k_own else (np.zeros(len(target)), np.zeros(len(target))))
-    pilot_k = int(declared.split(":", 1)[1]) if declared.startswith("pilot:") else None
+    pilot_k = pilot_size(declared) if declared.startswith("pilot:") else None
     if pilot_k is not None and pilot_k > k_own:
         raise InputError(f"{declared}: the table has {k_own} difficulty samples per prompt; a pilot reads at most that many")
 

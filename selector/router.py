@@ -658,8 +658,9 @@ def _table_spec(table_dir: str | Path, config: dict, meta: dict, kind: str) -> s
 
 
 def pilot_size(estimator: str) -> int:
-    """``k`` of a ``pilot:<k>`` estimator name (``pilot:`` alone: 4), or an InputError."""
-    arg = estimator.partition(":")[2] or "4"
+    """``k`` of a ``pilot:<k>`` (or ``pilot:<k>:<signal>``) estimator name (``pilot:`` alone: 4),
+    or an InputError."""
+    arg = estimator.partition(":")[2].partition(":")[0] or "4"
     if not arg.isdigit() or not 1 <= int(arg) <= 4096:
         raise InputError(f"estimator {estimator[:80]!r}: a pilot's size k is a whole number of samples from 1 to 4096, "
                          "e.g. pilot:4")
@@ -782,14 +783,15 @@ def load_table_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, st
     if kind == "pilot":
         k = pilot_size(estimator)
         pilots = table.metadata.get("pilots", {})
-        if f"pilot:{k}" not in pilots:
-            raise ValueError(f"{table.path}: no pilot:{k} profiled (have {sorted(pilots)}); use one of those, or "
-                             f"profile with {k} in select.pilots")
+        name = estimator if estimator in pilots else f"pilot:{k}"
+        if name not in pilots:
+            raise ValueError(f"{table.path}: no {estimator} profiled (have {sorted(pilots)}); use one of those, or "
+                             f"profile with {k} in select.pilots (and its signal in select.pilot_signals)")
         from .profile.difficulty import record_signal
 
-        record = pilots[f"pilot:{k}"]
-        signal = record_signal(record)  # what the table's pilot:k cells were binned by
+        record = pilots[name]
+        signal = record_signal(record)  # what the table's cells for this pilot were binned by
         scores, oracle = _pilot_training(table, k, signal)
-        est = PILOT_ESTIMATORS[signal](k=k, edges=tuple(record["edges"])).fit(scores, oracle)
-        return est, f"pilot:{k}"
+        est = PILOT_ESTIMATORS[signal](k=k, edges=tuple(record["edges"]), name=name).fit(scores, oracle)
+        return est, name
     raise ValueError(f"unknown estimator {estimator!r}: use 'prompt:<features>' or 'pilot:<k>'")

@@ -197,8 +197,9 @@ def check_metadata(meta: dict, path: Any) -> None:
             field = f"metadata pilots.{_short(name, 40)}"
             if not isinstance(rec, dict) or not _is_int(rec.get("k")) or not 1 <= rec["k"] <= MAX_BUDGET:
                 raise _error(path, field, f"must be a record with an integer k in [1, {MAX_BUDGET}], got {_short(rec)}")
-            if name != f"pilot:{rec['k']}":
-                raise _error(path, field, f"is named for another k than its k={rec['k']}")
+            if name not in (f"pilot:{rec['k']}", f"pilot:{rec['k']}:{rec.get('signal')}"):
+                raise _error(path, field, f"is named for another k or signal than its k={rec['k']}, "
+                                          f"signal={_short(rec.get('signal'))}")
             from .profile.difficulty import PILOT_SIGNALS
 
             if rec.get("signal", "prm_mean") not in PILOT_SIGNALS:  # it picks the estimator class the router runs

@@ -244,8 +244,8 @@ def test_scores_let_an_answer_only_pool_profile_best_of_n(shared_data, tmp_path)
     run_profile(load_config(path), tmp_path / "out", progress=False)
     table = TableDir(tmp_path / "out")
     table.validate()
-    assert table.metadata["pool_supports"]["strategies"] == ["adaptive_consistency", "best_of_n", "majority",
-                                                              "weighted_best_of_n"]
+    assert table.metadata["pool_supports"]["strategies"] == ["adaptive_confidence", "adaptive_consistency", "best_of_n",
+                                                              "filtered_vote", "majority", "weighted_best_of_n"]
     ev = table.evaluations()
     rollouts = table.rollouts()
     # best-of-6 takes the highest-scored evaluation sample's answer (first on ties)

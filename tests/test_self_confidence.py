@@ -114,3 +114,35 @@ def test_a_self_confidence_table_profiles_routes_and_serves_every_strategy_it_su
     assert "pilot:2" in report.calibration and "bins:predicted" in report.calibration
     text = inspect_table(table, width=400)
     assert "prm_id" in text and "self-confidence" in text
+
+
+def test_a_table_selects_for_an_agreement_pilot_beside_its_own_confidence_pilot(tmp_path):
+    """`select.pilot_signals: [agreement]` on a self-confidence table: `pilot:2` bins by the
+    mean confidence of two samples, `pilot:2:agreement` by their agreement; both route and are
+    evaluated with their calibration, and no sample changes (the config hash stays)."""
+    from test_profile import sim_config
+
+    from selector.evaluate import evaluate_router
+    from selector.profile import load_config, run_profile
+    from selector.router import Router
+    from selector.tables import TableDir
+
+    grid = {"strategies": ["majority", "weighted_best_of_n", "filtered_vote"], "budgets": [1, 2, 4, 8]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = load_config(sim_config(tmp_path / "a", prompts=32, prm="self-confidence", grid=grid))
+    both = load_config(sim_config(tmp_path / "b", prompts=32, prm="self-confidence", grid=grid,
+                                  select={"pilot_signals": ["agreement"]}))
+    assert plain.config_hash == both.config_hash
+    run_profile(both, tmp_path / "t", progress=False)
+    table = TableDir(tmp_path / "t")
+    pilots = table.metadata["pilots"]
+    assert pilots["pilot:2"]["signal"] == "prm_mean" and pilots["pilot:2:agreement"]["signal"] == "agreement"
+    assert {"pilot:2", "pilot:2:agreement", "pilot:4:agreement"} <= set(table.selection_estimators())
+    q = make_questions([0.4], prefix="agree")[0]
+    for name in ("pilot:2", "pilot:2:agreement"):
+        decision = Router.load(tmp_path / "t", estimator=name).route(q, 4)
+        assert decision.estimator == name and decision.bin is not None
+    report = evaluate_router(tmp_path / "t", bootstrap=100, router="pilot:2:agreement")
+    assert {"pilot:2", "pilot:2:agreement", "bins:predicted"} <= set(report.calibration)
+    assert report.versus_profile_pick and report.declared_router == "router (pilot:2:agreement)"

@@ -49,9 +49,10 @@ class PilotEstimator(BaseEstimator):
     # subclasses change the sampler and the signal, nothing else (estimators.PILOT_ESTIMATORS).
     signal: ClassVar[str] = "prm_mean"
 
-    def __init__(self, k: int = 4, edges: Sequence[float] = ()):
+    def __init__(self, k: int = 4, edges: Sequence[float] = (), name: str | None = None):
         self.k = k
         self.edges = edges
+        self.name = name or f"pilot:{k}"  # what its estimates say they came from (a table's router name)
 
     @property
     def classes_(self) -> np.ndarray:  # bins 1 (easiest) .. len(edges) + 1
@@ -103,7 +104,7 @@ class PilotEstimator(BaseEstimator):
         for r, p, pr in zip(results, pass1, proba):
             # The pilot's ledger is its search's own (generations, tokens, FLOPs, seconds).
             out.append(Estimate(float(p), int(self.classes_[int(np.argmax(pr))]), proba_dict(self.classes_, pr),
-                                r.cost, f"pilot:{self.k}", tuple(r.candidates)))
+                                r.cost, self.name, tuple(r.candidates)))
         return out
 
     def estimate(self, prompt: str, policy: Policy, prm: PRM, *, sampling: SamplingParams | None = None, seed: int = 0) -> Estimate:

@@ -498,10 +498,14 @@ def finish_tables(
 
     results, selection = select(bins.loc[profile_ids], own, bar)
     selections, pilots = [selection], {}
+    own_signal = pilot_signal(cfg)
+    extra = [s for s in cfg.select.pilot_signals if s != own_signal]
     for pk in (cfg.select.pilots if k else ()):
-        pbins, pedges = pilot_bins(cfg, difficulty, pk, profile_ids)
-        selections.append(select(pbins.loc[profile_ids], pilot_name(pk))[1])
-        pilots[pilot_name(pk)] = {"k": int(pk), "edges": pedges, "signal": pilot_signal(cfg)}
+        for signal in [None, *extra]:  # the table's own pilot signal, then any other asked for
+            pbins, pedges = pilot_bins(cfg, difficulty, pk, profile_ids, signal)
+            name = pilot_name(pk, signal)
+            selections.append(select(pbins.loc[profile_ids], name)[1])
+            pilots[name] = {"k": int(pk), "edges": pedges, "signal": signal or own_signal}
     selection = pd.concat(selections, ignore_index=True)
     ledger = _ledger(rollouts, runs, cost_model.policy_params, cost_model.prm_params, _pool_seconds(out_dir))
     # The family comes from the config, not from the shards: merged shards may predate the key.

@@ -305,6 +305,9 @@ class SelectConfig:
     # Pilot sizes k for which a selection is written on the bins a k-sample pilot assigns
     # (``pilot:<k>`` routers); each k <= pool.difficulty_samples.
     pilots: tuple[int, ...] = (4,)
+    # Other pilot signals than the table's own to select for too (``pilot:<k>:<signal>``, e.g.
+    # ``agreement`` on a table binned by PRM or self-confidence scores): routers to compare.
+    pilot_signals: tuple[str, ...] = ()
     # The per-cell rule of tables before the guarded selection; accepted at its old defaults so
     # their recorded configs load, and refused otherwise (it chose worse configurations).
     rule: str = "cheapest"
@@ -316,6 +319,11 @@ class SelectConfig:
                 "select.rule and select.tolerance were replaced by select.method (guarded | per_bin | profile_pick): "
                 "the per-cell 'cheapest not significantly worse' rule took worse configurations; delete them"
             )
+        from .difficulty import PILOT_SIGNALS
+
+        unknown = [x for x in self.pilot_signals if x not in PILOT_SIGNALS]
+        if unknown:
+            raise ConfigError(f"select.pilot_signals {unknown}: each one of {list(PILOT_SIGNALS)}")
         if self.method not in SELECT_METHODS:
             raise ConfigError(f"select.method must be one of {list(SELECT_METHODS)}, got {self.method!r}")
         if not 0.0 <= self.shrinkage <= 1e6:
@@ -526,6 +534,7 @@ class ProfileConfig:
         for key, default in (("method", "guarded"), ("shrinkage", 20.0), ("repeats", 5)):
             if settings["select"].get(key) == default:
                 settings["select"].pop(key)
+        settings["select"].pop("pilot_signals")  # which routers to select for: no sample depends on it
         for key in ("answers_field", "tokens_field", "prompt_tokens_field"):  # answer-only pools' keys, likewise
             if settings["pool"].get(key) is None:
                 settings["pool"].pop(key, None)

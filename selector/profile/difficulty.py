@@ -58,8 +58,10 @@ def table_estimator(difficulty: str) -> str:
     return f"bins:{difficulty}"
 
 
-def pilot_name(k: int) -> str:
-    return f"pilot:{k}"
+def pilot_name(k: int, signal: str | None = None) -> str:
+    """``pilot:<k>`` for the table's own pilot signal, ``pilot:<k>:<signal>`` for another one
+    (``select.pilot_signals``: e.g. an agreement pilot beside a self-confidence table's own)."""
+    return f"pilot:{k}" if signal is None else f"pilot:{k}:{signal}"
 
 
 def final_scores(step_scores: pd.Series) -> list[float]:
@@ -162,11 +164,12 @@ def pilot_values(frame: pd.DataFrame, k: int, signal: str = "prm_mean", where: A
     return pilot_scores(frame["difficulty_scores"], k)
 
 
-def pilot_bins(cfg: ProfileConfig, difficulty: pd.DataFrame, k: int, profile_ids: list[str]) -> tuple[pd.Series, list[float]]:
+def pilot_bins(cfg: ProfileConfig, difficulty: pd.DataFrame, k: int, profile_ids: list[str],
+               signal: str | None = None) -> tuple[pd.Series, list[float]]:
     """Bins a ``k``-sample pilot assigns to every prompt, and their edges (fitted, with the
-    config's binning scheme, on the profiling prompts' pilot values; the signal is
-    :func:`pilot_signal`'s)."""
-    scores = pilot_values(difficulty, k, pilot_signal(cfg))
+    config's binning scheme, on the profiling prompts' pilot values; the signal is ``signal``,
+    by default :func:`pilot_signal`'s)."""
+    scores = pilot_values(difficulty, k, signal or pilot_signal(cfg))
     b = cfg.binning
     edges = bin_edges(scores.loc[profile_ids].to_numpy(), b.scheme, b.k, b.thresholds)
     return pd.Series(assign_bins(scores.to_numpy(), edges), index=scores.index), edges
