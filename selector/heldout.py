@@ -20,7 +20,7 @@ import pandas as pd
 from .binning import assign_bins
 from .cost_model import CostModel, sample_cost
 from .errors import InputError
-from .profiler.difficulty import pilot_scores
+from .profiler.difficulty import pilot_values
 from .routing import SelectionCells
 from .tables import TableDir
 
@@ -161,18 +161,20 @@ def route_prompts(name, estimator, ids, bins, extra_flops, extra_gen, allocated,
 
 
 def pilot_routing(table: TableDir, target: pd.DataFrame, k: int, edges: list[float],
-                  model: CostModel | None = None) -> tuple[np.ndarray, ...]:
-    """Bins a ``k``-sample pilot gives (from each prompt's first ``k`` difficulty samples) and what
-    it spends: ``k`` generations and the FLOPs of its samples' tokens and PRM scorings under the
-    cost model (``model``: the table's), whatever strategy follows."""
+                  model: CostModel | None = None, signal: str = "prm_mean") -> tuple[np.ndarray, ...]:
+    """Bins a ``k``-sample pilot with ``signal`` gives (from each prompt's first ``k`` difficulty
+    samples) and what it spends: ``k`` generations and the FLOPs of its samples' tokens and PRM
+    scorings (none for an agreement pilot: it never calls the PRM) under the cost model
+    (``model``: the table's), whatever strategy follows."""
     model = model or CostModel.from_metadata(table.metadata)
-    scores = pilot_scores(target["difficulty_scores"], k).to_numpy(dtype=float)
+    scores = pilot_values(target, k, signal, table.path).to_numpy(dtype=float)
     bins = assign_bins(scores, edges)
     if "difficulty_tokens" not in target:
         raise InputError(f"{table.path}: its prompts table records no pilot token counts (written before issue 23): "
                          f"re-finish it with `tts-selector reprice {table.path}`")
     tokens = np.array([sum(t[:k]) for t in target["difficulty_tokens"]], dtype=float)
-    prm = np.array([sum(t[:k]) for t in target["difficulty_prm_tokens"]], dtype=float)
+    prm = (np.zeros(len(target)) if signal == "agreement"
+           else np.array([sum(t[:k]) for t in target["difficulty_prm_tokens"]], dtype=float))
     flops = model.pilot_flops(target["prompt_tokens"].to_numpy(dtype=float), tokens, prm)
     return bins, flops, np.full(len(target), float(k))
 

@@ -47,8 +47,9 @@ from .binning import assign_bins, bin_edges
 from .errors import InputError
 from .estimators import EstimateContext
 from .heldout import HeldoutSetup, pilot_routing, route_prompts, select_cells
-from .profiler.difficulty import pilot_scores
+from .profiler.difficulty import own_pilot_signal, pilot_values, record_signal
 from .profiler.manifest import profiled_settings
+from .routing.loading import pilot_size
 from .stats import bootstrap_indices, ci95, two_way
 
 DEFAULT_SIZES = (50, 100, 200, 300)
@@ -168,9 +169,9 @@ def learning_curve(
     own = meta.get("default_selection", "bins:predicted")
     k_own = int(meta.get("difficulty_samples", 0))
     # The table's own bins are priced as the K-sample pilot they are (as in `evaluate`).
-    own_spend = (pilot_routing(table, target, k_own, meta["bin_edges"])[1:] if own == "bins:predicted" and k_own
-                 else (np.zeros(len(target)), np.zeros(len(target))))
-    pilot_k = int(declared.split(":", 1)[1]) if declared.startswith("pilot:") else None
+    own_spend = (pilot_routing(table, target, k_own, meta["bin_edges"], signal=own_pilot_signal(own))[1:]
+                 if own_pilot_signal(own) and k_own else (np.zeros(len(target)), np.zeros(len(target))))
+    pilot_k = pilot_size(declared) if declared.startswith("pilot:") else None
     if pilot_k is not None and pilot_k > k_own:
         raise InputError(f"{declared}: the table has {k_own} difficulty samples per prompt; a pilot reads at most that many")
 
@@ -246,10 +247,14 @@ def refit_router(declared, pilot_k, sub, target, table, sub_ev, binning, sel, me
     chosen on its out-of-fold bins) and fitted on ``sub``."""
     n = len(target)
     if pilot_k is not None:
-        scores = pilot_scores(sub["difficulty_scores"], pilot_k).to_numpy(dtype=float)
+        # The signal the table's pilots bin by (a table profiled without this pilot size: its own bins').
+        record = (meta.get("pilots") or {}).get(declared) or {"signal": own_pilot_signal(meta.get("default_selection"))
+                                                              or "prm_mean"}
+        signal = record_signal(record)
+        scores = pilot_values(sub, pilot_k, signal, table.path).to_numpy(dtype=float)
         edges = _edges(scores, binning)
         cells = select_cells(sub_ev, pd.Series(assign_bins(scores, edges), index=sub["prompt_id"]), sel, meta, declared)
-        return (cells, *pilot_routing(table, target, pilot_k, edges))
+        return (cells, *pilot_routing(table, target, pilot_k, edges, signal=signal))
     from .estimators.prompt import PromptEstimator
     from .estimators.train import cross_validate
 

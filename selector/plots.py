@@ -51,10 +51,10 @@ TableLike = Union[TableDir, str, Path]
 # same in every figure and every table.
 _TAB20 = matplotlib.colormaps["tab20"].colors
 _STRATEGY_SLOTS = {"majority": 7, "best_of_n": 0, "weighted_best_of_n": 2, "beam_search": 1, "dvts": 4,
-                   "particle_filtering": 3, "adaptive_consistency": 9}
-_SPARE_SLOTS = (5, 6, 8)
+                   "particle_filtering": 3, "adaptive_consistency": 9, "filtered_vote": 5, "adaptive_confidence": 8}
+_SPARE_SLOTS = (6,)
 _STRATEGY_MARKERS = {"majority": "o", "best_of_n": "s", "weighted_best_of_n": "^", "beam_search": "D", "dvts": "P",
-                     "particle_filtering": "X", "adaptive_consistency": "v"}
+                     "particle_filtering": "X", "adaptive_consistency": "v", "filtered_vote": "<", "adaptive_confidence": ">"}
 _AGG_STYLES = {"last": "-", "min": "--", "prod": ":", "mean": "-."}
 _M_MARKERS = ("o", "s", "^", "D", "v", "P")
 
@@ -321,7 +321,8 @@ def selection_heatmap(table: TableLike, *, budget: int | None = None, few_prompt
 # ----------------------------------------------------------------------------- difficulty
 
 def _difficulty_column(meta: dict) -> str:
-    return "predicted_pass1" if meta.get("difficulty") == "predicted" else "oracle_pass1"
+    # The value the bins were cut on: agreement tables bin by their modal answer's share.
+    return {"predicted": "predicted_pass1", "agreement": "agreement"}.get(meta.get("difficulty"), "oracle_pass1")
 
 
 def pass1_histogram(table: TableLike, *, split: str | None = "profile", buckets: int | None = None) -> Figure:
@@ -362,8 +363,9 @@ def pass1_histogram(table: TableLike, *, split: str | None = "profile", buckets:
                 bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.8"})
     if edges:
         ax.legend(loc="upper center", fontsize=8.5, frameon=False)
-    kind = "oracle (graded)" if column == "oracle_pass1" else "predicted (PRM)"
-    ax.set_xlabel(f"{kind} pass@1" + (f" (fraction of {n_pool} pooled samples correct)" if column == "oracle_pass1" and n_pool else ""))
+    kind = {"oracle_pass1": "oracle (graded) pass@1", "agreement": "agreement (share of the modal answer)"}.get(
+        column, "predicted (PRM) pass@1")
+    ax.set_xlabel(kind + (f" (fraction of {n_pool} pooled samples correct)" if column == "oracle_pass1" and n_pool else ""))
     ax.set_ylabel("prompts")
     ax.set_xlim(bars[0], bars[-1])
     where = {"profile": "profiling prompts", "heldout": "held-out prompts", None: "prompts"}.get(split, f"{split} prompts")

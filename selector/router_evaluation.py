@@ -12,10 +12,12 @@ cells re-selected, without generating). Compared at each budget, estimation incl
 
 - the router with each estimator: prompt-only estimators add their FLOPs; a ``pilot:k``
   router's bin is read from the prompt's first ``k`` difficulty samples (never its evaluation
-  samples) and it pays what a pilot spends (its samples' tokens and PRM scorings, and its
-  prompt when the cost model computes every request's prefix; all in ``prompts.parquet``),
-  whatever strategy follows;
-- the router on the table's own bins (``bins:<difficulty>``): a reference;
+  samples; their mean final-step score, or their answers' agreement for an agreement pilot)
+  and it pays what a pilot spends (its samples' tokens and PRM scorings, none for an
+  agreement pilot, and its prompt when the cost model computes every request's prefix; all in
+  ``prompts.parquet``), whatever strategy follows;
+- the router on the table's own bins (``bins:<difficulty>``; predicted or agreement bins are
+  a K-sample pilot's, priced as one): a reference;
 - each router also ``allocated``: per-prompt cells with mean compute <= the column's budget,
   chosen from the table's accuracy curves (exploratory: no headline figure uses it);
 - the **profile pick**: at each budget, the one configuration most accurate on the profiling
@@ -56,7 +58,7 @@ from .cost_model import sample_cost
 from .errors import InputError
 from .estimators import EstimateContext
 from .heldout import HeldoutSetup, Method, config_key, family_key, pilot_routing, route_prompts
-from .profiler.difficulty import pilot_scores
+from .profiler.difficulty import own_pilot_signal, pilot_values, record_signal
 from .routing import SelectionCells, load_table_estimator
 from .stats import boot_means, bootstrap_indices, ci95
 from .tables import TableDir
@@ -189,9 +191,9 @@ def evaluate_router(
     own = meta.get("default_selection")
     routed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     k_own = int(meta.get("difficulty_samples", 0))
-    if own == "bins:predicted" and k_own:
+    if own_pilot_signal(own) and k_own:
         # The table's own bins are a K-sample pilot's: priced as one (same bins, same edges).
-        routed[own] = pilot_routing(table, target, k_own, meta["bin_edges"], model)
+        routed[own] = pilot_routing(table, target, k_own, meta["bin_edges"], model, own_pilot_signal(own))
     elif own:  # oracle or level bins: no router can reproduce them, a reference only
         routed[own] = (target["bin"].to_numpy(), np.zeros(len(ids)), np.zeros(len(ids)))
     pilots = meta.get("pilots", {})
@@ -202,7 +204,8 @@ def evaluate_router(
         if name.startswith("pilot:"):
             if name not in pilots:
                 raise ValueError(f"{table_dir}: no {name} profiled (have {sorted(pilots)})")
-            routed[name] = pilot_routing(table, target, int(pilots[name]["k"]), pilots[name]["edges"], model)
+            routed[name] = pilot_routing(table, target, int(pilots[name]["k"]), pilots[name]["edges"], model,
+                                         record_signal(pilots[name]))
         else:
             est, _ = load_table_estimator(table, name)
             estimates = est.estimate_batch(target["text"].tolist(), EstimateContext(int(meta.get("policy_params", 0))))
@@ -271,7 +274,7 @@ def reselect(table: TableDir, name: str, ev_profile: pd.DataFrame, unit: float) 
         bins = pd.Series(profile["bin"].to_numpy(dtype=int), index=profile["prompt_id"])
     elif name.startswith("pilot:"):
         pilot = meta.get("pilots", {})[name]
-        scores = pilot_scores(profile["difficulty_scores"], int(pilot["k"])).to_numpy(dtype=float)
+        scores = pilot_values(profile, int(pilot["k"]), record_signal(pilot), table.path).to_numpy(dtype=float)
         bins = pd.Series(assign_bins(scores, pilot["edges"]), index=profile["prompt_id"])
     else:
         oof = (meta.get("estimators", {}).get(name) or {}).get("oof_bins")

@@ -197,8 +197,13 @@ def check_metadata(meta: dict, path: Any) -> None:
             field = f"metadata pilots.{_short(name, 40)}"
             if not isinstance(rec, dict) or not _is_int(rec.get("k")) or not 1 <= rec["k"] <= MAX_BUDGET:
                 raise _error(path, field, f"must be a record with an integer k in [1, {MAX_BUDGET}], got {_short(rec)}")
-            if name != f"pilot:{rec['k']}":
-                raise _error(path, field, f"is named for another k than its k={rec['k']}")
+            if name not in (f"pilot:{rec['k']}", f"pilot:{rec['k']}:{rec.get('signal')}"):
+                raise _error(path, field, f"is named for another k or signal than its k={rec['k']}, "
+                                          f"signal={_short(rec.get('signal'))}")
+            from .profiler.difficulty import PILOT_SIGNALS
+
+            if rec.get("signal", "prm_mean") not in PILOT_SIGNALS:  # it picks the estimator class the router runs
+                raise _error(path, f"{field}.signal", f"must be one of {list(PILOT_SIGNALS)}, got {_short(rec.get('signal'))}")
             _want_edges(rec.get("edges"), path, f"{field}.edges")
     estimators = meta.get("estimators")
     if estimators is not None:
@@ -411,6 +416,7 @@ _COLUMN_RULES: dict[str, list[tuple]] = {
     "prompts": [("prompt_id", "str", MAX_ID, False, None), ("text_sha256", "str", MAX_NAME, True, None),
                 ("split", "str", MAX_NAME, False, None), ("oracle_pass1", "num", 0, 1, True),
                 ("predicted_pass1", "num", 0, 1, True), ("difficulty_score", "num", -1e15, 1e15, True),
+                ("agreement", "num", 0, 1, True),
                 ("bin", "int", 1, MAX_BINS, False)],
     "rollouts": [("prompt_id", "str", MAX_ID, False, None), ("sample_id", "int", 0, 1e9, False),
                  ("role", "str", MAX_NAME, True, None), ("tokens", "int", 0, 1e12, True),

@@ -523,7 +523,13 @@ def read_rollouts(table_dir: str | Path, columns: Iterable[str] | None = None) -
     _check_same_config([(p, meta) for p, _, meta in shards], table_dir)
     # "default" promotion tolerates extra columns present in only some shards (filled with nulls).
     table = pa.concat_tables([t for _, t, _ in shards], promote_options="default")
-    return _to_pandas(table)
+    df = _to_pandas(table)
+    # A sample without an answer is None, as the profiler wrote it: pandas' string dtype reads a
+    # null back as NaN, which the vote (profile/evaluate.py) would count as one more answer.
+    for col in ("answer", "answer_key"):
+        if col in df.columns:
+            df[col] = df[col].astype(object).where(df[col].notna(), None)
+    return df
 
 
 # ----------------------------------------------------------------------------- TableDir

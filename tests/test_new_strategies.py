@@ -235,7 +235,7 @@ def _sim_pool(n_pool: int):
     return problems, pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("rule", ["beta", "unanimous"])
+@pytest.mark.parametrize("rule", ["beta", "unanimous", "confidence"])
 def test_pool_replay_equals_a_live_run_on_the_same_samples(rule):
     problems, rollouts = _sim_pool(16)
     grid = GridConfig(strategies=("adaptive_consistency",), budgets=(2, 4, 8, 16), aggregations=("last", "min"),
@@ -318,3 +318,32 @@ def test_new_strategies_have_their_own_colours():
     assert len(set(colours.values())) == len(colours)  # every registered strategy its own colour
     light = {plots.strategy_color(s, light=True) for s in STRATEGIES}
     assert len(light) == len(STRATEGIES)
+
+
+def test_adaptive_confidence_is_its_own_strategy_and_replays_like_a_live_run():
+    problems, rollouts = _sim_pool(16)
+    grid = GridConfig(strategies=("adaptive_consistency", "adaptive_confidence"), budgets=(4, 8, 16),
+                      aggregations=("last",), adaptive_windows=(4,), adaptive_votes=("majority",))
+    cfg = ProfileConfig("t", DatasetConfig("x"), PoolConfig(n=16, difficulty_samples=4), grid=grid).check()
+    configs = adaptive_configs(cfg)
+    names = [c.name for c in configs]
+    assert names.count("adaptive_confidence") == 3 and names.count("adaptive_consistency") == 3
+    rows = adaptive_consistency_rows(cfg, rollouts, CostModel("none", policy_params=1000, prm_params=10))
+    pools = {p.problem: rollouts[rollouts.prompt_id == p.id].sort_values("sample_id").to_dict("records") for p in problems}
+    prompt_tokens = {p.problem: int(pools[p.problem][0]["prompt_tokens"]) for p in problems}
+    scores = {tuple(row["steps"]): (row["step_scores"], row["prm_tokens"]) for pool in pools.values() for row in pool}
+    spent = {}
+    for config in configs:
+        live = run_search([(p.problem, config) for p in problems], _PoolPolicy(pools, prompt_tokens), _PoolPRM(scores))
+        got = rows[(rows.strategy == config.name) & (rows.n == config.n)].set_index("prompt_id").loc[[p.id for p in problems]]
+        for p, r, (_, row) in zip(problems, live, got.iterrows()):
+            assert row.accuracy == float(is_equivalent(r.answer, p.answer))
+            assert row.generations == r.cost.generations
+        spent[(config.name, config.n)] = got.generations.mean()
+    # confidence-weighted counts are below 1 per sample: the same agreement stops no sooner
+    assert spent[("adaptive_confidence", 16)] >= spent[("adaptive_consistency", 16)]
+    # a table row names it by its own strategy: its rule and vote are its own
+    from selector.search.adaptive_consistency import AdaptiveConfidence
+
+    back = AdaptiveConfidence.from_table_row(16, 4, "last", {"adaptive_rule": "beta", "adaptive_threshold": 0.9})
+    assert (back.rule, back.vote, back.threshold, back.window) == ("confidence", "weighted", 0.9, 4)

@@ -56,6 +56,7 @@ class FakeState:
         self.served = 0
         self.peers: list[tuple] = []  # client (host, port) of each request: one per connection
         self.reply: tuple[int, bytes] | None = None  # answer every request with this (status, raw body)
+        self.token_logprob: float | None = None  # when asked for logprobs, every token gets this one
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -134,7 +135,11 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 text, finish, reason = full, "stop", None
             used += len(_tokens(text)) or 1
-            choices.append({"index": j, "text": text, "finish_reason": finish, "stop_reason": reason, "logprobs": None})
+            logprobs = None
+            if body.get("logprobs") is not None and st.token_logprob is not None:
+                toks_out = _tokens(text)
+                logprobs = {"tokens": toks_out, "token_logprobs": [st.token_logprob] * len(toks_out)}
+            choices.append({"index": j, "text": text, "finish_reason": finish, "stop_reason": reason, "logprobs": logprobs})
         choices.reverse()  # the client must order by index
         return {
             "id": "cmpl-fake",
@@ -564,3 +569,25 @@ def test_a_preset_fleet_writes_the_presets_prompts_without_an_engine():
     assert fleet.default_sampling_params() == local.default_sampling_params()
     q = "What is 3 + 4?"
     assert fleet.format_prompt(q) == local.format_prompt(q)
+
+
+def test_self_confidence_reads_the_servers_token_logprobs_and_refuses_a_server_without(servers):
+    import math
+
+    from selector.backends.self_confidence import SelfConfidencePRM
+
+    urls, st = servers(1, FakeState(arith_script))
+    st.token_logprob = -0.25
+    pol = OpenAIPolicy("m", urls, timeout=5, prompt_template="Problem: {question}\nSolution:\n\n")
+    res = run_search([("What is 2 + 2?", BeamSearch(n=4, m=2))], pol, SelfConfidencePRM())[0]
+    assert all(b.get("logprobs") == 1 for b in st.bodies)  # asked because the verifier reads them
+    assert res.answer == "4" and res.cost.prm_tokens == 0
+    for c in res.candidates:
+        assert c.step_scores == pytest.approx((math.exp(-0.25),) * len(c.steps))
+    st.token_logprob = None  # a server that ignores `logprobs`
+    with pytest.raises(OpenAIBackendError, match="no token log-probabilities"):
+        run_search([("What is 2 + 2?", BeamSearch(n=4, m=2))], pol, SelfConfidencePRM())
+    plain = OpenAIPolicy("m", urls, timeout=5)
+    st.bodies.clear()
+    run_search([("What is 2 + 2?", BeamSearch(n=4, m=2))], plain, ArithCheckPRM())
+    assert all("logprobs" not in b for b in st.bodies)  # not asked when no verifier reads them

@@ -89,6 +89,33 @@ def test_vectorized_evaluation_matches_select_answer():
                 assert (None if got[row] < 0 else str(got[row])) == key, (rule, ids[members], scores[members])
 
 
+def test_vectorized_filtered_vote_matches_the_strategy():
+    from selector.profiler.outcomes import _top_share
+    from selector.search.base import Node
+    from selector.search.best_of_n import kept_count, keep_top
+
+    rng = np.random.default_rng(4)
+    for trial in range(200):
+        size = int(rng.integers(2, 9))
+        n = int(rng.integers(1, size + 1))
+        keep = float(rng.choice([0.25, 0.5, 0.75, 1.0]))
+        n_keys = int(rng.integers(1, 4))
+        ids = rng.integers(-1, n_keys, size)
+        scores = rng.choice([0.2, 0.5, 0.5, 0.9], size)  # ties on purpose
+        idx = subsets(size, n, 30, trial)
+        kept = _top_share(scores[idx], kept_count(n, keep))
+        got = _vote(np.where(kept, ids[idx], -1), scores[idx], n_keys)
+        for row, members in enumerate(idx):
+            nodes = [Node(("x",), (float(scores[j]),)) for j in members]
+            chosen = keep_top(nodes, keep, "last")
+            # keep_top returns the kept nodes in sample order: map them back to their members
+            positions = [k for k, node in enumerate(nodes) if any(node is c for c in chosen)]
+            cands = [Candidate(("x",), (float(scores[members[k]]),), None if ids[members[k]] < 0 else str(ids[members[k]]),
+                               None if ids[members[k]] < 0 else str(ids[members[k]]), True, "eos", 1) for k in positions]
+            _, key = select_answer(cands, "weighted")
+            assert (None if got[row] < 0 else str(got[row])) == key, (ids[members], scores[members], keep)
+
+
 def test_subsets_are_exact_when_few_and_without_replacement():
     assert len(subsets(8, 4, 100, 0)) == math.comb(8, 4)
     many = subsets(20, 5, 300, 1)

@@ -644,3 +644,23 @@ def test_real_steps(smol_pair):
     (second,) = policy.generate_steps([StepRequest(prompt + first.text, 1, params.replace(temperature=0), seed=0)])
     last = second.continuations[0]
     assert last.finish_reason == "eos" and "\\boxed{" in last.text
+
+
+def test_logprobs_are_the_models_own_probabilities_of_its_sampled_tokens(tiny, reference):
+    """With ``logprobs`` each continuation carries the sum of log p(token | prefix) of its own
+    tokens under the unscaled model (what the self-confidence verifier reads), equal to a
+    teacher-forced recomputation without cache, padding or batching; without it, None."""
+    params = GREEDY.replace(logprobs=True)
+    outs = tiny.generate_steps([StepRequest(p, 1, params, 0, to_completion=True) for p in PREFIXES])
+    for prefix, out in zip(PREFIXES, outs):
+        cont = out.continuations[0]
+        tokens = reference(prefix, cont.num_tokens)
+        ids = torch.tensor([tiny.encode(prefix) + tokens])
+        with torch.inference_mode():
+            logits = tiny.model(input_ids=ids).logits[0].float()
+        start = ids.shape[1] - len(tokens)
+        want = sum(float(torch.log_softmax(logits[start - 1 + i], dim=-1)[t]) for i, t in enumerate(tokens))
+        assert cont.logprob is not None and cont.logprob < 0
+        assert cont.logprob == pytest.approx(want, abs=1e-3 * len(tokens))
+    plain = tiny.generate_steps([StepRequest(PREFIXES[0], 2, GREEDY, 0, to_completion=True)])[0]
+    assert all(c.logprob is None for c in plain.continuations)

@@ -72,7 +72,8 @@ class FakePoolingRequestOutput:  # vllm.outputs.PoolingRequestOutput
         self.num_cached_tokens, self.finished, self.error = num_cached_tokens, finished, error
 
 
-SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "seed", "stop", "include_stop_str_in_output", "max_tokens")
+SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "seed", "stop", "include_stop_str_in_output", "max_tokens",
+                   "logprobs")
 ENGINE_FIELDS = (
     "model", "tokenizer", "dtype", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size",
     "trust_remote_code", "enable_prefix_caching", "runner", "convert", "hf_overrides", "pooler_config",
@@ -198,7 +199,9 @@ class FakeVLLM:
                     finish = "stop"
                 else:
                     finish = "length"
-            outs.append(FakeCompletionOutput(j, text, tokens, None, None, finish, reason))
+            # With logprobs asked (0 extra candidates), vLLM reports the sampled tokens' sum.
+            cumulative = -0.5 * len(tokens) if sp.kwargs.get("logprobs") is not None else None
+            outs.append(FakeCompletionOutput(j, text, tokens, cumulative, None, finish, reason))
         outs.reverse()  # the backend must order by index
         return FakeRequestOutput(str(k), None, ids, None, outs, True, num_cached_tokens=len(ids) // 2)
 
@@ -847,3 +850,16 @@ def test_the_shipped_qwen_math_preset_builds_a_vllm_policy(tmp_path):
     assert policy.gpu_memory_utilization == 0.45 and policy.max_model_len == 4096
     params = policy.default_sampling_params()
     assert (params.step_delimiter, params.max_step_tokens, params.max_tokens) == ("\n\n", 512, 2048)
+
+
+def test_logprobs_are_asked_only_when_wanted_and_carried_to_each_continuation(fake_vllm, policy_dir):
+    policy = make_vllm_policy(policy_dir)
+    p = SamplingParams(temperature=0.7, max_step_tokens=3, max_tokens=9, step_delimiter="\n\n")
+    prefix = policy.format_prompt("what is x")
+    plain = policy.generate_steps([StepRequest(prefix, 2, p, 11)])[0]
+    asked = policy.generate_steps([StepRequest(prefix, 2, p.replace(logprobs=True), 11, to_completion=True)])[0]
+    (engine,) = fake_vllm.engines
+    assert "logprobs" not in engine.generate_calls[0][1][0].kwargs
+    assert engine.generate_calls[1][1][0].kwargs["logprobs"] == 0  # the sampled tokens' own, no alternatives
+    assert all(c.logprob is None for c in plain.continuations)
+    assert [c.logprob for c in asked.continuations] == [-0.5 * c.num_tokens for c in asked.continuations]

@@ -25,7 +25,9 @@ class SamplingParams:
     ``step_delimiter`` ends a step and is kept in its text (``None``: never cut at a
     delimiter). ``max_step_tokens`` caps one step (tokens); ``max_tokens`` caps a whole
     solution sampled in one go (tokens). ``top_k=0`` and ``top_p=1.0`` disable those filters;
-    ``temperature=0`` is greedy decoding.
+    ``temperature=0`` is greedy decoding. ``logprobs``: return with each continuation the
+    log-probability the policy gave its own sampled tokens (:class:`Continuation`), which the
+    ``self-confidence`` verifier reads; the search runner turns it on when its PRM needs it.
     """
 
     temperature: float = 0.8
@@ -34,6 +36,7 @@ class SamplingParams:
     max_step_tokens: int = 256
     max_tokens: int = 1024
     step_delimiter: str | None = "\n\n"
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         from ..errors import InputError
@@ -56,6 +59,8 @@ class SamplingParams:
             raise InputError(f"max_step_tokens and max_tokens must be >= 1, got {self.max_step_tokens} and {self.max_tokens}")
         if self.step_delimiter is not None and (not isinstance(self.step_delimiter, str) or not self.step_delimiter):
             raise InputError(f"step_delimiter must be a non-empty string or None, got {self.step_delimiter!r}")
+        if not isinstance(self.logprobs, bool):
+            raise InputError(f"logprobs must be true or false, got {self.logprobs!r}")
 
     def replace(self, **changes) -> "SamplingParams":
         return replace(self, **changes)
@@ -94,9 +99,15 @@ def check_step_requests(requests: Sequence[StepRequest]) -> list[StepRequest]:
 
 
 class Continuation(NamedTuple):
+    """One sampled continuation. ``logprob``: the sum over its ``num_tokens`` sampled tokens of
+    the natural-log probability the policy's own distribution gave each (unscaled: temperature
+    1, before top-k/top-p), when the request asked for it (``SamplingParams.logprobs``) and the
+    engine reports it; else None."""
+
     text: str
     num_tokens: int
     finish_reason: FinishReason
+    logprob: float | None = None
 
 
 class StepOutput(NamedTuple):
@@ -113,8 +124,14 @@ class StepOutput(NamedTuple):
 
 
 class ScoreRequest(NamedTuple):
+    """Score the ``steps`` of a solution to ``question``. ``confidence``: one value in (0, 1] per
+    step, the policy's own confidence in it (the geometric-mean probability of the tokens that
+    wrote it), when the policy reported log-probabilities; what the ``self-confidence``
+    verifier returns as its scores (other PRMs ignore it)."""
+
     question: str
     steps: tuple[str, ...]
+    confidence: tuple[float, ...] = ()
 
 
 class ScoreOutput(NamedTuple):

@@ -180,6 +180,8 @@ class OpenAIPolicy:
         if step:
             body["stop"] = [p.step_delimiter]
             body["include_stop_str_in_output"] = True  # vLLM extra; others ignore it
+        if p.logprobs:
+            body["logprobs"] = 1  # completions API: the sampled tokens' log-probabilities (and one alternative)
         return body
 
     def _one(self, request: StepRequest, slot: int) -> StepOutput:
@@ -230,6 +232,7 @@ class OpenAIPolicy:
         conts = []
         for choice, text, tokens in zip(choices, texts, counts):
             reason = choice.get("finish_reason")
+            full = text
             if not step:
                 finish = "length" if reason == "length" else "eos"
             else:
@@ -244,13 +247,42 @@ class OpenAIPolicy:
                     finish = "eos"
                 if finish == "delimiter" and not text.endswith(delim):
                     text += delim  # the server stripped the stop string: steps keep theirs
-            conts.append(Continuation(text, tokens, finish))
+            logprob = None
+            if request.params.logprobs:
+                logprob, kept = _choice_logprob(choice, min(len(text), len(full)), base)
+                tokens = kept if kept else tokens
+            conts.append(Continuation(text, tokens, finish, logprob))
         # Prefix-cache use, where the server reports it (vLLM with --enable-prompt-tokens-details,
         # OpenAI); None otherwise, and the ledger then counts the whole prompt as computed.
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         cached = min(cached, prompt) if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None
         return StepOutput(tuple(conts), prompt, cached)
+
+
+def _choice_logprob(choice: dict, chars: int, base: str) -> tuple[float, int]:
+    """The sum of the log-probabilities of the tokens that wrote the first ``chars`` characters of
+    a choice's text, and how many tokens that is (completions API ``logprobs``: ``tokens`` and
+    ``token_logprobs``); an :class:`OpenAIBackendError` when the server returned none."""
+    lp = choice.get("logprobs")
+    tokens = lp.get("tokens") if isinstance(lp, dict) else None
+    values = lp.get("token_logprobs") if isinstance(lp, dict) else None
+    if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
+        raise OpenAIBackendError(
+            f"server at {base} returned no token log-probabilities (`logprobs` in /v1/completions), which the "
+            "self-confidence verifier reads: use a server that returns them (vLLM, SGLang, llama.cpp server), or another PRM"
+        )
+    total, used, seen = 0.0, 0, 0
+    for token, value in zip(tokens, values):
+        if seen >= chars:
+            break
+        if not isinstance(token, str) or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value > 0:
+            raise OpenAIBackendError(f"server at {base} returned a malformed token log-probability: {str(value)[:40]!r}")
+        total += float(value)
+        used += 1
+        seen += len(token)
+    return total, used
 
 
 _FIX = "check that the URL is an OpenAI-compatible completions server (vllm serve, SGLang, llama.cpp's server)"

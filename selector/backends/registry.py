@@ -16,7 +16,9 @@ parsed as YAML scalars) or, for path-taking backends, a path:
   PRM with its family's step protocol: ``qwen25-math-prm``, ``math-shepherd``, ``rlhflow``),
   ``vllm-prm:model=DIR,protocol=NAME[,gpu_memory_utilization=0.4,...]`` (the same PRMs on vLLM's
   offline pooling engine; unknown keys go to ``vllm.LLM`` as for ``vllm``) or ``vllm-prm:base_url=URL,model=NAME,protocol=NAME[,tokenizer=DIR]``
-  (a ``vllm serve`` instance's ``/pooling`` endpoint), ``sim[:k=v,...]``, ``none`` (majority only).
+  (a ``vllm serve`` instance's ``/pooling`` endpoint), ``self-confidence`` (the policy's own
+  token probabilities, no model: ``backends/self_confidence.py``), ``sim[:k=v,...]``, ``none``
+  (majority only).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from ..errors import DependencyError, InputError
 from ..typed_values import describe, fits
 from .arith_check import ArithCheckPRM
 from .base import PRM, Policy
+from .self_confidence import SelfConfidencePRM
 from .simulated import SimulatedPolicy, SimulatedPRM
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -258,6 +261,7 @@ PRM_SPECS: dict[str, Callable[[str | None], PRM | None]] = {
     "hf-prm": _hf_prm,
     "vllm-prm": _vllm_prm,
     "sim": lambda arg: _construct(SimulatedPRM, _parse_kwargs(arg), f"sim:{arg}"),
+    "self-confidence": lambda arg: _construct(SelfConfidencePRM, _parse_kwargs(arg), f"self-confidence:{arg}"),
     "none": lambda arg: None,
 }
 
@@ -335,7 +339,7 @@ def require_local_spec(spec: Any, kind: str, where: str) -> str:
 # What a table directory (its manifest, an estimator header) may name by itself: the package's
 # own engines. A model path, a preset file, a server, or trust_remote_code would let a table
 # choose code to run or where prompts go, so they must come from the user's --policy/--prm.
-_PACKAGE_PRMS = ("arith-check", "sim", "none")
+_PACKAGE_PRMS = ("arith-check", "sim", "self-confidence", "none")
 _SIM_LIMITS = {"latency": 1.0}  # seconds per simulated call: a table must not make every call sleep
 
 

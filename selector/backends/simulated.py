@@ -156,17 +156,21 @@ class SimulatedPolicy:
         depth, ok = _path_state(solution)
         delimiter = request.params.step_delimiter or "\n\n"
         conts = []
+        report = request.params.logprobs
         for j in range(request.n):
             key = (self.seed, request.seed, j)
             if request.to_completion:
-                conts.append(self._complete(problem, depth, ok, key, delimiter, request.params.max_tokens))
+                cont = self._complete(problem, depth, ok, key, delimiter, request.params.max_tokens)
+                conts.append(cont if report else cont._replace(logprob=None))
             else:
-                text, ntok, last, _ = self._step(problem, depth, ok, key, delimiter)
+                text, ntok, last, step_ok = self._step(problem, depth, ok, key, delimiter)
                 cap = request.params.max_step_tokens
+                ntok_kept = min(ntok, cap)
+                logprob = _step_logprob(text, step_ok, ntok_kept, key, depth + 1) if report else None
                 if ntok > cap:
-                    conts.append(Continuation(text.rstrip(delimiter), cap, "length"))
+                    conts.append(Continuation(text.rstrip(delimiter), cap, "length", logprob))
                 else:
-                    conts.append(Continuation(text, ntok, "eos" if last else "delimiter"))
+                    conts.append(Continuation(text, ntok, "eos" if last else "delimiter", logprob))
         prompt_tokens = 16 + sum(_step_tokens(solution))
         # An ideal prefix cache, as vLLM's within one search: a prefix that extends a path was
         # prefilled (prompt) or generated (its steps) in earlier rounds, so only a root request
@@ -199,16 +203,17 @@ class SimulatedPolicy:
         return text, ntok, last, ok
 
     def _complete(self, problem, depth, ok, key, delimiter, max_tokens) -> Continuation:
-        parts, total = [], 0
+        parts, total, logprob = [], 0, 0.0
         while True:
             text, ntok, last, ok = self._step(problem, depth, ok, key, delimiter)
             if total + ntok > max_tokens:
-                return Continuation("".join(parts), total, "length")
+                return Continuation("".join(parts), total, "length", logprob)
             parts.append(text)
             total += ntok
             depth += 1
+            logprob += _step_logprob(text, ok, ntok, key, depth)
             if last:
-                return Continuation("".join(parts), total, "eos")
+                return Continuation("".join(parts), total, "eos", logprob)
 
 
 class SimulatedPRM:
@@ -264,6 +269,20 @@ class SimulatedPRM:
             logit = self.separation * (1.0 if ok else -1.0) + self.bias * confident + self.noise * eps
             scores.append(1.0 / (1.0 + math.exp(-logit)))
         return ScoreOutput(tuple(scores), tokens)
+
+
+# The simulated policy's own confidence (token log-probabilities, when asked): a step written
+# on a still-correct path averages -0.2 nats per token, a wrong one -0.5, with per-step noise;
+# the spurious confident style adds +0.08 whatever its correctness (self-confidence can be fooled
+# too). Mean log-probabilities of this size are what small models show on easy and hard steps.
+_LOGPROB_RIGHT, _LOGPROB_WRONG, _LOGPROB_STYLE, _LOGPROB_NOISE = -0.2, -0.5, 0.08, 0.1
+
+
+def _step_logprob(text: str, ok: bool, ntok: int, key: tuple, index: int) -> float:
+    """Sum of the token log-probabilities of one simulated step of ``ntok`` tokens."""
+    mean = (_LOGPROB_RIGHT if ok else _LOGPROB_WRONG) + (_LOGPROB_STYLE if " (!)" in text else 0.0)
+    mean += _LOGPROB_NOISE * _STD_NORMAL.inv_cdf(_uniform("logprob", *key, index))
+    return ntok * min(mean, -1e-3)
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -99,6 +99,7 @@ class _Row:
     generator: torch.Generator | None
     tokens: list[int] = dataclasses.field(default_factory=list)
     result: Continuation | None = None
+    logprob: float = 0.0  # sum of the sampled tokens' log-probabilities (when params.logprobs)
 
 
 class TransformersPolicy:
@@ -575,6 +576,8 @@ class TransformersPolicy:
             for b, row in enumerate(active):
                 token = self._sample(logits[b], row)
                 row.tokens.append(token)
+                if row.params.logprobs:  # the model's own, unscaled probability of what it sampled
+                    row.logprob += float(torch.log_softmax(logits[b], dim=-1)[token])
                 self._check_stop(row, token)
                 if row.result is not None:
                     finished.append(b)
@@ -601,8 +604,9 @@ class TransformersPolicy:
         return self._tokenizer.decode(tokens, skip_special_tokens=True)
 
     def _check_stop(self, row: _Row, token: int) -> None:
+        logprob = row.logprob if row.params.logprobs else None
         if token in self._eos_ids:
-            row.result = Continuation(self._decode(row.tokens[:-1]), len(row.tokens), "eos")
+            row.result = Continuation(self._decode(row.tokens[:-1]), len(row.tokens), "eos", logprob)
             return
         delimiter = row.params.step_delimiter
         text = None
@@ -611,10 +615,11 @@ class TransformersPolicy:
             text = self._decode(row.tokens)
             step = cut_at_delimiter(text, delimiter)
             if step is not None:
-                row.result = Continuation(step, len(row.tokens), "delimiter")
+                row.result = Continuation(step, len(row.tokens), "delimiter", logprob)
                 return
         if len(row.tokens) >= row.cap:
-            row.result = Continuation(text if text is not None else self._decode(row.tokens), len(row.tokens), "length")
+            row.result = Continuation(text if text is not None else self._decode(row.tokens), len(row.tokens), "length",
+                                      logprob)
 
     @staticmethod
     def _sample(logits: torch.Tensor, row: _Row) -> int:

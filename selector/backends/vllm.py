@@ -384,6 +384,8 @@ class VLLMPolicy:
         if p.step_delimiter and not request.to_completion:
             kwargs["stop"] = [p.step_delimiter]
             kwargs["include_stop_str_in_output"] = True
+        if p.logprobs:  # 0 extra candidates: the sampled tokens' own log-probabilities only
+            kwargs["logprobs"] = 0
         return vllm.SamplingParams(**kwargs)
 
     def generate_steps(self, requests: Sequence[StepRequest]) -> list[StepOutput]:
@@ -432,14 +434,27 @@ class VLLMPolicy:
         if len(completions) != request.n:
             raise VLLMBackendError(f"vLLM returned {len(completions)} continuations for n={request.n}")
         delimiter = request.params.step_delimiter if not request.to_completion else None
+        # vLLM's logprobs are the model's raw (unscaled) ones by default, as the transformers backend's.
+        report = request.params.logprobs
         conts = tuple(
-            Continuation(c.text, len(c.token_ids), _finish_reason(c.finish_reason, c.stop_reason, c.text, delimiter))
+            Continuation(c.text, len(c.token_ids), _finish_reason(c.finish_reason, c.stop_reason, c.text, delimiter),
+                         _cumulative_logprob(c) if report else None)
             for c in completions
         )
         ids = out.prompt_token_ids
         cached = getattr(out, "num_cached_tokens", None)  # None: this vLLM does not report it
         return StepOutput(conts, len(ids) if ids is not None else len(prompt_ids),
                           None if cached is None else int(cached))
+
+
+def _cumulative_logprob(completion: Any) -> float:
+    """The sum of a completion's sampled-token log-probabilities (asked with ``logprobs=0``)."""
+    value = getattr(completion, "cumulative_logprob", None)
+    if value is None:
+        raise VLLMBackendError("vLLM returned no cumulative_logprob although logprobs were requested; this vLLM "
+                               "version does not report them: use the transformers backend for the self-confidence "
+                               "verifier")
+    return float(value)
 
 
 def _finish_reason(reason: Any, stop_reason: Any, text: str, delimiter: str | None) -> FinishReason:

@@ -12,10 +12,14 @@ The pilot rollouts are returned in the estimate for inspection; the router does 
 as samples of the chosen strategy, since samples that decided a prompt's bin would then also
 score it (and the table's cells were measured without such reuse). Their cost is the
 estimate's: ``k`` generations, the prompt once, ``k`` PRM scorings.
+
+Subclasses keep this protocol and change the sampler and the signal (:meth:`sampler`,
+:meth:`pilot_value`): :class:`~selector.estimators.agreement.AgreementPilot` votes instead of
+scoring, for tables without a PRM.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -23,8 +27,10 @@ from sklearn.isotonic import IsotonicRegression
 
 from ..binning import assign_bins
 from ..search.aggregate import aggregate
+from ..search.base import StrategyConfig
 from ..search.best_of_n import BestOfN
 from ..search.runner import run_search
+from ..records import Candidate
 from ..seeds import derive_seed
 from .base import Estimate, EstimateContext, proba_dict
 
@@ -37,9 +43,14 @@ class PilotEstimator(BaseEstimator):
     (or with ``oracle_pass1=None``) the mean score is taken as pass@1 as is (uncalibrated).
     """
 
-    def __init__(self, k: int = 4, edges: Sequence[float] = ()):
+    # What it bins by (a table's pilot record says which: selector.profiler.difficulty.PILOT_SIGNALS);
+    # subclasses change the sampler and the signal, nothing else (estimators.PILOT_ESTIMATORS).
+    signal: ClassVar[str] = "prm_mean"
+
+    def __init__(self, k: int = 4, edges: Sequence[float] = (), name: str | None = None):
         self.k = k
         self.edges = edges
+        self.name = name or f"pilot:{k}"  # what its estimates say they came from (a table's router name)
 
     @property
     def classes_(self) -> np.ndarray:  # bins 1 (easiest) .. len(edges) + 1
@@ -67,25 +78,31 @@ class PilotEstimator(BaseEstimator):
         proba[np.arange(len(x)), assign_bins(x, self.edges) - 1] = 1.0
         return pass1, proba
 
+    def sampler(self) -> StrategyConfig:
+        """The search that draws the ``k`` pilot samples (here scored by the PRM)."""
+        return BestOfN(n=self.k)
+
+    def pilot_value(self, candidates: Sequence[Candidate]) -> float:
+        """The pilot's signal from its samples: the mean final-step score, as the profiler scored
+        the difficulty samples the edges were fitted on (an empty solution counts 0)."""
+        if not candidates:
+            return 0.0
+        return float(np.mean([aggregate(c.step_scores, "last") if c.step_scores else 0.0 for c in candidates]))
+
     def estimate_batch(self, prompts: Sequence[str], ctx: EstimateContext = EstimateContext()) -> list[Estimate]:
         """Draw the pilots for all prompts in one batched search with ``ctx``'s engines and
         estimate each prompt."""
         policy, prm, sampling = ctx.sampling_engines()
         # Its own seed: the chosen strategy, run with ``seed``, must not redraw these very samples.
-        results = run_search([(p, BestOfN(n=self.k)) for p in prompts], policy, prm, sampling=sampling,
+        results = run_search([(p, self.sampler()) for p in prompts], policy, prm, sampling=sampling,
                              seed=derive_seed(ctx.seed, "pilot"))
-        # Scored as the profiler scored the difficulty samples the edges were fitted on (an
-        # empty solution counts 0).
-        predicted = np.array([
-            np.mean([aggregate(c.step_scores, "last") if c.step_scores else 0.0 for c in r.candidates])
-            if r.candidates else 0.0 for r in results
-        ])
+        predicted = np.array([self.pilot_value(r.candidates) for r in results])
         pass1, proba = self.from_scores(predicted)
         out = []
         for r, p, pr in zip(results, pass1, proba):
             # The pilot's ledger is its search's own (generations, tokens, FLOPs, seconds).
             out.append(Estimate(float(p), int(self.classes_[int(np.argmax(pr))]), proba_dict(self.classes_, pr),
-                                r.cost, f"pilot:{self.k}", tuple(r.candidates)))
+                                r.cost, self.name, tuple(r.candidates)))
         return out
 
     def estimate(self, prompt: str, ctx: EstimateContext = EstimateContext()) -> Estimate:

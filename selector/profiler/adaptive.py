@@ -19,11 +19,11 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from ..search.adaptive_consistency import AdaptiveConsistency
+from ..search.adaptive_consistency import AdaptiveConfidence, AdaptiveConsistency
 from ..search.aggregate import select_answer
 from ..search.base import Node, SearchContext
 from ..search.runner import candidates_of
-from .config import ADAPTIVE, ProfileConfig
+from .config import ADAPTIVE, ProfileConfig, of_kind
 from ..cost_model import CostModel
 from .outcomes import EVAL_COLUMNS, priced, token_columns
 
@@ -38,10 +38,13 @@ def adaptive_configs(cfg: ProfileConfig) -> list[AdaptiveConsistency]:
         for window in grid.adaptive_windows:
             if window > n:
                 continue
-            for vote in grid.adaptive_votes:
+            for vote in grid.adaptive_votes if ADAPTIVE in grid.strategies else ():
                 for aggregation in grid.aggregations if vote == "weighted" else ("last",):
                     out.append(AdaptiveConsistency(n=n, window=window, rule=grid.adaptive_rule,
                                                    threshold=grid.adaptive_threshold, vote=vote, aggregation=aggregation))
+            for aggregation in grid.aggregations if AdaptiveConfidence.name in grid.strategies else ():
+                out.append(AdaptiveConfidence(n=n, window=window, threshold=grid.adaptive_threshold,
+                                              aggregation=aggregation))
     return out
 
 
@@ -73,7 +76,7 @@ def adaptive_consistency_rows(
     """Accuracy and tokens as spent of adaptive consistency at every grid configuration, one row
     per (prompt, configuration), replayed on ``rollouts`` in ``sample_id`` order (tokens as the
     live run would count them; see the module docstring), priced by ``cost_model`` (None: unpriced)."""
-    if ADAPTIVE not in cfg.grid.strategies:
+    if not of_kind(cfg.grid.strategies, "replayed"):
         return pd.DataFrame(columns=EVAL_COLUMNS)
     configs = adaptive_configs(cfg)
     out: list[dict] = []
@@ -96,7 +99,8 @@ def adaptive_consistency_rows(
             # The answer's sample is the first drawn candidate with the winning key.
             hit = key is not None and correct[next(i for i, c in enumerate(candidates) if c.answer_key == key)]
             used = len(drawn)
-            prm_tokens = sum(n.prm_tokens for n in drawn) if strategy.vote == "weighted" else 0
+            scored = strategy.vote == "weighted" or strategy.rule == "confidence"
+            prm_tokens = sum(n.prm_tokens for n in drawn) if scored else 0
             out.append({
                 "prompt_id": prompt_id, "strategy": strategy.name, "n": strategy.n, "m": strategy.window,
                 "aggregation": strategy.aggregation if strategy.vote == "weighted" else None,

@@ -36,9 +36,14 @@ def of_kind(strategies: tuple[str, ...], *kinds: str) -> tuple[str, ...]:
 def with_width(strategies: tuple[str, ...]) -> tuple[str, ...]:
     """The live ``strategies`` that take a beam width ``m`` (their budgets must be multiples of it)."""
     return tuple(s for s in of_kind(strategies, "live") if "m" in STRATEGIES[s].takes())
+# Where a strategy with its own grid keys (adaptive_*) is scored: replayed (selector/profiler/adaptive.py).
 # Where a prompt's bin comes from: PRM-predicted pass@1 (mean final-step score) or graded
-# pass@1 of its difficulty samples, or the data set's own difficulty label.
-DIFFICULTY_SOURCES = ("predicted", "oracle", "level")
+# pass@1 of its difficulty samples, the share of their modal answer (agreement: no PRM, no
+# ground truth), or the data set's own difficulty label.
+DIFFICULTY_SOURCES = ("predicted", "oracle", "level", "agreement")
+# Strategies a pool without step scores can be scored on (no PRM, or an imported pool without
+# scores): votes over answers only; adaptive consistency with the majority vote only.
+SCORELESS_STRATEGIES = ("majority", "adaptive_consistency")
 
 
 class ConfigError(TTSError, ValueError):
@@ -97,7 +102,10 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class PoolConfig:
     """Where the N_pool rollouts per prompt come from: ``generate`` them with the policy, or
-    import them from a ``jsonl`` file of existing samples with scores (best-of-N family only)."""
+    import them from a ``jsonl`` file of existing samples (best-of-N family and adaptive
+    consistency only): completions with scores, or, with ``answers_field``, each sample's final
+    answer and generated token count (an evaluation harness's output; text and scores
+    optional). See ``selector/profile/pool.py`` ``import_pool``."""
 
     n: int
     # Samples per prompt that only decide its difficulty (its bin) and are never scored as a
@@ -107,10 +115,16 @@ class PoolConfig:
     difficulty_samples: int = 0
     source: str = "generate"
     path: str | None = None
-    completions_field: str = "completions"
-    scores_field: str = "scores"
+    completions_field: str | None = "completions"  # null: no solution text (needs answers_field)
+    scores_field: str | None = "scores"  # null: no scores (majority / adaptive majority only; prm: none)
     score_transform: str = "none"  # "sigmoid" maps unbounded logits into [0, 1]
     correct_field: str | None = None  # optional: the file's own correctness labels, for a check
+    # Answer-only pools: per record, a list of each sample's final answer (string or null), its
+    # generated token count, and optionally the prompt's token count (else estimated from the
+    # problem text: ceil(characters / 4), stated in the table's metadata).
+    answers_field: str | None = None
+    tokens_field: str | None = None
+    prompt_tokens_field: str | None = None
 
     def check(self) -> None:
         if self.n < 1:
@@ -123,6 +137,34 @@ class PoolConfig:
             raise ConfigError("pool.source is 'jsonl': set pool.path to the file of existing samples")
         if self.score_transform not in ("none", "sigmoid"):
             raise ConfigError(f"pool.score_transform must be 'none' or 'sigmoid', got {self.score_transform!r}")
+        self._check_import_fields()
+
+    def _check_import_fields(self) -> None:
+        """The JSONL fields of an imported pool: which ones a pool needs, named once each."""
+        named = {k: getattr(self, k) for k in ("completions_field", "scores_field", "correct_field", "answers_field",
+                                               "tokens_field", "prompt_tokens_field")}
+        if self.source != "jsonl":
+            extra = sorted(k for k in ("answers_field", "tokens_field", "prompt_tokens_field") if named[k] is not None)
+            if extra:
+                raise ConfigError(f"pool.{extra[0]} describes an imported pool: set pool.source: jsonl, or remove it")
+            return
+        given = [v for v in named.values() if v is not None]
+        if len(set(given)) != len(given):
+            raise ConfigError(f"pool: each imported field needs its own name, got {named}")
+        if self.answers_field is None and self.completions_field is None:
+            raise ConfigError("pool: an imported pool needs the samples' final answers: set pool.answers_field (an "
+                              "answer-only pool) or pool.completions_field (answers extracted from the text)")
+        if self.answers_field is not None and self.tokens_field is None:
+            raise ConfigError("pool.answers_field is set (an answer-only pool): set pool.tokens_field too, the field "
+                              "with each sample's generated token count, which the cost model prices samples from")
+        if self.prompt_tokens_field is not None and self.tokens_field is None:
+            raise ConfigError("pool.prompt_tokens_field prices a sample's prompt beside its generated tokens: set "
+                              "pool.tokens_field too")
+
+    @property
+    def has_scores(self) -> bool:
+        """Whether the pool's samples carry scores (generated pools: the PRM's, if there is one)."""
+        return self.source == "generate" or self.scores_field is not None
 
 
 @dataclass(frozen=True)
@@ -142,6 +184,8 @@ class GridConfig:
     adaptive_rule: str = "beta"
     adaptive_threshold: float = 0.95
     adaptive_votes: tuple[str, ...] = ("majority", "weighted")
+    # A filtered vote's share of the samples (highest aggregated score first) it votes among.
+    filter_keep: float = 0.5
 
     def check(self, pool: PoolConfig) -> None:
         for s in self.strategies:
@@ -165,6 +209,10 @@ class GridConfig:
                 "(they need the policy to expand steps)"
             )
         self._check_adaptive()
+        if any("filter_keep" in STRATEGIES[s].takes() for s in of_kind(self.strategies, "pooled")) and (
+                isinstance(self.filter_keep, bool) or not 0 < self.filter_keep <= 1):
+            raise ConfigError(f"grid.filter_keep is the share of samples a filtered vote counts, in (0, 1], "
+                              f"got {self.filter_keep!r}")
         for n in self.tree_budget_list if with_width(self.strategies) else ():
             if not any(n % m == 0 and n >= m for m in self.beam_widths):
                 raise ConfigError(f"tree budget {n} is not a multiple of any beam width {list(self.beam_widths)}")
@@ -182,7 +230,7 @@ class GridConfig:
         return tuple(b for b in self.budgets if any(b % m == 0 and b >= m for m in self.beam_widths))
 
     def _check_adaptive(self) -> None:
-        if ADAPTIVE not in self.strategies:
+        if not of_kind(self.strategies, "replayed"):
             return
         if not self.adaptive_windows or any(not isinstance(w, int) or w < 1 for w in self.adaptive_windows):
             raise ConfigError(f"grid.adaptive_windows must be positive integers (samples per window), got {list(self.adaptive_windows)}")
@@ -196,7 +244,7 @@ class GridConfig:
     @property
     def adaptive_budget_list(self) -> tuple[int, ...]:
         """Budgets (caps) of adaptive consistency: those a window fits in (a smaller one is plain voting)."""
-        if ADAPTIVE not in self.strategies:
+        if not of_kind(self.strategies, "replayed"):
             return ()
         return tuple(b for b in self.budgets if b >= min(self.adaptive_windows))
 
@@ -264,6 +312,9 @@ class SelectConfig:
     # Pilot sizes k for which a selection is written on the bins a k-sample pilot assigns
     # (``pilot:<k>`` routers); each k <= pool.difficulty_samples.
     pilots: tuple[int, ...] = (4,)
+    # Other pilot signals than the table's own to select for too (``pilot:<k>:<signal>``, e.g.
+    # ``agreement`` on a table binned by PRM or self-confidence scores): routers to compare.
+    pilot_signals: tuple[str, ...] = ()
     # The per-cell rule of tables before the guarded selection; accepted at its old defaults so
     # their recorded configs load, and refused otherwise (it chose worse configurations).
     rule: str = "cheapest"
@@ -275,6 +326,11 @@ class SelectConfig:
                 "select.rule and select.tolerance were replaced by select.method (guarded | per_bin | profile_pick): "
                 "the per-cell 'cheapest not significantly worse' rule took worse configurations; delete them"
             )
+        from .difficulty import PILOT_SIGNALS
+
+        unknown = [x for x in self.pilot_signals if x not in PILOT_SIGNALS]
+        if unknown:
+            raise ConfigError(f"select.pilot_signals {unknown}: each one of {list(PILOT_SIGNALS)}")
         if self.method not in SELECT_METHODS:
             raise ConfigError(f"select.method must be one of {list(SELECT_METHODS)}, got {self.method!r}")
         if not 0.0 <= self.shrinkage <= 1e6:
@@ -376,8 +432,8 @@ class ProfileConfig:
         self.cost.check()
         if self.difficulty not in DIFFICULTY_SOURCES:
             raise ConfigError(
-                f"difficulty must be 'predicted' (mean final PRM score), 'oracle' (graded pass@1) or 'level' (the data "
-                f"set's difficulty label), got {self.difficulty!r}"
+                f"difficulty must be 'predicted' (mean final PRM score), 'oracle' (graded pass@1), 'agreement' (share "
+                f"of the modal answer) or 'level' (the data set's difficulty label), got {self.difficulty!r}"
             )
         k = self.pool.difficulty_samples
         if self.difficulty != "level" and k < 1:
@@ -400,10 +456,45 @@ class ProfileConfig:
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         self._check_sampling()
-        if self.pool.source == "generate" and self.prm == "none" and not all(
-                STRATEGIES[s].kind == "pooled" and STRATEGIES[s].answer_rule == "majority" for s in self.grid.strategies):
-            raise ConfigError("prm is 'none': only the 'majority' strategy can be profiled without a PRM")
+        self._check_pool_supports()
         return self
+
+    @property
+    def has_scores(self) -> bool:
+        """Whether the pool's samples carry (PRM or reward) scores: not with ``prm: none``, nor
+        for an imported pool without ``pool.scores_field``."""
+        return self.prm != "none" and self.pool.has_scores
+
+    def pool_supports(self) -> dict[str, Any]:
+        """What this pool can be scored on (written to the table's metadata as ``pool_supports``):
+        ``strategies`` and adaptive consistency's ``adaptive_votes``, with the ``reason``."""
+        if self.has_scores:
+            strategies = sorted(s for s in STRATEGIES if self.pool.source == "generate" or STRATEGIES[s].kind != "live")
+            reason = ("samples generated with a PRM" if self.pool.source == "generate" else
+                      "imported whole solutions with scores: no tree search (it needs the policy to expand steps)")
+            return {"strategies": strategies, "adaptive_votes": ["majority", "weighted"], "reason": reason}
+        reason = ("no PRM (prm: none)" if self.prm == "none" else "imported samples without scores")
+        return {"strategies": sorted(SCORELESS_STRATEGIES), "adaptive_votes": ["majority"],
+                "reason": reason + ": votes over answers only"}
+
+    def _check_pool_supports(self) -> None:
+        """Refuse strategies (and difficulty sources) the pool cannot be scored on, with the reason."""
+        if self.pool.source == "jsonl" and not self.pool.has_scores and self.prm != "none":
+            raise ConfigError(f"pool.scores_field is null (a pool without scores) but prm is {self.prm!r}: set prm: "
+                              "none, so the table does not name a scorer its samples never met")
+        supports = self.pool_supports()
+        unsupported = [s for s in self.grid.strategies if s not in supports["strategies"]]
+        if unsupported:
+            raise ConfigError(f"grid.strategies {unsupported}: this pool cannot score them ({supports['reason']}); "
+                              f"profile only {supports['strategies']}")
+        votes = [v for v in self.grid.adaptive_votes if v not in supports["adaptive_votes"]]
+        if ADAPTIVE in self.grid.strategies and votes:
+            raise ConfigError(f"grid.adaptive_votes {votes}: this pool cannot weight votes ({supports['reason']}); set "
+                              f"grid.adaptive_votes: {supports['adaptive_votes']}")
+        if self.difficulty == "predicted" and not self.has_scores:
+            raise ConfigError(f"difficulty 'predicted' is the mean PRM score of the difficulty samples, and this pool "
+                              f"has none ({supports['reason']}): use difficulty: agreement (the share of their modal "
+                              "answer), oracle or level")
 
     def _check_sampling(self) -> None:
         """``sampling`` overrides the policy's SamplingParams: its keys and values are checked now,
@@ -440,14 +531,21 @@ class ProfileConfig:
         tables profiled before the key existed keep their hash)."""
         settings = self.to_dict()
         settings["dataset"].pop("family", None)
-        if ADAPTIVE not in self.grid.strategies:  # unused keys: tables profiled before them keep their hash
+        if not of_kind(self.grid.strategies, "replayed"):  # unused keys: older tables keep their hash
             for key in [k for k in settings["grid"] if k.startswith("adaptive_")]:
                 settings["grid"].pop(key)
+        if not any("filter_keep" in STRATEGIES[s].takes() for s in of_kind(self.grid.strategies, "pooled")):
+            # an unused key: older tables keep their hash
+            settings["grid"].pop("filter_keep")
         settings.pop("cost")  # pricing, not samples (CostConfig)
         # Keys added with the guarded selection, at their defaults: older tables keep their hash.
         for key, default in (("method", "guarded"), ("shrinkage", 20.0), ("repeats", 5)):
             if settings["select"].get(key) == default:
                 settings["select"].pop(key)
+        settings["select"].pop("pilot_signals")  # which routers to select for: no sample depends on it
+        for key in ("answers_field", "tokens_field", "prompt_tokens_field"):  # answer-only pools' keys, likewise
+            if settings["pool"].get(key) is None:
+                settings["pool"].pop(key, None)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()
 
 

@@ -22,12 +22,13 @@ from ..records import Cost
 from ..tables import read_rollouts, write_table
 from .adaptive import adaptive_consistency_rows
 from .config import ConfigError, ProfileConfig
-from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, prompt_difficulty, table_estimator
+from .difficulty import DESCRIPTIONS, pilot_bins, pilot_name, pilot_signal, prompt_difficulty, table_estimator
 from .manifest import kept_metadata
 from .metadata import family_metadata, grader_timeouts, pool_seconds
 from .outcomes import best_of_n_family_rows, read_tree_runs, tree_rows
 from .selection import pick_table, select_tables
 from .summary import ProfileSummary
+from .pool import pool_metadata
 
 
 def progress_bar(enabled: bool):
@@ -196,6 +197,9 @@ def finish_tables(
         # What a pilot of the first k difficulty samples spends (tokens), and the prompt's length.
         "difficulty_tokens": [list(map(int, x)) for x in difficulty["difficulty_tokens"]],
         "difficulty_prm_tokens": [list(map(int, x)) for x in difficulty["difficulty_prm_tokens"]],
+        # Their answer keys in order (None: no answer) and modal share: what an agreement pilot reads.
+        "difficulty_answers": [list(x) for x in difficulty["difficulty_answers"]],
+        "agreement": difficulty["agreement"].to_numpy(dtype=float),
         "prompt_tokens": rollouts.groupby("prompt_id")["prompt_tokens"].first().reindex(ids).to_numpy(dtype=int),
         "bin": bins.to_numpy(dtype=int),
         "pool_size": [int(pool_sizes[pid]) for pid in ids],
@@ -227,16 +231,23 @@ def finish_tables(
 
     results, selection = select(bins.loc[profile_ids], own, bar)
     selections, pilots = [selection], {}
+    own_signal = pilot_signal(cfg)
+    extra = [s for s in cfg.select.pilot_signals if s != own_signal]
     for pk in (cfg.select.pilots if k else ()):
-        pbins, pedges = pilot_bins(cfg, difficulty, pk, profile_ids)
-        selections.append(select(pbins.loc[profile_ids], pilot_name(pk))[1])
-        pilots[pilot_name(pk)] = {"k": int(pk), "edges": pedges}
+        for signal in [None, *extra]:  # the table's own pilot signal, then any other asked for
+            pbins, pedges = pilot_bins(cfg, difficulty, pk, profile_ids, signal)
+            name = pilot_name(pk, signal)
+            selections.append(select(pbins.loc[profile_ids], name)[1])
+            pilots[name] = {"k": int(pk), "edges": pedges, "signal": signal or own_signal}
     selection = pd.concat(selections, ignore_index=True)
     ledger = _ledger(rollouts, runs, cost_model.policy_params, cost_model.prm_params, pool_seconds(out_dir))
     # The family comes from the config, not from the shards: merged shards may predate the key.
     metadata = {key: v for key, v in metadata.items() if key != "dataset_family_note"}
     labels = bin_labels(edges) if cfg.difficulty != "level" else _level_labels(prompts[prompts["split"] == "profile"])
-    meta = dict(metadata, **family_metadata(cfg), bin_edges=edges, bin_labels={str(b): v for b, v in labels.items()},
+    if cfg.difficulty == "agreement":  # the edges are on the modal answer's share, not on pass@1
+        labels = {b: text.replace("pass@1", "agreement") for b, text in labels.items()}
+    meta = dict(metadata, **family_metadata(cfg), **pool_metadata(cfg), bin_edges=edges,
+                bin_labels={str(b): v for b, v in labels.items()},
                 ledger=ledger, profiling_cost=profiling_cost(out_dir, ledger), grader_timeouts=grader_timeouts(out_dir), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 difficulty_samples=k, difficulty_source=DESCRIPTIONS[cfg.difficulty].format(k=k),
                 default_selection=own, pilots=pilots, declared_router=cfg.evaluate.router,

@@ -31,6 +31,7 @@ from ..search.base import STRATEGIES
 from ..search.runner import RunStats, run_search
 from ..seeds import derive_seed
 from ..tables import read_table, write_table
+from ..search.best_of_n import kept_count
 from .config import ProfileConfig, of_kind
 from .pool import Shard, shard_time_metadata
 
@@ -99,6 +100,15 @@ def _vote(ids: np.ndarray, weights: np.ndarray, n_keys: int) -> np.ndarray:
     return np.where(valid.any(axis=1), winner, -1)
 
 
+def _top_share(scores: np.ndarray, k: int) -> np.ndarray:
+    """Mask of each row's ``k`` highest scores (ties: the earlier column), as
+    ``search.best_of_n.keep_top`` keeps them."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    mask = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(mask, order[:, :k], True, axis=1)
+    return mask
+
+
 def _best(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Answer id of the highest-scoring answered candidate per row (first on ties), or -1."""
     valid = ids >= 0
@@ -111,12 +121,15 @@ def best_of_n_family_rows(
 ) -> pd.DataFrame:
     """Expected accuracy and token counts of the pooled strategies (the best-of-N family: every
     strategy of kind ``pooled``, voted by its declared ``answer_rule``: majority, best or
-    weighted) at every budget, from the pool, priced by ``cost_model`` (None: unpriced, see
-    :func:`priced`)."""
+    weighted, among the ``grid.filter_keep`` best-scored share of the subset for a strategy that
+    keeps one, e.g. ``filtered_vote``) at every budget, from the pool, priced by ``cost_model``
+    (None: unpriced, see :func:`priced`)."""
     grid = cfg.grid
     budgets = sorted(b for b in grid.budgets if b <= cfg.pool.n)
     family = of_kind(grid.strategies, "pooled")
     rules = {s: STRATEGIES[s].answer_rule for s in family}
+    # A strategy that takes a share to keep votes among the best-scored part of each subset only.
+    keeps = {s: grid.filter_keep if "filter_keep" in STRATEGIES[s].takes() else 1.0 for s in family}
     if not family:
         return pd.DataFrame(columns=EVAL_COLUMNS)
     out: list[dict] = []
@@ -147,6 +160,9 @@ def best_of_n_family_rows(
                         winner = _vote(sub_ids, ones, len(key_ids) or 1)
                     elif rule == "best":
                         winner = _best(sub_ids, agg[aggregation][idx])
+                    elif keeps[strategy] < 1.0:
+                        kept = _top_share(agg[aggregation][idx], kept_count(n, keeps[strategy]))
+                        winner = _vote(np.where(kept, sub_ids, -1), agg[aggregation][idx], len(key_ids) or 1)
                     else:
                         winner = _vote(sub_ids, agg[aggregation][idx], len(key_ids) or 1)
                     hits = np.where(winner >= 0, correct_of[np.maximum(winner, 0)], False)

@@ -17,7 +17,7 @@ from ..backends.base import PRM
 from ..binning import assign_bins
 from ..catalog import CatalogChoice, TableCatalog, format_params
 from ..errors import InputError
-from ..estimators import Estimate, EstimateContext, PilotEstimator, load_estimator
+from ..estimators import PILOT_ESTIMATORS, Estimate, EstimateContext, PilotEstimator, load_estimator
 from ..search.base import STRATEGIES
 from ..tables import TableDir
 from ..records import Cost
@@ -36,8 +36,9 @@ def table_spec(table_dir: str | Path, config: dict, meta: dict, kind: str) -> st
 
 
 def pilot_size(estimator: str) -> int:
-    """``k`` of a ``pilot:<k>`` estimator name (``pilot:`` alone: 4), or an InputError."""
-    arg = estimator.partition(":")[2] or "4"
+    """``k`` of a ``pilot:<k>`` (or ``pilot:<k>:<signal>``) estimator name (``pilot:`` alone: 4),
+    or an InputError."""
+    arg = estimator.partition(":")[2].partition(":")[0] or "4"
     if not arg.isdigit() or not 1 <= int(arg) <= 4096:
         raise InputError(f"estimator {estimator[:80]!r}: a pilot's size k is a whole number of samples from 1 to 4096, "
                          "e.g. pilot:4")
@@ -111,19 +112,20 @@ def calibration_table(choice: CatalogChoice | None, prm: PRM | None, k: int = 1)
     return None
 
 
-def pilot_training(table: TableDir, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of the first ``k`` difficulty-sample scores and the graded pass@1 of the evaluation
-    samples of a table's profiling prompts: what a ``k``-sample pilot sees, and what it should
-    predict, measured on samples the pilot's score was not computed from (a sample's score and
-    its correctness are correlated, so a target sharing them would make the fit too steep)."""
+def pilot_training(table: TableDir, k: int, signal: str = "prm_mean") -> tuple[np.ndarray, np.ndarray]:
+    """The ``k``-sample pilot value of a table's profiling prompts (``signal``: the mean of the
+    first ``k`` difficulty-sample scores, or their answers' agreement) and the graded pass@1 of
+    their evaluation samples: what a ``k``-sample pilot sees, and what it should predict,
+    measured on samples the pilot's value was not computed from (a sample's score and its
+    correctness are correlated, so a target sharing them would make the fit too steep)."""
     prompts = table.prompts()
     prompts = prompts[prompts["split"] == "profile"]
     have = int(table.metadata.get("difficulty_samples", 0))
     if k > have:
         raise ValueError(f"{table.path}: a pilot:{k} needs {k} difficulty samples per prompt, the table has {have}")
-    from ..profiler.difficulty import pilot_scores
+    from ..profiler.difficulty import pilot_values
 
-    scores = pilot_scores(prompts["difficulty_scores"], k).to_numpy(dtype=float)
+    scores = pilot_values(prompts, k, signal, table.path / "prompts.parquet").to_numpy(dtype=float)
     return scores, prompts["evaluation_pass1"].to_numpy(dtype=float)
 
 
@@ -148,10 +150,15 @@ def load_table_estimator(table: TableDir, estimator: str | Any) -> tuple[Any, st
     if kind == "pilot":
         k = pilot_size(estimator)
         pilots = table.metadata.get("pilots", {})
-        if f"pilot:{k}" not in pilots:
-            raise ValueError(f"{table.path}: no pilot:{k} profiled (have {sorted(pilots)}); use one of those, or "
-                             f"profile with {k} in select.pilots")
-        scores, oracle = pilot_training(table, k)
-        est = PilotEstimator(k=k, edges=tuple(pilots[f"pilot:{k}"]["edges"])).fit(scores, oracle)
-        return est, f"pilot:{k}"
+        name = estimator if estimator in pilots else f"pilot:{k}"
+        if name not in pilots:
+            raise ValueError(f"{table.path}: no {estimator} profiled (have {sorted(pilots)}); use one of those, or "
+                             f"profile with {k} in select.pilots (and its signal in select.pilot_signals)")
+        from ..profiler.difficulty import record_signal
+
+        record = pilots[name]
+        signal = record_signal(record)  # what the table's cells for this pilot were binned by
+        scores, oracle = pilot_training(table, k, signal)
+        est = PILOT_ESTIMATORS[signal](k=k, edges=tuple(record["edges"]), name=name).fit(scores, oracle)
+        return est, name
     raise ValueError(f"unknown estimator {estimator!r}: use 'prompt:<features>' or 'pilot:<k>'")

@@ -51,7 +51,7 @@ from .loading import calibration_table, load_prior_estimator, load_table_estimat
 DEFAULT_ESTIMATOR = "prompt:tfidf"
 # The tree strategies' settings a table's grid fixes for every search the router runs; a key
 # the grid does not set is the strategy class's own default.
-TREE_SETTING_KEYS = ("max_steps", "answer_rule", "adaptive_rule", "adaptive_threshold")
+TREE_SETTING_KEYS = ("max_steps", "answer_rule", "adaptive_rule", "adaptive_threshold", "filter_keep")
 
 
 class Router:
@@ -153,7 +153,8 @@ class Router:
         def check(policy_engine: Policy, prm_engine: PRM | None) -> None:
             checks = [("policy", policy_engine, meta.get("policy_id")), ("PRM", prm_engine, meta.get("prm_id"))]
             for kind, engine, want in checks[1:] if skip_policy else checks:
-                have = engine.id if engine is not None else None
+                # No engine is the PRM spec "none" (a table profiled without a PRM records that id).
+                have = engine.id if engine is not None else ("none" if kind == "PRM" else None)
                 if have != want:
                     raise ValueError(
                         f"{table_dir} was profiled with {kind} {want!r}, but the {kind} given is {have!r}: "

@@ -16,6 +16,10 @@ Stop rules, checked after every window that leaves budget:
   For integer parameters that is exactly a binomial tail,
   ``P(p > 1/2) = sum_{j=0}^{v1} C(v1 + v2 + 1, j) / 2^(v1 + v2 + 1)``
   (e.g. 4 agreeing samples and no dissent: 31/32 = 0.969 >= 0.95, the paper's threshold).
+- ``confidence`` (the ``adaptive_confidence`` strategy): the same criterion on
+  confidence-weighted counts, each sample counting its aggregated score (with the
+  ``self-confidence`` verifier, the policy's confidence in it) instead of 1, so confident
+  agreement stops sooner and hesitant agreement later.
 
 The rules count samples (the statistical model is over i.i.d. samples); the final answer is
 voted by ``vote``: ``majority`` (plain self-consistency, no PRM call) or ``weighted`` (sum of
@@ -32,11 +36,11 @@ from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from ..grading import extract_answer, group_keys
-from .aggregate import check_aggregation
+from .aggregate import aggregate, check_aggregation
 from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig, parameter
 from .best_of_n import AGGREGATION_HELP
 
-STOP_RULES = ("unanimous", "beta")
+STOP_RULES = ("unanimous", "beta", "confidence")
 VOTES = ("majority", "weighted")
 
 
@@ -47,9 +51,19 @@ def beta_confidence(v1: int, v2: int) -> float:
     return math.fsum(math.comb(total, j) for j in range(v1 + 1)) / 2.0**total
 
 
-def should_stop(keys: Sequence[str | None], window: int, rule: str, threshold: float) -> bool:
+def weighted_beta_confidence(w1: float, w2: float) -> float:
+    """``P(p > 1/2)`` for ``p ~ Beta(w1 + 1, w2 + 1)`` with real-valued (confidence-weighted)
+    counts; equals :func:`beta_confidence` at integers."""
+    from scipy.special import betainc
+
+    return float(1.0 - betainc(w1 + 1.0, w2 + 1.0, 0.5))
+
+
+def should_stop(keys: Sequence[str | None], window: int, rule: str, threshold: float,
+                weights: Sequence[float] | None = None) -> bool:
     """Whether the vote over answer ``keys`` (all samples so far, in sample order; None = no
-    answer) is settled under ``rule``; ``window`` = how many of them the last window drew."""
+    answer) is settled under ``rule``; ``window`` = how many of them the last window drew;
+    ``weights``: each sample's aggregated score (its confidence), for ``rule: confidence``."""
     if rule == "unanimous":
         last = keys[-window:]
         return bool(last) and last[0] is not None and all(k == last[0] for k in last)
@@ -58,6 +72,15 @@ def should_stop(keys: Sequence[str | None], window: int, rule: str, threshold: f
         v1 = top[0][1] if top else 0
         v2 = top[1][1] if len(top) > 1 else 0
         return beta_confidence(v1, v2) >= threshold
+    if rule == "confidence":
+        if weights is None or len(weights) != len(keys):
+            raise ValueError("the confidence stop rule needs one score per sample")
+        mass: dict[str, float] = {}
+        for k, w in zip(keys, weights):
+            if k is not None:
+                mass[k] = mass.get(k, 0.0) + float(w)
+        top = sorted(mass.values(), reverse=True)[:2] + [0.0, 0.0]
+        return weighted_beta_confidence(top[0], top[1]) >= threshold
     raise ValueError(f"unknown stop rule {rule!r}; choose one of {list(STOP_RULES)}")
 
 
@@ -74,7 +97,7 @@ class AdaptiveConsistency(StrategyConfig):
     kind: ClassVar[str] = "replayed"  # whole solutions: replayed on the pool's samples in order
     label: ClassVar[str] = "adaptive consistency"
     window: int = parameter(4, "adaptive_consistency: samples per window (default 4)")
-    rule: str = parameter("beta", "adaptive_consistency stop rule: beta (default) | unanimous")
+    rule: str = parameter("beta", "adaptive_consistency stop rule: beta (default) | unanimous | confidence")
     threshold: float = parameter(0.95, "adaptive_consistency: beta rule's posterior threshold (default 0.95)")
     vote: str = parameter("majority", "adaptive_consistency final vote: majority (default) | weighted")
     aggregation: str = parameter("last", AGGREGATION_HELP)
@@ -111,11 +134,36 @@ class AdaptiveConsistency(StrategyConfig):
     def search(self, ctx: SearchContext) -> SearchGenerator:
         nodes: list[Node] = []
         w = 0
+        score = self.vote == "weighted" or self.rule == "confidence"
         while len(nodes) < self.n:
             k = min(self.window, self.n - len(nodes))
-            score = self.vote == "weighted"
             nodes.extend((yield [Expansion(ROOT, k, ctx.seed_for("adaptive", w), to_completion=True, score=score)])[0])
             w += 1
-            if len(nodes) < self.n and should_stop(answer_keys(nodes), k, self.rule, self.threshold):
+            weights = [aggregate(n.scores, self.aggregation) if n.scores else 0.0 for n in nodes] if score else None
+            if len(nodes) < self.n and should_stop(answer_keys(nodes), k, self.rule, self.threshold, weights):
                 break
         return nodes
+
+
+@dataclass(frozen=True)
+class AdaptiveConfidence(AdaptiveConsistency):
+    """Adaptive consistency that stops on confidence-weighted agreement (rule ``confidence``)
+    and votes by confidence; its own strategy so a table can hold it beside the counting rule
+    and let selection choose."""
+
+    name: ClassVar[str] = "adaptive_confidence"
+    label: ClassVar[str] = "adaptive consistency stopping on confidence"
+    rule: str = parameter("confidence", "adaptive_confidence: its stop rule (confidence only)")
+    vote: str = parameter("weighted", "adaptive_confidence: its vote (weighted only)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rule != "confidence" or self.vote != "weighted":
+            raise ValueError(f"{self.name} stops on confidence and votes by it; use adaptive_consistency for other rules")
+
+    @classmethod
+    def from_table_row(cls, n, m, aggregation, settings):
+        # Its rule is its own; only the threshold is the profile's.
+        threshold = {"threshold": settings["adaptive_threshold"]} if "adaptive_threshold" in settings else {}
+        return cls(n=n, **({} if m is None else {"window": m}), **threshold,
+                   **({} if aggregation is None else {"aggregation": aggregation}))

@@ -24,8 +24,11 @@ class Node(NamedTuple):
 
     ``scores`` holds one PRM score per step of the whole path (empty when unscored);
     ``tokens`` counts generated tokens along the path; ``prm_tokens`` what the PRM read to
-    score it. (A NamedTuple: immutable and cheap to
-    build, since search makes one per sampled step.)
+    score it; ``confidence`` one value per step, the policy's own confidence in it (the
+    geometric-mean probability of the tokens of the generation that wrote it; a whole solution
+    sampled at once gives each of its steps the same value), empty when the policy reported no
+    log-probabilities. (A NamedTuple: immutable and cheap to build, since search makes one per
+    sampled step.)
     """
 
     steps: tuple[str, ...] = ()
@@ -34,6 +37,7 @@ class Node(NamedTuple):
     finished: bool = False
     stop_reason: str | None = None
     prm_tokens: int = 0  # tokens the PRM read for this node's latest scoring
+    confidence: tuple[float, ...] = ()
 
 
 ROOT = Node()

@@ -2,18 +2,22 @@
 
 - ``majority``: self-consistency, the most frequent answer (no PRM call);
 - ``best_of_n``: the answer of the solution with the highest aggregated PRM score;
-- ``weighted_best_of_n``: the answer with the largest sum of aggregated scores.
+- ``weighted_best_of_n``: the answer with the largest sum of aggregated scores;
+- ``filtered_vote``: the weighted vote among the ``filter_keep`` share of the samples with the highest
+  aggregated score (confidence-filtered voting, DeepConf's offline filter; with the
+  ``self-confidence`` verifier the scores are the policy's own confidence).
 
 Budget ``n`` = ``n`` generations, each a whole solution. Pilot samples handed over in the
 search context (``SearchContext.pilot``) count inside that budget.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
-from .aggregate import check_aggregation
-from .base import ROOT, Expansion, SearchContext, SearchGenerator, StrategyConfig, parameter
+from .aggregate import AGGREGATIONS, check_aggregation
+from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig, parameter
 
 AGGREGATION_HELP = "step-score aggregation: last | min | prod | mean"
 
@@ -69,3 +73,39 @@ class WeightedBestOfN(BestOfN):
     name: ClassVar[str] = "weighted_best_of_n"
     label: ClassVar[str] = "weighted best-of-N"
     answer_rule: ClassVar[str] = "weighted"
+
+
+def kept_count(n: int, keep: float) -> int:
+    """How many of ``n`` samples a ``keep`` share keeps: rounded up, at least one."""
+    return max(1, math.ceil(keep * n - 1e-9))
+
+
+def keep_top(nodes: Sequence[Node], keep: float, aggregation: str) -> list[Node]:
+    """The ``keep`` share of ``nodes`` with the highest aggregated score (ties: the earlier
+    sample), in sample order (so a vote among them breaks ties as every vote does)."""
+    agg = AGGREGATIONS[aggregation]
+    ranked = sorted(range(len(nodes)), key=lambda i: -agg(nodes[i].scores))  # stable: ties keep sample order
+    chosen = sorted(ranked[: kept_count(len(nodes), keep)])
+    return [nodes[i] for i in chosen]
+
+
+@dataclass(frozen=True)
+class FilteredVote(BestOfN):
+    """Weighted vote among the ``filter_keep`` share (rounded up) of ``n`` samples with the highest
+    aggregated score; 1 is weighted best-of-N, a share of one sample best-of-N."""
+
+    name: ClassVar[str] = "filtered_vote"
+    label: ClassVar[str] = "confidence-filtered vote"
+    answer_rule: ClassVar[str] = "weighted"
+    # Named as the profile grid's key, so a table's share reaches its searches as it was profiled.
+    filter_keep: float = parameter(0.5, "filtered_vote: share of the samples (highest score first) voted")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.filter_keep, bool) or not isinstance(self.filter_keep, (int, float)) \
+                or not 0 < self.filter_keep <= 1:
+            raise ValueError(f"{self.name}: filter_keep is the share of samples voted, in (0, 1], got {self.filter_keep!r}")
+
+    def search(self, ctx: SearchContext) -> SearchGenerator:
+        nodes = yield from super().search(ctx)
+        return keep_top(nodes, self.filter_keep, self.aggregation)

@@ -7,6 +7,7 @@ questions doing beam search therefore advances together, one pool per question.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -90,6 +91,8 @@ def run_search(
     t_start = time.perf_counter()
     check_questions([q for q, _ in problems])  # before any engine spends on the batch
     params = sampling or policy.default_sampling_params()
+    if getattr(prm, "reads_policy_confidence", False) and not params.logprobs:
+        params = params.replace(logprobs=True)  # the verifier scores the policy's own log-probabilities
     delimiter = params.step_delimiter
     jobs: list[_Job] = []
     if pilots is not None and len(pilots) != len(problems):
@@ -127,6 +130,7 @@ def run_search(
 
         # Children of this round, flat in request order; Nodes are built once, after scoring.
         child_steps: list[tuple[str, ...]] = []
+        child_confidence: list[tuple[float, ...]] = []
         child_meta: list[tuple[int, bool, str | None]] = []  # (tokens, finished, stop_reason)
         child_scores: list[tuple[float, ...]] = []
         score_at: list[int] = []
@@ -149,6 +153,11 @@ def run_search(
                 group = [base + tuple(split_steps(c.text, delimiter)) for c in conts]
             else:
                 group = [base + (c.text,) if c.text else base for c in conts]
+            if params.logprobs:
+                child_confidence.extend([_confidence(exp.node, c, len(steps) - len(base))
+                                         for c, steps in zip(conts, group)])
+            else:
+                child_confidence.extend([()] * len(group))
             new_steps += sum(map(len, group)) - len(base) * len(group)
             child_meta.extend(
                 [(base_tokens + c.num_tokens, *_finish_state(c.text, c.finish_reason, to_completion)) for c in conts]
@@ -163,7 +172,7 @@ def run_search(
                 if steps:
                     score_at.append(offset + k)
                     score_jobs.append(job)
-                    score_requests.append(ScoreRequest(job.question, steps))
+                    score_requests.append(ScoreRequest(job.question, steps, child_confidence[offset + k]))
 
         child_prm_tokens = [0] * len(child_steps)
         if score_requests:
@@ -180,7 +189,8 @@ def run_search(
                 child_prm_tokens[i] = out.num_tokens
 
         nodes = [
-            Node(st, sc, *meta, pt) for st, sc, meta, pt in zip(child_steps, child_scores, child_meta, child_prm_tokens)
+            Node(st, sc, *meta, pt, cf)
+            for st, sc, meta, pt, cf in zip(child_steps, child_scores, child_meta, child_prm_tokens, child_confidence)
         ]
         children_of: dict[int, list[list[Node]]] = {job.index: [] for job in active}
         pos = 0
@@ -212,6 +222,17 @@ def run_search(
     # Orchestration time is shared evenly: it is per question, not per token.
     overhead = (total - policy_seconds - prm_seconds) / max(len(jobs), 1)
     return [_finish(job, policy, prm, overhead) for job in jobs]
+
+
+def _confidence(node: Node, c, new_steps: int) -> tuple[float, ...]:
+    """The per-step confidence of ``node``'s path after continuation ``c`` added ``new_steps``
+    steps: the geometric-mean probability of ``c``'s tokens, for each of them. Empty when it is
+    not known for every step (the policy reported no log-probability; the self-confidence
+    verifier then says so)."""
+    if c.logprob is None or len(node.confidence) != len(node.steps) or not math.isfinite(c.logprob):
+        return ()
+    value = math.exp(c.logprob / c.num_tokens) if c.num_tokens > 0 else 1.0
+    return node.confidence + (min(max(value, 0.0), 1.0),) * new_steps
 
 
 def _node(c: Candidate) -> Node:
