@@ -161,3 +161,38 @@ def test_split_half_headroom_is_far_below_the_in_sample_maximum(table):
             at = at_held[at_held["budget"] == b].pivot_table(index="prompt_id", columns=["strategy", "n", "m", "aggregation"],
                                                              values="accuracy", dropna=False)
             assert at.max(axis=1).mean() - at.mean(axis=0).max() > 0.1, b
+
+
+# --- issue 26: the shipped table verified by the policy's own confidence -------------------------
+
+SELF = ROOT / "tables" / "smollm2-135m__self-confidence__arithmetic"
+
+
+def test_the_self_confidence_table_is_its_config_with_every_strategy_it_supports():
+    table = TableDir(SELF)
+    table.validate()
+    meta = table.metadata
+    cfg = load_config(ROOT / "configs" / "self-confidence-cpu.yaml")
+    assert meta["config_hash"] == cfg.config_hash and meta["prm_id"] == "self-confidence" and meta["prm_params"] == 0
+    ev = table.evaluations()
+    assert set(ev["strategy"]) == set(cfg.grid.strategies)  # tree searches scored by self-confidence included
+    assert (ev["prm_tokens"] == 0).all()  # the verifier reads nothing: no PRM compute in any row
+    weighted = ev[ev["strategy"].isin(["weighted_best_of_n", "filtered_vote"])]
+    assert set(weighted["aggregation"]) == {"last", "min", "mean"}  # confidence-weighted and -filtered votes
+    scores = table.rollouts(["step_scores"])["step_scores"]
+    assert all(0 < s <= 1 for row in scores for s in row)
+    assert {"pilot:2", "pilot:4", "pilot:2:agreement", "pilot:4:agreement", "prompt:tfidf"} <= set(
+        table.selection_estimators())
+
+
+def test_the_self_confidence_report_compares_with_the_profile_pick_and_calibrates_both_kinds_of_bins():
+    shipped = json.loads((SELF / "evaluation-heldout.json").read_text())
+    again = json.loads(evaluate_router(SELF).to_json())
+    assert again == {**shipped, "table": str(SELF)}
+    versus = shipped["versus_profile_pick"]
+    assert versus[-1]["budget"] == "pooled" and len(versus) == len(shipped["budgets"]) + 1
+    calibration = shipped["calibration"]
+    # self-confidence bins (the table's own and its pilots') and agreement pilots, with CIs
+    for name in ("bins:predicted", "pilot:2", "pilot:4", "pilot:2:agreement", "pilot:4:agreement"):
+        c = calibration[name]
+        assert c["gap_ci"][0] <= c["gap"] <= c["gap_ci"][1] and c["ci"][0] <= c["realized"] <= c["ci"][1]
