@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
-from .aggregate import AGGREGATIONS, check_aggregation
-from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig, parameter
+from .aggregate import check_aggregation
+from .base import ROOT, Expansion, Node, SearchContext, SearchGenerator, StrategyConfig, parameter, top_k
 
 AGGREGATION_HELP = "step-score aggregation: last | min | prod | mean"
 
@@ -83,10 +83,8 @@ def kept_count(n: int, keep: float) -> int:
 def keep_top(nodes: Sequence[Node], keep: float, aggregation: str) -> list[Node]:
     """The ``keep`` share of ``nodes`` with the highest aggregated score (ties: the earlier
     sample), in sample order (so a vote among them breaks ties as every vote does)."""
-    agg = AGGREGATIONS[aggregation]
-    ranked = sorted(range(len(nodes)), key=lambda i: -agg(nodes[i].scores))  # stable: ties keep sample order
-    chosen = sorted(ranked[: kept_count(len(nodes), keep)])
-    return [nodes[i] for i in chosen]
+    chosen = {id(node) for node in top_k(list(nodes), kept_count(len(nodes), keep), aggregation)}
+    return [node for node in nodes if id(node) in chosen]
 
 
 @dataclass(frozen=True)
