@@ -36,8 +36,9 @@ config, fixed before the held-out split is looked at), at the table's budgets:
 - ``versus_fixed`` (the **oracle reference**): at each budget, the margin over the most
   accurate fixed configuration whose mean cost is no higher, picked on the held-out prompts
   themselves: an upper reference no deployable choice reaches, never a headline;
-- ``efficiency``: best-of-N's accuracy at the largest budget (``best_of_n`` with the grid's
-  first aggregation, declared, not picked) divided into the compute the router needs to reach
+- ``efficiency``: the accuracy of the config's ``evaluate.efficiency_reference`` strategy
+  (default ``best_of_n``) at the largest budget (with the grid's first aggregation where it
+  takes one; declared, not picked) divided into the compute the router needs to reach
   it (its cheapest budget at least as accurate), with a bootstrap CI ``ratio_ci`` (a resample
   where the router never reaches the target counts as ratio 0);
 - ``calibration[estimator]``: the mean expected accuracy the router reports (its cells'
@@ -57,6 +58,7 @@ from .binning import assign_bins
 from .cost_model import sample_cost
 from .errors import InputError
 from .estimators import EstimateContext
+from .search.base import STRATEGIES
 from .heldout import HeldoutSetup, Method, config_key, family_key, pilot_routing, route_prompts
 from .profiler.difficulty import own_pilot_signal, pilot_values, record_signal
 from .routing import SelectionCells, load_table_estimator
@@ -124,12 +126,13 @@ class EvalReport:
         if e.get("router_budget") is not None:
             lo, hi = e["ratio_ci"]
             lines.append(
-                f"best-of-N's accuracy {e['target_accuracy']:.3f} ({e['reference']} at N={e['reference_budget']}, "
+                f"the reference's accuracy {e['target_accuracy']:.3f} ({e['reference']} at N={e['reference_budget']}, "
                 f"{e['reference_flops']:.3g} FLOPs) is reached by {e['router']} at N={e['router_budget']} with "
                 f"{e['router_flops']:.3g} FLOPs: {e['ratio']:.2f}x less compute [95% CI {lo:.2f}, {hi:.2f}]")
         elif e:
-            lines.append(f"the declared router ({e.get('router')}) does not reach best-of-N's accuracy "
-                         f"{e.get('target_accuracy', float('nan')):.3f} within the table's budgets")
+            lines.append(f"the declared router ({e.get('router')}) does not reach the reference's accuracy "
+                         f"{e.get('target_accuracy', float('nan')):.3f} ({e.get('reference')} at N={e.get('reference_budget')}) "
+                         "within the table's budgets")
         for name, c in self.calibration.items():
             lo, hi = c["gap_ci"]
             lines.append(f"calibration {name}: reported {c['reported']:.3f}, realized {c['realized']:.3f} "
@@ -341,10 +344,16 @@ def _versus_fixed(methods: list[Method], budgets: list[int], boot: np.ndarray) -
 
 
 def _reference(meta: dict, by_name: dict[str, Method], budgets: list[int]) -> tuple[Method, int] | None:
-    """Best-of-N at the largest budget, with the grid's first aggregation (declared, not picked)."""
+    """The table's ``efficiency_reference`` strategy (default best-of-N) at the largest budget,
+    with the grid's first aggregation where it takes one (declared in the config, not picked)."""
+    strategy = meta.get("efficiency_reference", "best_of_n")
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise InputError(f"the table's efficiency_reference {strategy!r} is not a strategy ({sorted(STRATEGIES)}): "
+                         "re-finish the table from its config")
     aggregations = meta.get("aggregations") or ["last"]
     top = max(budgets)
-    for name in [f"fixed best_of_n/{aggregations[0]}"] + sorted(n for n in by_name if n.startswith("fixed best_of_n/")):
+    names = [f"fixed {strategy}/{aggregations[0]}", f"fixed {strategy}"]
+    for name in names + sorted(n for n in by_name if n.startswith(f"fixed {strategy}/")):
         m = by_name.get(name)
         if m is not None and top in m.accuracy:
             return m, top

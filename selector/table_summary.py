@@ -231,10 +231,11 @@ def _render_evaluation(path: Path, report: dict, width: int, budget: int | None)
     e = report.get("efficiency") or {}
     if e.get("router_budget") is not None:
         ci = e.get("ratio_ci", [float("nan")] * 2)
-        lines.append(f"best-of-N's accuracy {e['target_accuracy']:.3f} ({e['reference']}) is reached by {e['router']} "
+        lines.append(f"{e['reference']}@{e['reference_budget']}'s accuracy {e['target_accuracy']:.3f} is reached by {e['router']} "
                      f"at N={e['router_budget']} with {e['ratio']:.2f}x less compute [95% CI {ci[0]:.2f}, {ci[1]:.2f}]")
     elif e:
-        lines.append(f"the declared router does not reach best-of-N's accuracy {e.get('target_accuracy', float('nan')):.3f} "
+        lines.append(f"the declared router does not reach {e.get('reference', 'the reference')}@{e.get('reference_budget', '?')}'s "
+                     f"accuracy {e.get('target_accuracy', float('nan')):.3f} "
                      "within the table's budgets")
     for name, c in (report.get("calibration") or {}).items():
         lines.append(f"calibration {name}: reported {c['reported']:.3f}, realized {c['realized']:.3f} "

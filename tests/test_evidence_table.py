@@ -196,3 +196,48 @@ def test_the_self_confidence_report_compares_with_the_profile_pick_and_calibrate
     for name in ("bins:predicted", "pilot:2", "pilot:4", "pilot:2:agreement", "pilot:4:agreement"):
         c = calibration[name]
         assert c["gap_ci"][0] <= c["gap"] <= c["gap_ci"][1] and c["ci"][0] <= c["realized"] <= c["ci"][1]
+
+
+# --- issue 27: GSM8K with Qwen2.5-Coder-1.5B-Instruct, verified by its own confidence -------------
+
+GSM = ROOT / "tables" / "qwen2.5-coder-1.5b__self-confidence__gsm8k"
+
+
+def test_the_gsm8k_table_is_its_config_on_real_gsm8k_problems():
+    from selector.datasets import load_dataset
+
+    table = TableDir(GSM)
+    table.validate()
+    meta = table.metadata
+    cfg = load_config(ROOT / "configs" / "gsm8k-qwen1.5b.yaml")
+    assert meta["config_hash"] == cfg.config_hash and meta["prm_id"] == "self-confidence"
+    assert meta["policy_id"] == "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    _, sha = load_dataset("gsm8k", size=cfg.dataset.size, seed=cfg.dataset.seed)
+    assert meta["dataset_sha256"] == sha
+    prompts = table.prompts()
+    assert len(prompts) == cfg.dataset.size >= 150
+    assert (prompts["split"] == "heldout").sum() == round(0.25 * len(prompts))
+    rollouts = table.rollouts(["prompt_id", "sample_id", "role"])
+    # difficulty samples decide the bins and are never scored: disjoint from the evaluation pool
+    assert rollouts.groupby("role").size().to_dict() == {"difficulty": cfg.pool.difficulty_samples * len(prompts),
+                                                         "evaluation": cfg.pool.n * len(prompts)}
+    ev = table.evaluations()
+    assert set(ev["strategy"]) == set(cfg.grid.strategies) >= {"majority", "best_of_n", "adaptive_consistency"}
+    assert (ev["prm_tokens"] == 0).all()
+    assert meta["efficiency_reference"] == "majority"
+    total = meta["profiling_cost"]["total"]
+    assert total["wall_seconds"] > 0 and total["generated_tokens"] > 0
+    assert {"pilot:2", "pilot:2:agreement", "prompt:tfidf"} <= set(table.selection_estimators())
+
+
+def test_the_gsm8k_report_is_reproduced_and_compares_with_the_profile_pick_and_majority():
+    shipped = json.loads((GSM / "evaluation-heldout.json").read_text())
+    assert shipped["table"] == f"tables/{GSM.name}"
+    again = json.loads(evaluate_router(GSM).to_json())
+    assert again == {**shipped, "table": str(GSM)}
+    versus = shipped["versus_profile_pick"]
+    assert [v["budget"] for v in versus] == [*shipped["budgets"], "pooled"]
+    assert shipped["efficiency"]["reference"].startswith("majority") and shipped["efficiency"]["reference_budget"] == 8
+    for name in ("pilot:2", "pilot:2:agreement"):
+        c = shipped["calibration"][name]
+        assert c["gap_ci"][0] <= c["gap"] <= c["gap_ci"][1]

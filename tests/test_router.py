@@ -349,3 +349,25 @@ def test_a_table_is_repriced_and_reselected_without_generating(sim_table, tmp_pa
     # and evaluate on the re-priced table equals evaluate re-pricing in memory
     again = evaluate_router(copy, estimators=["prompt:tfidf"], bootstrap=100)
     assert again.versus_profile_pick == in_memory.versus_profile_pick
+
+
+def test_the_efficiency_reference_is_the_configs_declared_strategy(tmp_path):
+    """evaluate.efficiency_reference names the fixed strategy whose accuracy at the largest
+    budget the efficiency ratio targets (issue 27: majority on GSM8K); it prices no sample, so
+    the config hash ignores it, and a name that is no strategy is refused at load."""
+    from selector.profiler import ConfigError, load_config, run_profile
+    from selector.router_evaluation import evaluate_router
+    from test_profile import sim_config
+
+    path = sim_config(tmp_path, prompts=24, grid={"strategies": ["majority", "best_of_n"]},
+                      evaluate={"efficiency_reference": "majority"})
+    cfg = load_config(path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "b").mkdir()
+    default = load_config(sim_config(tmp_path / "d", prompts=24, grid={"strategies": ["majority", "best_of_n"]}))
+    assert cfg.evaluate.efficiency_reference == "majority" and cfg.config_hash == default.config_hash
+    run_profile(cfg, tmp_path / "t", progress=False)
+    e = evaluate_router(tmp_path / "t", router="pilot:4", bootstrap=100).efficiency
+    assert e["reference"] == "majority" and e["reference_budget"] == 8
+    with pytest.raises(ConfigError, match="efficiency_reference must name a strategy"):
+        load_config(sim_config(tmp_path / "b", evaluate={"efficiency_reference": "best_of_everything"}))

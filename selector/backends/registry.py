@@ -102,9 +102,19 @@ def load_preset(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: a preset is a mapping with at least a 'backend' key")
     model = cfg.get("model")
     if isinstance(model, dict):
-        if "package" not in model:
-            raise ValueError(f"{path}: 'model' must be a path or a mapping with 'package'")
-        cfg["model"] = str(_locate_package_dir(model["package"], model.get("install_hint")))
+        if "parts" in model:
+            # Weights split across part packages: joined and verified (size, sha256) into the
+            # cache before anything parses them (selector/backends/model_parts.py).
+            from .gguf_cache import default_cache_dir
+            from .model_parts import PartedModelFile
+
+            parts = PartedModelFile.from_preset({**model["parts"], "install_hint": model.get("install_hint")})
+            joined = parts.ensure(cfg.get("cache_dir") or default_cache_dir())
+            cfg["model"], cfg["gguf_file"] = str(joined.parent), joined.name
+        elif "package" in model:
+            cfg["model"] = str(_locate_package_dir(model["package"], model.get("install_hint")))
+        else:
+            raise ValueError(f"{path}: 'model' must be a path or a mapping with 'package' or 'parts'")
     if "few_shot" in cfg:
         cfg["few_shot"] = [tuple(pair) for pair in cfg["few_shot"]]
     return cfg

@@ -273,8 +273,14 @@ class EvaluateConfig:
     # The one router `tts-selector evaluate` reports its headline for (margin, efficiency),
     # declared before the held-out split is looked at.
     router: str = "prompt:tfidf"
+    # The fixed strategy whose accuracy at the largest budget the report's efficiency ratio
+    # targets (with the grid's first aggregation where it has one), declared, not picked.
+    efficiency_reference: str = "best_of_n"
 
     def check(self) -> None:
+        if not isinstance(self.efficiency_reference, str) or self.efficiency_reference not in STRATEGIES:
+            raise ConfigError(f"evaluate.efficiency_reference must name a strategy ({sorted(STRATEGIES)}), "
+                              f"got {self.efficiency_reference!r}")
         if not isinstance(self.router, str) or not self.router.startswith(("prompt:", "pilot:")):
             raise ConfigError(
                 f"evaluate.router (the router evaluate's headline is for) must be a deployable estimator, "
@@ -538,6 +544,7 @@ class ProfileConfig:
             # an unused key: older tables keep their hash
             settings["grid"].pop("filter_keep")
         settings.pop("cost")  # pricing, not samples (CostConfig)
+        settings["evaluate"].pop("efficiency_reference")  # names the report's reference: no sample depends on it
         # Keys added with the guarded selection, at their defaults: older tables keep their hash.
         for key, default in (("method", "guarded"), ("shrinkage", 20.0), ("repeats", 5)):
             if settings["select"].get(key) == default:

@@ -251,6 +251,7 @@ def finish_tables(
                 ledger=ledger, profiling_cost=profiling_cost(out_dir, ledger), grader_timeouts=grader_timeouts(out_dir), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 difficulty_samples=k, difficulty_source=DESCRIPTIONS[cfg.difficulty].format(k=k),
                 default_selection=own, pilots=pilots, declared_router=cfg.evaluate.router,
+                efficiency_reference=cfg.evaluate.efficiency_reference,
                 aggregations=list(cfg.grid.aggregations),
                 cost_model={**cost_model.to_dict(), "sample_cost": unit},
                 profile_picks={str(b): v for b, v in pick_table(profile_evals, sorted(evaluations["budget"].unique()),
