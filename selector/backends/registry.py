@@ -108,6 +108,9 @@ def load_preset(path: str | Path) -> dict[str, Any]:
             from .gguf_cache import default_cache_dir
             from .model_parts import PartedModelFile
 
+            if not isinstance(model["parts"], dict):
+                raise InputError(f"{path}: model.parts must be a mapping (distribution, member, count, size, sha256, "
+                                 f"file_name), got {type(model['parts']).__name__}")
             parts = PartedModelFile.from_preset({**model["parts"], "install_hint": model.get("install_hint")})
             joined = parts.ensure(cfg.get("cache_dir") or default_cache_dir())
             cfg["model"], cfg["gguf_file"] = str(joined.parent), joined.name
