@@ -24,6 +24,31 @@ def table():
     return t
 
 
+def _reproduced_report(path: Path) -> dict:
+    """The shipped ``evaluation-heldout.json`` of a table, after checking that ``evaluate``
+    reproduces it exactly (the report records the table path it was given: the README's
+    command, run from the checkout's root)."""
+    shipped = json.loads((path / "evaluation-heldout.json").read_text())
+    assert shipped["table"] == f"tables/{path.name}"
+    again = json.loads(evaluate_router(path).to_json())
+    assert again == {**shipped, "table": str(path)}
+    return shipped
+
+
+def _self_confidence_table(path: Path, config: str) -> tuple[TableDir, dict, object]:
+    """A shipped self-confidence table, validated, with its metadata and its config, checked to
+    be that config's (hash) and scored by no PRM at all (0 PRM tokens in every row)."""
+    table = TableDir(path)
+    table.validate()
+    meta = table.metadata
+    cfg = load_config(ROOT / "configs" / config)
+    assert meta["config_hash"] == cfg.config_hash and meta["prm_id"] == "self-confidence" and meta["prm_params"] == 0
+    ev = table.evaluations()
+    assert set(ev["strategy"]) == set(cfg.grid.strategies)
+    assert (ev["prm_tokens"] == 0).all()  # the verifier reads nothing: no PRM compute in any row
+    return table, meta, cfg
+
+
 def test_the_table_is_what_its_config_produces(table):
     from selector.datasets import load_dataset
 
@@ -67,11 +92,7 @@ def test_the_profiling_cost_is_recorded(table):
 
 
 def test_evaluate_reproduces_the_shipped_report_exactly(table):
-    shipped = json.loads((TABLE / "evaluation-heldout.json").read_text())
-    # the report records the table path it was given: the README's command, from the checkout's root
-    assert shipped["table"] == f"tables/{TABLE.name}"
-    again = json.loads(evaluate_router(TABLE).to_json())
-    assert again == {**shipped, "table": str(TABLE)}
+    shipped = _reproduced_report(TABLE)
     assert shipped["declared_router"] == "router (prompt:tfidf)" and shipped["n_prompts"] == 100
 
 
@@ -127,10 +148,7 @@ def test_on_the_simulator_world_the_router_beats_the_profile_pick():
 
 
 def test_evaluate_reproduces_the_shipped_simulator_report_exactly():
-    shipped = json.loads((SIM / "evaluation-heldout.json").read_text())
-    assert shipped["table"] == f"tables/{SIM.name}"
-    again = json.loads(evaluate_router(SIM).to_json())
-    assert again == {**shipped, "table": str(SIM)}
+    _reproduced_report(SIM)
     cfg = load_config(ROOT / "configs" / "sim-router-2000.yaml")
     assert TableDir(SIM).metadata["config_hash"] == cfg.config_hash
 
@@ -169,14 +187,9 @@ SELF = ROOT / "tables" / "smollm2-135m__self-confidence__arithmetic"
 
 
 def test_the_self_confidence_table_is_its_config_with_every_strategy_it_supports():
-    table = TableDir(SELF)
-    table.validate()
-    meta = table.metadata
-    cfg = load_config(ROOT / "configs" / "self-confidence-cpu.yaml")
-    assert meta["config_hash"] == cfg.config_hash and meta["prm_id"] == "self-confidence" and meta["prm_params"] == 0
+    table, _, cfg = _self_confidence_table(SELF, "self-confidence-cpu.yaml")
     ev = table.evaluations()
-    assert set(ev["strategy"]) == set(cfg.grid.strategies)  # tree searches scored by self-confidence included
-    assert (ev["prm_tokens"] == 0).all()  # the verifier reads nothing: no PRM compute in any row
+    assert {"beam_search", "dvts", "particle_filtering"} <= set(cfg.grid.strategies)  # scored by self-confidence
     weighted = ev[ev["strategy"].isin(["weighted_best_of_n", "filtered_vote"])]
     assert set(weighted["aggregation"]) == {"last", "min", "mean"}  # confidence-weighted and -filtered votes
     scores = table.rollouts(["step_scores"])["step_scores"]
@@ -186,9 +199,7 @@ def test_the_self_confidence_table_is_its_config_with_every_strategy_it_supports
 
 
 def test_the_self_confidence_report_compares_with_the_profile_pick_and_calibrates_both_kinds_of_bins():
-    shipped = json.loads((SELF / "evaluation-heldout.json").read_text())
-    again = json.loads(evaluate_router(SELF).to_json())
-    assert again == {**shipped, "table": str(SELF)}
+    shipped = _reproduced_report(SELF)
     versus = shipped["versus_profile_pick"]
     assert versus[-1]["budget"] == "pooled" and len(versus) == len(shipped["budgets"]) + 1
     calibration = shipped["calibration"]
@@ -206,11 +217,7 @@ GSM = ROOT / "tables" / "qwen2.5-coder-1.5b__self-confidence__gsm8k"
 def test_the_gsm8k_table_is_its_config_on_real_gsm8k_problems():
     from selector.datasets import load_dataset
 
-    table = TableDir(GSM)
-    table.validate()
-    meta = table.metadata
-    cfg = load_config(ROOT / "configs" / "gsm8k-qwen1.5b.yaml")
-    assert meta["config_hash"] == cfg.config_hash and meta["prm_id"] == "self-confidence"
+    table, meta, cfg = _self_confidence_table(GSM, "gsm8k-qwen1.5b.yaml")
     assert meta["policy_id"] == "qwen2.5-coder-1.5b-instruct-q4_k_m"
     _, sha = load_dataset("gsm8k", size=cfg.dataset.size, seed=cfg.dataset.seed)
     assert meta["dataset_sha256"] == sha
@@ -221,9 +228,7 @@ def test_the_gsm8k_table_is_its_config_on_real_gsm8k_problems():
     # difficulty samples decide the bins and are never scored: disjoint from the evaluation pool
     assert rollouts.groupby("role").size().to_dict() == {"difficulty": cfg.pool.difficulty_samples * len(prompts),
                                                          "evaluation": cfg.pool.n * len(prompts)}
-    ev = table.evaluations()
-    assert set(ev["strategy"]) == set(cfg.grid.strategies) >= {"majority", "best_of_n", "adaptive_consistency"}
-    assert (ev["prm_tokens"] == 0).all()
+    assert set(cfg.grid.strategies) >= {"majority", "best_of_n", "adaptive_consistency"}
     assert meta["efficiency_reference"] == "majority"
     total = meta["profiling_cost"]["total"]
     assert total["wall_seconds"] > 0 and total["generated_tokens"] > 0
@@ -231,10 +236,7 @@ def test_the_gsm8k_table_is_its_config_on_real_gsm8k_problems():
 
 
 def test_the_gsm8k_report_is_reproduced_and_compares_with_the_profile_pick_and_majority():
-    shipped = json.loads((GSM / "evaluation-heldout.json").read_text())
-    assert shipped["table"] == f"tables/{GSM.name}"
-    again = json.loads(evaluate_router(GSM).to_json())
-    assert again == {**shipped, "table": str(GSM)}
+    shipped = _reproduced_report(GSM)
     versus = shipped["versus_profile_pick"]
     assert [v["budget"] for v in versus] == [*shipped["budgets"], "pooled"]
     assert shipped["efficiency"]["reference"].startswith("majority") and shipped["efficiency"]["reference_budget"] == 8
