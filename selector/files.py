@@ -23,6 +23,38 @@ def fsync_dir(directory: str | Path) -> None:
         os.close(fd)
 
 
+def open_regular(path: str | Path, *, error: type[Exception], what: str, fix: str = "give a regular file",
+                 open_fix: str = "", shown: str | Path | None = None) -> tuple[int, os.stat_result]:
+    """An open read-only descriptor of ``path`` and its ``fstat``, if it is a regular file.
+
+    Opened without blocking (opening a FIFO for reading otherwise waits for a writer) and checked
+    on the open descriptor, so nothing can be swapped in between the check and the read; a FIFO,
+    device or directory raises ``error`` naming it and ``fix``; a file that cannot be opened
+    raises ``error`` too (with ``open_fix`` appended when given). ``shown``: the path the message
+    names (default ``path``). The caller closes the descriptor."""
+    import stat
+
+    shown = path if shown is None else shown
+    tail = f": {open_fix}" if open_fix else ""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise error(f"{shown}: no such file (the {what}){tail}") from None
+    except OSError as exc:
+        raise error(f"{shown}: cannot open the {what} ({exc.strerror or exc}){tail}") from None
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise error(f"{shown}: cannot read the {what} ({exc.strerror or exc}){tail}") from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file")
+        raise error(f"{shown}: the {what} is {kind}, not a regular file: {fix}")
+    return fd, info
+
+
 def read_regular_file(path: str | Path, *, max_bytes: int, root: str | Path | None = None,
                       error: type[Exception] | None = None, what: str = "file") -> bytes:
     """The bytes of ``path``, refusing anything that could hang or exhaust memory.
@@ -34,8 +66,6 @@ def read_regular_file(path: str | Path, *, max_bytes: int, root: str | Path | No
     raised (default :class:`~selector.errors.InputError`); its message names the path, what is
     wrong and the fix. A missing file raises ``error`` too.
     """
-    import stat
-
     from .errors import InputError
 
     error = error or InputError
@@ -47,21 +77,9 @@ def read_regular_file(path: str | Path, *, max_bytes: int, root: str | Path | No
             raise error(f"{path}: the {what} resolves to {real}, outside {root}: a table's files must lie inside it "
                         f"(replace the link with the file itself, or restore the table)")
         target = Path(real)
+    fd, info = open_regular(target, error=error, what=what, shown=path,
+                            fix="give a regular file" + (" (restore the table's own file)" if root is not None else ""))
     try:
-        # O_NONBLOCK: opening a FIFO for reading returns at once instead of waiting for a writer
-        # (the fstat below then refuses it); it changes nothing for a regular file.
-        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        raise error(f"{path}: no such file (the {what})") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot open the {what} ({exc.strerror or exc})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
-                    else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file")
-            raise error(f"{path}: the {what} is {kind}, not a regular file: give a regular file"
-                        + (" (restore the table's own file)" if root is not None else ""))
         if info.st_size > max_bytes:
             raise error(f"{path}: the {what} is {info.st_size} bytes, over the {max_bytes}-byte limit: "
                         "this is not a file this tool wrote; restore the right file")

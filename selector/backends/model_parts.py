@@ -23,13 +23,12 @@ import hashlib
 import importlib.metadata
 import os
 import re
-import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import DependencyError, InputError
-from ..files import fsync_dir
+from ..files import fsync_dir, open_regular
 
 __all__ = ["ModelIntegrityError", "PartedModelFile"]
 
@@ -220,18 +219,9 @@ class PartedModelFile:
 
 
 def _open_regular(path: Path, what: str):
-    """``path`` opened for reading, once, if it is a regular file: opened without blocking (a
-    FIFO would block the open) and checked on the open descriptor (no swap between check and
-    read); a FIFO, device or folder is refused."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ModelIntegrityError(f"{what} {path}: cannot read it ({exc.strerror or exc}); reinstall the part packages") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ModelIntegrityError(f"{what} {path} is not a regular file; reinstall the part packages")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    """``path`` opened for reading once, if it is a regular file (:func:`selector.files.open_regular`:
+    no blocking open, checked on the descriptor); a FIFO, device or folder is refused."""
+    fix = "reinstall the part packages"
+    fd, _ = open_regular(path, error=ModelIntegrityError, what=what, fix=fix, open_fix=fix)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
