@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError
+from .files import file_sha256
 
 NAMES = ("Ann", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena")
 ITEMS = ("apples", "marbles", "stickers", "coins", "books", "pencils", "shells", "cards")
@@ -244,14 +245,6 @@ def read_jsonl(path: str | Path, fmt: JsonlFormat = JsonlFormat()) -> list[Probl
     if not out:
         raise DatasetError(f"data set file {path} is empty (no problems): give a JSONL file with one problem per line")
     return out
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def problems_sha256(problems: list[Problem]) -> str:

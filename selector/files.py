@@ -1,8 +1,18 @@
 """Small file-system helpers shared by the modules that write durable files."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """The sha256 (hex) of a file's bytes, read ``chunk_size`` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fsync_dir(directory: str | Path) -> None:

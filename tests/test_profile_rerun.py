@@ -77,7 +77,7 @@ def test_an_edited_data_set_is_refused_on_resume(tmp_path, old_manifest):
     with pytest.raises(ConfigError) as err:
         run_profile(cfg, out, progress=False)
     message = str(err.value)
-    from selector.datasets import file_sha256
+    from selector.files import file_sha256
 
     assert recorded in message and file_sha256(tmp_path / "questions.jsonl") in message
     assert "restore the data set" in message and "new --out" in message

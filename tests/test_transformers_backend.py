@@ -583,7 +583,7 @@ SHOTS = [
 @pytest.fixture(scope="module")
 def smol_pair(tmp_path_factory):
     """The GGUF loaded twice: first converting into a fresh cache, then from that cache."""
-    from selector.backends.gguf_cache import sha256_file as _sha256_file
+    from selector.files import file_sha256 as _sha256_file
 
     cache_dir = tmp_path_factory.mktemp("tts-cache")
     gguf = SMOL_DIR / GGUF_NAME

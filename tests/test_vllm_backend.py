@@ -538,7 +538,7 @@ def test_preset_spec_reuses_the_preset_and_the_gguf_conversion(fake_vllm, monkey
     def no_conversion(*a, **k):
         raise AssertionError("converted in the constructor")
 
-    monkeypatch.setattr(tf, "gguf_safetensors_dir", no_conversion)
+    monkeypatch.setattr(tf.GGUFCache, "ensure", no_conversion)
     lazy = make_policy("vllm:preset=smollm2-135m,gpu_memory_utilization=0.45")
     assert isinstance(lazy, VLLMPolicy) and fake_vllm.engines == []
     monkeypatch.undo()

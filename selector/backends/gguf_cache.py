@@ -11,7 +11,6 @@ preset prompt format read it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..files import fsync_dir
+from ..files import file_sha256, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +34,6 @@ def default_cache_dir() -> Path:
     """``$TTS_SELECTOR_CACHE`` if set, else ``~/.cache/tts-selector``."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path("~/.cache/tts-selector").expanduser()
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """The sha256 of a file's bytes, read ``chunk_size`` bytes at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -72,7 +62,7 @@ class GGUFCache:
     def path(self) -> Path:
         """The cache folder of this file (hashes the file once)."""
         if self._sha256 is None:
-            self._sha256 = sha256_file(self.gguf_path)
+            self._sha256 = file_sha256(self.gguf_path)
         return self.cache_dir / "gguf" / self._sha256
 
     def complete(self, folder: Path | None = None) -> bool:
@@ -170,29 +160,6 @@ def _strip_quantizer(model: Any) -> None:
             setattr(model, attr, value)
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
-
-
-def gguf_safetensors_dir(gguf_file: str | os.PathLike, *, cache_dir: str | None = None,
-                         trust_remote_code: bool = False) -> Path:
-    """The safetensors folder (config, weights, tokenizer) of a GGUF file, converting it once; a
-    complete cache is returned without loading anything (the file is hashed, under a second for
-    small models). Engines that cannot read GGUF files, such as vLLM, load this folder."""
-    path = Path(gguf_file)
-    if not path.is_file():
-        raise ValueError(f"{str(gguf_file)!r} is not a GGUF file; pass the path of a .gguf file")
-    return GGUFCache(path, cache_dir, trust_remote_code).ensure()
-
-
-def gguf_parameters(gguf_file: str | os.PathLike, *, cache_dir: str | None = None,
-                    trust_remote_code: bool = False) -> int:
-    """A GGUF model's parameter count (tied embeddings once), from its config on the ``meta``
-    device: no weights read, nothing converted."""
-    from transformers import AutoModelForCausalLM
-
-    from .hf_common import count_parameters_from_config
-
-    config = GGUFCache(gguf_file, cache_dir, trust_remote_code).config()
-    return count_parameters_from_config(config, AutoModelForCausalLM, trust_remote_code)
 
 
 def _transformers_version() -> str:

@@ -38,6 +38,11 @@ class PromptFormat:
         self.trust_remote_code = trust_remote_code
         self._lock = threading.Lock()
         self._model_dir: Path | None = None if self.gguf_path is not None else self.source_dir
+        self._gguf: Any = None
+        if self.gguf_path is not None:  # one cache record: the GGUF file is hashed once, not per use
+            from .gguf_cache import GGUFCache
+
+            self._gguf = GGUFCache(self.gguf_path, cache_dir, trust_remote_code)
         self._tokenizer: Any = None
         self._bos_id: int | None = None
         self._num_parameters: int | None = None
@@ -55,11 +60,7 @@ class PromptFormat:
         if self._model_dir is None:
             with self._lock:
                 if self._model_dir is None:
-                    from .gguf_cache import gguf_safetensors_dir
-
-                    assert self.gguf_path is not None
-                    self._model_dir = gguf_safetensors_dir(self.gguf_path, cache_dir=self.cache_dir,
-                                                           trust_remote_code=self.trust_remote_code)
+                    self._model_dir = self._gguf.ensure()
         return self._model_dir
 
     @property
@@ -91,16 +92,10 @@ class PromptFormat:
         """The model's parameter count (tied embeddings once), from its config on the ``meta``
         device: no weights read (a GGUF file's own metadata when it is not converted yet)."""
         if self._num_parameters is None:
-            if self.gguf_path is not None:
-                from .gguf_cache import gguf_parameters
+            from transformers import AutoConfig, AutoModelForCausalLM
 
-                count = gguf_parameters(self.gguf_path, cache_dir=self.cache_dir,
-                                        trust_remote_code=self.trust_remote_code)
-            else:
-                from transformers import AutoConfig, AutoModelForCausalLM
-
-                config = AutoConfig.from_pretrained(str(self.source_dir), local_files_only=True,
-                                                    trust_remote_code=self.trust_remote_code)
-                count = count_parameters_from_config(config, AutoModelForCausalLM, self.trust_remote_code)
-            self._num_parameters = count
+            config = (self._gguf.config() if self._gguf is not None else
+                      AutoConfig.from_pretrained(str(self.source_dir), local_files_only=True,
+                                                 trust_remote_code=self.trust_remote_code))
+            self._num_parameters = count_parameters_from_config(config, AutoModelForCausalLM, self.trust_remote_code)
         return self._num_parameters

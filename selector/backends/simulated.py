@@ -160,8 +160,7 @@ class SimulatedPolicy:
         for j in range(request.n):
             key = (self.seed, request.seed, j)
             if request.to_completion:
-                cont = self._complete(problem, depth, ok, key, delimiter, request.params.max_tokens)
-                conts.append(cont if report else cont._replace(logprob=None))
+                conts.append(self._complete(problem, depth, ok, key, delimiter, request.params.max_tokens, report))
             else:
                 text, ntok, last, step_ok = self._step(problem, depth, ok, key, delimiter)
                 cap = request.params.max_step_tokens
@@ -202,8 +201,9 @@ class SimulatedPolicy:
             text += delimiter
         return text, ntok, last, ok
 
-    def _complete(self, problem, depth, ok, key, delimiter, max_tokens) -> Continuation:
-        parts, total, logprob = [], 0, 0.0
+    def _complete(self, problem, depth, ok, key, delimiter, max_tokens, report: bool) -> Continuation:
+        """A whole solution; its log-probability only when ``report`` (else None)."""
+        parts, total, logprob = [], 0, 0.0 if report else None
         while True:
             text, ntok, last, ok = self._step(problem, depth, ok, key, delimiter)
             if total + ntok > max_tokens:
@@ -211,7 +211,8 @@ class SimulatedPolicy:
             parts.append(text)
             total += ntok
             depth += 1
-            logprob += _step_logprob(text, ok, ntok, key, depth)
+            if report:
+                logprob += _step_logprob(text, ok, ntok, key, depth)
             if last:
                 return Continuation("".join(parts), total, "eos", logprob)
 

@@ -14,7 +14,7 @@ vLLM's API moves between releases, so pin the version you test.
   would put a second BOS in front of a chat template that writes its own.
 - **Sources.** A Hugging Face model directory, or a GGUF file, which is loaded from the
   safetensors folder the transformers backend converts it to once
-  (:func:`~selector.backends.gguf_cache.gguf_safetensors_dir`). :meth:`VLLMPolicy.from_preset`
+  (:meth:`~selector.backends.gguf_cache.GGUFCache.ensure`). :meth:`VLLMPolicy.from_preset`
   reuses a preset YAML (id, model, few-shot, system prompt, step delimiter, sampling).
 - **Lazy.** The constructor checks its arguments and reads nothing; the tokenizer loads on the
   first :meth:`~VLLMPolicy.format_prompt`, the engine on the first

@@ -210,11 +210,6 @@ def make_strategy(name: str, **params: Any) -> StrategyConfig:
     return cls(**params)
 
 
-def strategies_of_kind(*kinds: str) -> tuple[str, ...]:
-    """Names of the registered strategies of these kinds, in registration order."""
-    return tuple(name for name, cls in STRATEGIES.items() if cls.kind in kinds)
-
-
 def top_k(nodes: list[Node], k: int, aggregation: str) -> list[Node]:
     """The ``k`` nodes with the highest aggregated score; stable (ties keep sample order)."""
     from .aggregate import AGGREGATIONS, check_aggregation
