@@ -32,6 +32,7 @@ import pandas as pd
 
 from .files import read_regular_file
 from .tables import TableError
+from .typed_values import fits
 
 __all__ = [
     "MAX_BUDGET", "Grid", "check_frame", "check_grid", "check_identity", "check_report", "check_manifest", "check_metadata", "check_table_dir",
@@ -120,11 +121,12 @@ def _walk(value: Any, path: Any, field: str, depth: int = 0) -> None:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return fits(value, int)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool)."""
+    return fits(value, float)
 
 
 def _want_str(meta: dict, key: str, path: Any, limit: int = MAX_NAME, required: bool = False) -> None:
@@ -438,10 +440,11 @@ _CELL_KEYS = {"selection": ["estimator", "bin", "budget"],
 
 def check_frame(kind: str, df: pd.DataFrame, meta: dict, path: Any) -> None:
     """Types, finite values, ranges and string lengths of the contract's columns of a ``kind``
-    table (those present: a reader may load a subset), unique cells, and its metadata."""
+    table (those present: a reader may load a subset) and unique cells. ``meta`` is the table's
+    metadata as :func:`selector.tables.read_table` / ``read_metadata`` return it: already
+    checked there (:func:`check_metadata`), so not again here."""
     from .search.base import STRATEGIES
 
-    check_metadata(meta, path)
     prior = bool(meta.get("prior"))
     rules = _PRIOR_SELECTION if prior and kind == "selection" else _COLUMN_RULES.get(kind, [])
     for col, typ, a, b, c, *rest in ((*r, None) if len(r) == 5 else r for r in rules):

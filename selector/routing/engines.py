@@ -33,11 +33,6 @@ class LazyEngines:
     def loaded(self) -> bool:
         return self._engines is not None
 
-    @property
-    def specs(self) -> tuple[str | Policy, str | PRM | None]:
-        """What the engines are built from (spec strings or engine objects, not yet loaded)."""
-        return self._specs
-
     def get(self) -> tuple[Policy, PRM | None]:
         """The loaded (policy, PRM), loading them now if they were not."""
         if self._engines is None:
