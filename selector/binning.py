@@ -53,8 +53,9 @@ def assign_bins(pass_at_1: Sequence[float] | float, edges: Sequence[float]) -> n
     return (len(edges) + 1 - below).astype(np.int64)
 
 
-def bin_labels(edges: Sequence[float]) -> dict[int, str]:
-    """Human-readable pass@1 range of each bin, e.g. ``{1: "pass@1 >= 0.50", ...}``."""
+def bin_labels(edges: Sequence[float], quantity: str = "pass@1") -> dict[int, str]:
+    """Human-readable range of ``quantity`` in each bin, e.g. ``{1: "pass@1 >= 0.50", ...}``
+    (``quantity="agreement"`` for bins on the modal answer's share)."""
     k = len(edges) + 1
     labels = {}
     for b in range(1, k + 1):
@@ -64,9 +65,9 @@ def bin_labels(edges: Sequence[float]) -> dict[int, str]:
         if lo is None and hi is None:
             labels[b] = "all"
         elif lo is None:
-            labels[b] = f"pass@1 < {hi:.2f}"
+            labels[b] = f"{quantity} < {hi:.2f}"
         elif hi is None:
-            labels[b] = f"pass@1 >= {lo:.2f}"
+            labels[b] = f"{quantity} >= {lo:.2f}"
         else:
-            labels[b] = f"{lo:.2f} <= pass@1 < {hi:.2f}"
+            labels[b] = f"{lo:.2f} <= {quantity} < {hi:.2f}"
     return labels

@@ -36,7 +36,7 @@ from .typed_values import fits
 
 __all__ = [
     "MAX_BUDGET", "Grid", "check_frame", "check_grid", "check_identity", "check_report", "check_manifest", "check_metadata", "check_table_dir",
-    "estimator_path", "read_table_json", "read_table_manifest", "table_grid",
+    "estimator_path", "read_report", "read_table_json", "read_table_manifest", "table_grid",
 ]
 
 MAX_BUDGET = 4096  # generations per round: far beyond any profiled grid, far below a hang
@@ -77,6 +77,15 @@ def read_table_json(table_dir: str | Path, relative: str | Path, max_bytes: int 
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TableError(f"{path}: not valid JSON ({_short(str(exc), 120)}); {_FIX}") from None
+
+
+def read_report(path: str | Path) -> dict:
+    """An ``evaluation-*.json`` report beside its table: read as :func:`read_table_json` reads a
+    table's files, then checked (:func:`check_report`)."""
+    path = Path(path)
+    report = read_table_json(path.parent, path.name)
+    check_report(path, report)
+    return report
 
 
 def read_table_manifest(table_dir: str | Path) -> dict[str, Any]:
@@ -527,6 +536,6 @@ def check_table_dir(path: str | Path) -> None:
         load_estimator(estimator_path(table.path, rec["file"]), rec["sha256"], features=name.partition(":")[2],
                        root=table.path)
     for report in sorted(table.path.glob("evaluation-*.json")):
-        check_report(report, read_table_json(table.path, report.name))
+        read_report(report)
     for curve in sorted(table.path.glob("learning-curve-*.json")):
         read_table_json(table.path, curve.name)

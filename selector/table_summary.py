@@ -156,11 +156,9 @@ def evaluation_frame(table_dir: str | Path, split: str = "heldout") -> pd.DataFr
     path = Path(table_dir) / f"evaluation-{split}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no evaluation; run `tts-selector evaluate --tables {table_dir}` to write it")
-    from .table_checks import check_report, read_table_json
+    from .table_checks import read_report
 
-    report = read_table_json(path.parent, path.name)
-    check_report(path, report)
-    return pd.DataFrame(report["rows"])
+    return pd.DataFrame(read_report(path)["rows"])
 
 
 def _accuracy_text(r: Any) -> str:
@@ -172,11 +170,10 @@ def _evaluation_lines(path: Path, width: int, budget: int | None = None) -> list
     configuration per budget (only ``budget`` if given), then the efficiency figure. The full
     table: ``tts-selector evaluate``. A hand-edited, truncated or hostile report (a link, a
     FIFO, wrong types) is named as unreadable instead (the CLI refuses it: table_checks)."""
-    from .table_checks import check_report, read_table_json
+    from .table_checks import read_report
 
     try:
-        report = read_table_json(path.parent, path.name)
-        check_report(path, report)
+        report = read_report(path)
         return _render_evaluation(path, report, width, budget)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:  # TableError is a ValueError
         return [f"{path.name}: unreadable ({str(exc)[:300]}): re-run `tts-selector evaluate --tables {path.parent}`"]

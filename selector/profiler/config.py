@@ -209,13 +209,17 @@ class GridConfig:
                 "(they need the policy to expand steps)"
             )
         self._check_adaptive()
-        if any("filter_keep" in STRATEGIES[s].takes() for s in of_kind(self.strategies, "pooled")) and (
-                isinstance(self.filter_keep, bool) or not 0 < self.filter_keep <= 1):
+        if self.filters and (isinstance(self.filter_keep, bool) or not 0 < self.filter_keep <= 1):
             raise ConfigError(f"grid.filter_keep is the share of samples a filtered vote counts, in (0, 1], "
                               f"got {self.filter_keep!r}")
         for n in self.tree_budget_list if with_width(self.strategies) else ():
             if not any(n % m == 0 and n >= m for m in self.beam_widths):
                 raise ConfigError(f"tree budget {n} is not a multiple of any beam width {list(self.beam_widths)}")
+
+    @property
+    def filters(self) -> bool:
+        """Whether a pooled strategy of the grid takes ``filter_keep`` (a filtered vote)."""
+        return any("filter_keep" in STRATEGIES[s].takes() for s in of_kind(self.strategies, "pooled"))
 
     @property
     def tree_budget_list(self) -> tuple[int, ...]:
@@ -478,7 +482,7 @@ class ProfileConfig:
             strategies = sorted(s for s in STRATEGIES if self.pool.source == "generate" or STRATEGIES[s].kind != "live")
             reason = ("samples generated with a PRM" if self.pool.source == "generate" else
                       "imported whole solutions with scores: no tree search (it needs the policy to expand steps)")
-            return {"strategies": strategies, "adaptive_votes": ["majority", "weighted"], "reason": reason}
+            return {"strategies": strategies, "adaptive_votes": list(VOTES), "reason": reason}
         reason = ("no PRM (prm: none)" if self.prm == "none" else "imported samples without scores")
         return {"strategies": sorted(SCORELESS_STRATEGIES), "adaptive_votes": ["majority"],
                 "reason": reason + ": votes over answers only"}
@@ -540,8 +544,7 @@ class ProfileConfig:
         if not of_kind(self.grid.strategies, "replayed"):  # unused keys: older tables keep their hash
             for key in [k for k in settings["grid"] if k.startswith("adaptive_")]:
                 settings["grid"].pop(key)
-        if not any("filter_keep" in STRATEGIES[s].takes() for s in of_kind(self.grid.strategies, "pooled")):
-            # an unused key: older tables keep their hash
+        if not self.grid.filters:  # an unused key: older tables keep their hash
             settings["grid"].pop("filter_keep")
         settings.pop("cost")  # pricing, not samples (CostConfig)
         settings["evaluate"].pop("efficiency_reference")  # names the report's reference: no sample depends on it

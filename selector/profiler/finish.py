@@ -243,9 +243,9 @@ def finish_tables(
     ledger = _ledger(rollouts, runs, cost_model.policy_params, cost_model.prm_params, pool_seconds(out_dir))
     # The family comes from the config, not from the shards: merged shards may predate the key.
     metadata = {key: v for key, v in metadata.items() if key != "dataset_family_note"}
-    labels = bin_labels(edges) if cfg.difficulty != "level" else _level_labels(prompts[prompts["split"] == "profile"])
-    if cfg.difficulty == "agreement":  # the edges are on the modal answer's share, not on pass@1
-        labels = {b: text.replace("pass@1", "agreement") for b, text in labels.items()}
+    # agreement bins' edges are on the modal answer's share, not on pass@1
+    labels = (_level_labels(prompts[prompts["split"] == "profile"]) if cfg.difficulty == "level"
+              else bin_labels(edges, "agreement" if cfg.difficulty == "agreement" else "pass@1"))
     meta = dict(metadata, **family_metadata(cfg), **pool_metadata(cfg), bin_edges=edges,
                 bin_labels={str(b): v for b, v in labels.items()},
                 ledger=ledger, profiling_cost=profiling_cost(out_dir, ledger), grader_timeouts=grader_timeouts(out_dir), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -18,12 +18,11 @@ from typing import Any
 
 import pandas as pd
 
+from ..table_checks import MANIFEST, MANIFEST_MAX_BYTES
 from ..tables import atomic_write_text
 from .config import ConfigError, ProfileConfig, build_section
 
-MANIFEST = Path("state") / "manifest.json"
-KEPT_KEYS = ("estimators",)
-MANIFEST_MAX_BYTES = 4 << 20  # selection.parquet metadata written by later commands (train-estimator)
+KEPT_KEYS = ("estimators",)  # selection.parquet metadata written by later commands (train-estimator)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
